@@ -1,0 +1,206 @@
+//! `keywarden check`: validate the configuration, resolve every ref of the
+//! environment, and print a table (or JSON) of what was found — never a
+//! value. Exit 0 when every ref resolves, else the first failure's code.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cli::Common;
+use crate::config::{self, Approval};
+use crate::error::{Error, ErrorKind, Result};
+use crate::resolve::resolve_plan;
+use crate::secret::providers::scrub;
+use crate::secret::SecretBytes;
+
+/// Output format of `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An aligned table.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    id: String,
+    #[serde(rename = "ref")]
+    reference: String,
+    source: &'static str,
+    scope: Vec<String>,
+    ttl_seconds: Option<u64>,
+    env_var: Option<String>,
+    approval: &'static str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    elapsed_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    env: &'static str,
+    registry: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    ok: bool,
+    secrets: Vec<Row>,
+}
+
+/// Run `check`; returns the exit code.
+pub fn check(common: &Common, format: Format) -> Result<u8> {
+    let process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let config = config::load(common.registry.as_deref(), common.policy.as_deref())?;
+    let plan = config::build_plan(&config, common.env, &process_env, &cwd)?;
+    let outcomes = resolve_plan(&plan, &process_env, common.timeout, None)?;
+    let values: Vec<&SecretBytes> = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().ok())
+        .collect();
+    let exposed: Vec<&[u8]> = values.iter().map(|v| v.expose()).collect();
+    let mut worst: Option<ErrorKind> = None;
+    let mut rows = Vec::new();
+    for (s, o) in plan.secrets.iter().zip(&outcomes) {
+        let (status, reason) = match &o.result {
+            Ok(_) => ("ok", None),
+            Err(e) => {
+                if worst.is_none() || e.kind == ErrorKind::Config {
+                    worst = Some(e.kind);
+                }
+                ("error", Some(scrub(&e.reason, &exposed)))
+            }
+        };
+        rows.push(Row {
+            id: s.id.clone(),
+            reference: s.reference.to_string(),
+            source: match s.origin {
+                config::Origin::Registry { .. } => "registry",
+                config::Origin::EnvVar => "env",
+            },
+            scope: s.scope.clone(),
+            ttl_seconds: s.ttl_seconds,
+            env_var: s.env_var.clone(),
+            approval: match s.approval {
+                Approval::None => "none",
+                Approval::Required => "required",
+            },
+            status,
+            reason,
+            elapsed_ms: Some(o.elapsed.as_millis() as u64),
+        });
+    }
+    for s in &plan.skipped {
+        rows.push(Row {
+            id: s.id.clone(),
+            reference: String::new(),
+            source: "registry",
+            scope: Vec::new(),
+            ttl_seconds: None,
+            env_var: None,
+            approval: "none",
+            status: "skipped",
+            reason: Some(s.reason.clone()),
+            elapsed_ms: None,
+        });
+    }
+    let report = Report {
+        env: plan.env.as_str(),
+        registry: plan.registry_path.clone(),
+        policy: config.policy_path.clone(),
+        ok: worst.is_none(),
+        secrets: rows,
+    };
+    let text = match format {
+        Format::Json => {
+            serde_json::to_string_pretty(&report).map_err(|e| {
+                Error::new(
+                    ErrorKind::Software,
+                    format!("cannot encode the report: {e}"),
+                )
+            })? + "\n"
+        }
+        Format::Table => table(&report),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+    drop(outcomes);
+    match worst {
+        None => Ok(0),
+        Some(kind) => {
+            let failed = report
+                .secrets
+                .iter()
+                .filter(|r| r.status == "error")
+                .count();
+            Err(Error::new(
+                kind,
+                format!(
+                    "{failed} of {} secrets could not be resolved",
+                    plan.secrets.len()
+                ),
+            ))
+        }
+    }
+}
+
+fn table(report: &Report) -> String {
+    let header = ["ID", "REF", "SCOPE", "TTL", "ENV", "STATUS"];
+    let mut lines: Vec<[String; 6]> = vec![header.map(String::from)];
+    for r in &report.secrets {
+        let status = match (&r.reason, r.elapsed_ms) {
+            (Some(reason), _) => format!("{}: {reason}", r.status),
+            (None, Some(ms)) => format!("{} ({ms} ms)", r.status),
+            (None, None) => r.status.to_string(),
+        };
+        lines.push([
+            r.id.clone(),
+            if r.reference.is_empty() {
+                "-".into()
+            } else {
+                r.reference.clone()
+            },
+            if r.scope.is_empty() {
+                "-".into()
+            } else {
+                r.scope.join(",")
+            },
+            r.ttl_seconds.map_or("-".into(), |t| format!("{t}s")),
+            r.env_var.clone().unwrap_or_else(|| "-".into()),
+            status,
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for l in &lines {
+        for (w, c) in widths.iter_mut().zip(l.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = format!(
+        "env: {}  registry: {}  policy: {}\n",
+        report.env,
+        report
+            .registry
+            .as_ref()
+            .map_or("(none)".into(), |p| p.display().to_string()),
+        report
+            .policy
+            .as_ref()
+            .map_or("(none)".into(), |p| p.display().to_string()),
+    );
+    for l in &lines {
+        let mut line = String::new();
+        for (i, c) in l.iter().enumerate() {
+            if i + 1 == l.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,219 @@
+//! The command line (clap) in two stages: raw arguments with no I/O, then
+//! the validated options each subcommand runs with. `main` calls [`main`].
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::check::{self, Format};
+use crate::config::Environment;
+use crate::error::Result;
+use crate::logging::{self, LogFormat};
+use crate::run::{self, RunOptions};
+
+/// keywarden: run a command with secrets it needs, and no more.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keywarden",
+    version,
+    about = "Run a command with the secrets it needs and no more: refs resolved into locked memory, \
+             a filtered environment, supervised like tini.",
+    after_help = "Exit codes: the command's own; 128+N if it was killed by signal N; \
+                  64 usage, 65 bad data, 69 provider unavailable, 77 permission denied, \
+                  78 configuration error, 126 not executable, 127 not found."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// The secret registry [default: configs/secrets-registry.yaml if present]
+    #[arg(long, global = true, env = "KEYWARDEN_REGISTRY", value_name = "FILE")]
+    registry: Option<PathBuf>,
+    /// The policy [default: configs/secrets-policy.json if present]
+    #[arg(long, global = true, env = "KEYWARDEN_POLICY", value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Which registry environment to use [default: ci when CI=true, else dev]
+    #[arg(long, global = true, env = "KEYWARDEN_ENV", value_enum)]
+    env: Option<Environment>,
+    /// Format of keywarden's own log lines on stderr
+    #[arg(
+        long,
+        global = true,
+        env = "KEYWARDEN_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// More log output (-v info, -vv debug)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+    /// Only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// How long each provider may take to resolve a ref
+    #[arg(long, global = true, env = "KEYWARDEN_RESOLVE_TIMEOUT", value_name = "DURATION",
+          default_value = "10s", value_parser = crate::duration::parse)]
+    resolve_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Resolve secrets and run COMMAND with them (stdout/stderr relayed; redaction is not built yet)
+    Run(RunArgs),
+    /// Validate the configuration and resolve every ref; print a table, never values
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Start the command with only keep_env variables (plus injected secrets)
+    #[arg(long)]
+    clean_env: bool,
+    /// Keep this variable with --clean-env (repeatable)
+    #[arg(long = "keep-env", value_name = "NAME")]
+    keep_env: Vec<String>,
+    /// Run the command as USER[:GROUP] (keywarden must be root)
+    #[arg(long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// How long a stopping command gets before SIGKILL
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::duration::parse)]
+    grace: Duration,
+    /// Reap every orphaned descendant (automatic as PID 1)
+    #[arg(long)]
+    subreaper: bool,
+    /// Serve no socket API (this build serves none yet)
+    #[arg(long)]
+    no_socket: bool,
+    /// The command and its arguments, passed verbatim
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+/// Options every subcommand shares, validated.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// Registry file, if named.
+    pub registry: Option<PathBuf>,
+    /// Policy file, if named.
+    pub policy: Option<PathBuf>,
+    /// The environment.
+    pub env: Environment,
+    /// Per-provider timeout.
+    pub timeout: Duration,
+}
+
+fn nonempty(p: Option<PathBuf>) -> Option<PathBuf> {
+    p.filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Parse the command line, run, and turn the outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 64,
+                _ => 64,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let g = &cli.global;
+    logging::init(g.log_format, g.verbose, g.quiet);
+    match dispatch(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn dispatch(cli: &Cli) -> Result<u8> {
+    // Before any secret is read.
+    crate::sys::harden_process()?;
+    let g = &cli.global;
+    let ci = std::env::var("CI").ok();
+    let common = Common {
+        registry: nonempty(g.registry.clone()),
+        policy: nonempty(g.policy.clone()),
+        env: g
+            .env
+            .unwrap_or_else(|| Environment::default_for(ci.as_deref())),
+        timeout: g.resolve_timeout,
+    };
+    match &cli.command {
+        Command::Run(a) => {
+            let _ = a.no_socket;
+            run::run(
+                &common,
+                &RunOptions {
+                    clean_env: a.clean_env,
+                    keep_env: a.keep_env.clone(),
+                    user: a.user.clone(),
+                    grace: a.grace,
+                    subreaper: a.subreaper,
+                    command: a.command.clone(),
+                },
+            )
+        }
+        Command::Check(a) => check::check(&common, a.format),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_the_command_verbatim() {
+        let cli = Cli::try_parse_from([
+            "keywarden",
+            "run",
+            "--grace",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            "echo a  b",
+            "--user",
+        ])
+        .expect("parses");
+        let Command::Run(a) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(a.grace, Duration::from_secs(2));
+        assert_eq!(
+            a.command,
+            ["sh", "-c", "echo a  b", "--user"].map(OsString::from)
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! The launch plan: registry and policy validated for one environment,
+//! plus the refs found in environment values. Pure: the process
+//! environment comes in as a value.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use super::{Approval, Config, Environment, Policy};
+use crate::envfilter;
+use crate::error::{Error, Result};
+use crate::secret::providers::Request;
+use crate::secret::{looks_like_ref, SecretRef};
+
+/// Where a planned secret came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A registry entry at this line.
+    Registry {
+        /// Line of the environment key in the registry file.
+        line: usize,
+    },
+    /// The value of this variable in keywarden's environment was a ref.
+    EnvVar,
+}
+
+/// One secret to resolve.
+#[derive(Debug, Clone)]
+pub struct PlannedSecret {
+    /// Registry id, or the variable name for refs found in the environment.
+    pub id: String,
+    /// Where the value lives.
+    pub reference: SecretRef,
+    /// Where relative paths are taken from.
+    pub base_dir: PathBuf,
+    /// Scope labels.
+    pub scope: Vec<String>,
+    /// Effective TTL: min(entry, policy for the env).
+    pub ttl_seconds: Option<u64>,
+    /// Inject into the child's environment under this name.
+    pub env_var: Option<String>,
+    /// Whether a human must approve use.
+    pub approval: Approval,
+    /// Rotation cadence.
+    pub rotate_every_days: Option<u64>,
+    /// Registry entry or environment variable.
+    pub origin: Origin,
+}
+
+impl PlannedSecret {
+    /// The provider request for this secret.
+    pub fn request(&self) -> Request {
+        Request {
+            label: match self.origin {
+                Origin::Registry { .. } => format!("secret '{}'", self.id),
+                Origin::EnvVar => format!("variable {}", self.id),
+            },
+            reference: self.reference.clone(),
+            base_dir: self.base_dir.clone(),
+        }
+    }
+}
+
+/// A registry secret left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The secret id.
+    pub id: String,
+    /// Why it is not used.
+    pub reason: String,
+}
+
+/// Everything `run`, `check` and `redact` need to know about secrets.
+#[derive(Debug, Clone)]
+pub struct LaunchPlan {
+    /// The environment.
+    pub env: Environment,
+    /// Secrets to resolve, registry entries first, then env refs.
+    pub secrets: Vec<PlannedSecret>,
+    /// Registry secrets left out by policy.
+    pub skipped: Vec<Skipped>,
+    /// The policy.
+    pub policy: Policy,
+    /// The registry file, if any.
+    pub registry_path: Option<PathBuf>,
+}
+
+impl LaunchPlan {
+    /// Names of variables read through `env://` refs (stripped from the child).
+    pub fn env_sources(&self) -> Vec<String> {
+        self.secrets
+            .iter()
+            .filter(|s| s.reference.scheme() == crate::secret::Scheme::Env)
+            .map(|s| s.reference.path().to_string())
+            .collect()
+    }
+}
+
+/// Validate `config` for `env` and find refs in `process_env`.
+pub fn build_plan(
+    config: &Config,
+    env: Environment,
+    process_env: &[(OsString, OsString)],
+    cwd: &Path,
+) -> Result<LaunchPlan> {
+    let policy = &config.policy;
+    let policy_name = config
+        .policy_path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "policy".to_string());
+    let deny = envfilter::DenyList::new(&policy.deny_env);
+    let mut secrets: Vec<PlannedSecret> = Vec::new();
+    let mut skipped = Vec::new();
+    if let Some(reg) = &config.registry {
+        let file = reg.path.display();
+        let base = reg.base_dir();
+        for entry in &reg.entries {
+            let Some(e) = entry.for_env(env) else {
+                continue;
+            };
+            let at = |what: String| {
+                Error::config(format!(
+                    "{file}:{}: secret '{}' env '{}': {what}",
+                    e.line,
+                    entry.id,
+                    env.as_str()
+                ))
+            };
+            if !policy.allows_secret(&entry.id) {
+                skipped.push(Skipped {
+                    id: entry.id.clone(),
+                    reason: format!("not in allowed_secrets of {policy_name}"),
+                });
+                continue;
+            }
+            let scheme = e.secret_ref.scheme();
+            if !policy.allows_scheme(scheme) {
+                return Err(at(format!(
+                    "scheme '{scheme}' is not allowed by {policy_name}"
+                )));
+            }
+            if let Some(var) = &e.env_var {
+                if deny.is_denied(var) {
+                    return Err(at(format!(
+                        "env: {var} is a denied variable and is never injected"
+                    )));
+                }
+                if e.approval == Approval::Required {
+                    return Err(at(
+                        "env: a secret that requires approval cannot be injected".to_string(),
+                    ));
+                }
+                if let Some(other) = secrets.iter().find(|s| s.env_var.as_deref() == Some(var)) {
+                    return Err(at(format!(
+                        "env: {var} is already injected by secret '{}'",
+                        other.id
+                    )));
+                }
+            }
+            let entry_ttl = e.max_ttl_seconds;
+            let ttl = match (entry_ttl, policy.max_ttl_for(env)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            secrets.push(PlannedSecret {
+                id: entry.id.clone(),
+                reference: e.secret_ref.clone(),
+                base_dir: base.clone(),
+                scope: e.scope.clone(),
+                ttl_seconds: ttl,
+                env_var: e.env_var.clone(),
+                approval: e.approval,
+                rotate_every_days: e.rotate_every_days,
+                origin: Origin::Registry { line: e.line },
+            });
+        }
+    }
+    for (name, value) in process_env {
+        let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+            continue;
+        };
+        if !looks_like_ref(value) || deny.is_denied(name) || name.starts_with("KEYWARDEN_") {
+            continue;
+        }
+        if secrets.iter().any(|s| s.env_var.as_deref() == Some(name)) {
+            continue; // the registry injects this name; its value wins
+        }
+        let reference =
+            SecretRef::parse(value).map_err(|e| Error::config(format!("variable {name}: {e}")))?;
+        let scheme = reference.scheme();
+        if !policy.allows_scheme(scheme) {
+            return Err(Error::config(format!(
+                "variable {name}: scheme '{scheme}' is not allowed by {policy_name}"
+            )));
+        }
+        secrets.push(PlannedSecret {
+            id: name.to_string(),
+            reference,
+            base_dir: cwd.to_path_buf(),
+            scope: Vec::new(),
+            ttl_seconds: policy.max_ttl_for(env),
+            env_var: Some(name.to_string()),
+            approval: Approval::None,
+            rotate_every_days: None,
+            origin: Origin::EnvVar,
+        });
+    }
+    Ok(LaunchPlan {
+        env,
+        secrets,
+        skipped,
+        policy: policy.clone(),
+        registry_path: config.registry.as_ref().map(|r| r.path.clone()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Registry;
+
+    fn config(reg: &str, policy: &str) -> Config {
+        Config {
+            registry: Some(Registry::parse(reg, Path::new("/etc/kw/reg.yaml")).expect("registry")),
+            policy: Policy::parse(policy, Path::new("pol.json")).expect("policy"),
+            policy_path: Some(PathBuf::from("pol.json")),
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    const REG: &str = "openai:\n  dev:\n    secret_ref: file://keys/openai\n    env: OPENAI_API_KEY\n    max_ttl_seconds: 7200\n  ci:\n    secret_ref: kv://openai/ci\nbilling:\n  dev:\n    secret_ref: kv://billing/master\n";
+
+    #[test]
+    fn registry_entries_for_the_env_with_ttl_and_base_dir() {
+        let plan = build_plan(
+            &config(REG, r#"{"max_ttl_seconds": {"dev": 3600}}"#),
+            Environment::Dev,
+            &[],
+            Path::new("/cwd"),
+        )
+        .expect("plan");
+        assert_eq!(plan.secrets.len(), 2);
+        let openai = &plan.secrets[0];
+        assert_eq!(openai.ttl_seconds, Some(3600));
+        assert_eq!(openai.base_dir, PathBuf::from("/etc/kw"));
+        assert_eq!(openai.env_var.as_deref(), Some("OPENAI_API_KEY"));
+        let ci =
+            build_plan(&config(REG, "{}"), Environment::Ci, &[], Path::new("/cwd")).expect("plan");
+        assert_eq!(ci.secrets.len(), 1);
+    }
+
+    #[test]
+    fn allowed_secrets_skips_and_allowed_schemes_refuses() {
+        let plan = build_plan(
+            &config(REG, r#"{"allowed_secrets": ["openai"]}"#),
+            Environment::Dev,
+            &[],
+            Path::new("/"),
+        )
+        .expect("plan");
+        assert_eq!(plan.secrets.len(), 1);
+        assert_eq!(plan.skipped[0].id, "billing");
+        let err = build_plan(
+            &config(REG, r#"{"allowed_schemes": ["kv"]}"#),
+            Environment::Dev,
+            &[],
+            Path::new("/"),
+        )
+        .expect_err("file not allowed");
+        assert_eq!(err.exit_code(), 78);
+        assert!(err.to_string().contains("/etc/kw/reg.yaml:2: secret 'openai' env 'dev': scheme 'file' is not allowed by pol.json"), "{err}");
+    }
+
+    #[test]
+    fn injecting_denied_or_duplicate_names_is_refused() {
+        let reg = "a:\n  dev:\n    secret_ref: kv://a\n    env: PAYMENTS_MASTER_KEY\n";
+        let err = build_plan(&config(reg, "{}"), Environment::Dev, &[], Path::new("/"))
+            .expect_err("denied");
+        assert!(
+            err.to_string()
+                .contains("PAYMENTS_MASTER_KEY is a denied variable"),
+            "{err}"
+        );
+        let reg = "a:\n  dev:\n    secret_ref: kv://a\n    env: X\nb:\n  dev:\n    secret_ref: kv://b\n    env: X\n";
+        let err =
+            build_plan(&config(reg, "{}"), Environment::Dev, &[], Path::new("/")).expect_err("dup");
+        assert!(
+            err.to_string().contains("already injected by secret 'a'"),
+            "{err}"
+        );
+        let reg = "a:\n  dev:\n    secret_ref: kv://a\n    env: X\n    approval: required\n";
+        assert!(build_plan(&config(reg, "{}"), Environment::Dev, &[], Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn env_values_that_are_refs_become_secrets() {
+        let vars = env(&[
+            ("TOKEN", "file:///run/t"),
+            ("PROXY", "http://proxy:3128"),
+            ("INTERNAL_API_TOKEN", "file:///run/internal"),
+            ("KEYWARDEN_REGISTRY", "file:///x"),
+            ("OPENAI_API_KEY", "env://SHADOWED"),
+        ]);
+        let plan = build_plan(
+            &config(REG, "{}"),
+            Environment::Dev,
+            &vars,
+            Path::new("/cwd"),
+        )
+        .expect("plan");
+        let ids: Vec<_> = plan.secrets.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, vec!["openai", "billing", "TOKEN"]);
+        assert_eq!(plan.secrets[2].origin, Origin::EnvVar);
+        assert_eq!(plan.secrets[2].base_dir, PathBuf::from("/cwd"));
+        let bad = env(&[("TOKEN", "dotenv://x")]);
+        let err = build_plan(&Config::default(), Environment::Dev, &bad, Path::new("/"))
+            .expect_err("malformed");
+        assert_eq!(err.exit_code(), 78);
+        assert!(err.to_string().starts_with("variable TOKEN:"), "{err}");
+        let err = build_plan(
+            &config("", r#"{"allowed_schemes": ["kv"]}"#),
+            Environment::Dev,
+            &env(&[("T", "env://X")]),
+            Path::new("/"),
+        )
+        .expect_err("scheme");
+        assert!(
+            err.to_string()
+                .contains("variable T: scheme 'env' is not allowed"),
+            "{err}"
+        );
+    }
+}

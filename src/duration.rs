@@ -1,0 +1,71 @@
+//! Durations on the command line: `10s`, `500ms`, `2m`, `1h`, or a bare
+//! number of seconds.
+
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+/// Parse a duration such as `10s`, `250ms`, `2m`, `1h` or `5` (seconds).
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("'{text}' is out of range"))
+}
+
+/// Format a duration compactly: `10s`, `1.5s`, `250ms`.
+pub fn format(d: Duration) -> String {
+    if d.as_millis() < 1000 {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units() {
+        for (text, ms) in [
+            ("10s", 10_000),
+            ("500ms", 500),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            ("5", 5_000),
+            ("0.5s", 500),
+            ("0", 0),
+        ] {
+            assert_eq!(parse(text).map(|d| d.as_millis()), Ok(ms), "{text}");
+        }
+        for bad in ["", "s", "10x", "-1s", "ten"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(format(Duration::from_secs(10)), "10s");
+        assert_eq!(format(Duration::from_millis(250)), "250ms");
+        assert_eq!(format(Duration::from_millis(1500)), "1.5s");
+    }
+}

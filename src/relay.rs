@@ -1,0 +1,232 @@
+//! The relay: the child's stdout and stderr arrive on pipes and are copied
+//! to keywarden's own stdout and stderr as soon as they are read, each
+//! stream in order, through an optional [`Filter`] stage (where redaction
+//! plugs in). One thread polls both pipes; when the main child has exited,
+//! [`Relay::finish`] drains what is left in the pipes without waiting for
+//! grandchildren that may still hold them open.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::thread::JoinHandle;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+/// A transformation applied to one output stream.
+pub trait Filter: Send {
+    /// Append the transformed `input` to `out`.
+    fn push(&mut self, input: &[u8], out: &mut Vec<u8>);
+    /// End of stream: append whatever was held back.
+    fn finish(&mut self, out: &mut Vec<u8>);
+}
+
+const BUF: usize = 128 * 1024;
+
+struct Stream {
+    src: Option<OwnedFd>,
+    dst: OwnedFd,
+    filter: Option<Box<dyn Filter>>,
+    out: Vec<u8>,
+}
+
+impl Stream {
+    /// Read once; false at EOF or when the stream was closed.
+    fn pump(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let Some(src) = &self.src else {
+            return Ok(false);
+        };
+        let n = match nix::unistd::read(src, buf) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => return Ok(true),
+            Err(Errno::EAGAIN) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            self.close();
+            return Ok(false);
+        }
+        let chunk = &buf[..n];
+        match &mut self.filter {
+            None => self.write(chunk),
+            Some(f) => {
+                let mut out = std::mem::take(&mut self.out);
+                out.clear();
+                f.push(chunk, &mut out);
+                self.write(&out);
+                self.out = out;
+            }
+        }
+        Ok(true)
+    }
+
+    fn write(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match nix::unistd::write(&self.dst, data) {
+                Ok(n) => data = &data[n..],
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    let mut fds = [PollFd::new(self.dst.as_fd(), PollFlags::POLLOUT)];
+                    let _ = poll(&mut fds, PollTimeout::NONE);
+                }
+                Err(_) => {
+                    // Our side is gone (EPIPE): close the pipe so the child
+                    // sees the same broken pipe it would have seen directly.
+                    self.src = None;
+                    self.filter = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        self.src = None;
+        if let Some(mut f) = self.filter.take() {
+            let mut out = Vec::new();
+            f.finish(&mut out);
+            self.write(&out);
+        }
+    }
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct Relay {
+    stop: std::sync::Arc<EventFd>,
+    thread: JoinHandle<()>,
+}
+
+/// A close-on-exec duplicate of keywarden's fd 1 or 2.
+fn stdio(fd: i32) -> io::Result<OwnedFd> {
+    match fd {
+        1 => io::stdout().as_fd().try_clone_to_owned(),
+        _ => io::stderr().as_fd().try_clone_to_owned(),
+    }
+}
+
+impl Relay {
+    /// Start relaying `stdout` to fd 1 and `stderr` to fd 2.
+    pub fn start(
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        filters: [Option<Box<dyn Filter>>; 2],
+    ) -> io::Result<Relay> {
+        let stop = std::sync::Arc::new(EventFd::from_flags(EfdFlags::EFD_CLOEXEC)?);
+        let [f_out, f_err] = filters;
+        let stop2 = stop.clone();
+        let streams = [
+            Stream {
+                src: Some(stdout),
+                dst: stdio(1)?,
+                filter: f_out,
+                out: Vec::new(),
+            },
+            Stream {
+                src: Some(stderr),
+                dst: stdio(2)?,
+                filter: f_err,
+                out: Vec::new(),
+            },
+        ];
+        let thread = std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || run(streams, &stop2))?;
+        Ok(Relay { stop, thread })
+    }
+
+    /// The main child has exited: drain what is buffered and stop.
+    pub fn finish(self) {
+        let _ = self.stop.write(1);
+        let _ = self.thread.join();
+    }
+}
+
+fn run(mut streams: [Stream; 2], stop: &EventFd) {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let open: Vec<usize> = (0..streams.len())
+            .filter(|&i| streams[i].src.is_some())
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        let mut fds: Vec<PollFd<'_>> = open
+            .iter()
+            .filter_map(|&i| {
+                streams[i]
+                    .src
+                    .as_ref()
+                    .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
+            })
+            .collect();
+        fds.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(true)).collect();
+        drop(fds);
+        let stopping = ready.last().copied().unwrap_or(false);
+        for (k, &i) in open.iter().enumerate() {
+            if ready[k] && streams[i].pump(&mut buf).is_err() {
+                streams[i].close();
+            }
+        }
+        if stopping {
+            break;
+        }
+    }
+    // Drain: everything the child wrote before it exited is in the pipes.
+    for s in streams.iter_mut() {
+        if let Some(src) = &s.src {
+            let _ = fcntl(src, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        }
+        while s.src.is_some() {
+            match s.pump(&mut buf) {
+                Ok(true) => {}
+                _ => break,
+            }
+        }
+        s.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Upper;
+    impl Filter for Upper {
+        fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+            out.extend(input.iter().map(u8::to_ascii_uppercase));
+        }
+        fn finish(&mut self, out: &mut Vec<u8>) {
+            out.extend_from_slice(b"<eof>");
+        }
+    }
+
+    #[test]
+    fn filter_applies_and_finish_flushes_on_eof() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let (r2, w2) = nix::unistd::pipe().expect("pipe");
+        let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
+        // A stream writing into our own pipe instead of fd 1.
+        let mut s = Stream {
+            src: Some(r),
+            dst: out_w,
+            filter: Some(Box::new(Upper)),
+            out: Vec::new(),
+        };
+        nix::unistd::write(&w, b"abc").expect("write");
+        drop(w);
+        let mut buf = vec![0u8; 16];
+        assert!(s.pump(&mut buf).expect("pump"));
+        assert!(!s.pump(&mut buf).expect("eof"));
+        let mut got = vec![0u8; 64];
+        let n = nix::unistd::read(&out_r, &mut got).expect("read");
+        assert_eq!(&got[..n], b"ABC<eof>");
+        drop((r2, w2));
+    }
+}

@@ -1,0 +1,83 @@
+//! Resolving a plan's refs: one current-thread runtime, every ref at once,
+//! each bounded by the provider timeout. `run` also listens for a stop
+//! signal meanwhile, so Ctrl-C during a slow provider aborts at once.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use crate::config::LaunchPlan;
+use crate::error::{Error, ErrorKind, Result};
+use crate::secret::providers::{scrub, Context, Outcome, Resolver};
+use crate::secret::SecretBytes;
+use crate::sys::{Signals, STOP_SIGNALS};
+
+/// Resolve every secret of `plan`; outcomes in plan order.
+pub fn resolve_plan(
+    plan: &LaunchPlan,
+    process_env: &[(OsString, OsString)],
+    timeout: Duration,
+    signals: Option<&Signals>,
+) -> Result<Vec<Outcome>> {
+    if plan.secrets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Os, format!("cannot start the resolver: {e}")))?;
+    let context = Context {
+        env: process_env.iter().cloned().collect(),
+    };
+    let resolver = Resolver::new(context, timeout, None);
+    let requests = plan.secrets.iter().map(|s| s.request()).collect();
+    let outcome = runtime.block_on(async {
+        match signals {
+            None => Ok(resolver.resolve_all(requests).await),
+            Some(signals) => tokio::select! {
+                all = resolver.resolve_all(requests) => Ok(all),
+                sig = signals.wait_for(&STOP_SIGNALS) => Err(sig.map(|s| s as i32)),
+            },
+        }
+    });
+    runtime.shutdown_background();
+    match outcome {
+        Ok(outcomes) => Ok(outcomes),
+        Err(Ok(sig)) => Err(Error::new(
+            ErrorKind::Interrupted(sig as u8),
+            format!(
+                "stopped by {} while resolving secrets; the command was not started",
+                crate::sys::signal_name(sig)
+            ),
+        )),
+        Err(Err(e)) => Err(e),
+    }
+}
+
+/// Fail closed: every value, or the error of the first ref that failed
+/// (the others are logged). Messages are scrubbed of every resolved value.
+pub fn require_all(outcomes: Vec<Outcome>) -> Result<Vec<SecretBytes>> {
+    let mut values = Vec::with_capacity(outcomes.len());
+    let mut errors = Vec::new();
+    for o in outcomes {
+        match o.result {
+            Ok(v) => values.push(v),
+            Err(e) => errors.push(e.for_request(&o.request)),
+        }
+    }
+    if errors.is_empty() {
+        return Ok(values);
+    }
+    let exposed: Vec<&[u8]> = values.iter().map(SecretBytes::expose).collect();
+    let mut errors: Vec<Error> = errors
+        .into_iter()
+        .map(|e| Error::new(e.kind(), scrub(e.message(), &exposed)))
+        .collect();
+    // A malformed ref is the more useful report: it will not fix itself.
+    errors.sort_by_key(|e| e.kind() != ErrorKind::Config);
+    let first = errors.remove(0);
+    for e in &errors {
+        tracing::error!("{e}");
+    }
+    Err(first)
+}

@@ -1,0 +1,143 @@
+//! `keywarden run`: the main job, top to bottom — configuration → resolve
+//! (fail closed) → environment → spawn → relay → supervise → exit code.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use zeroize::Zeroize;
+
+use crate::cli::Common;
+use crate::config;
+use crate::envfilter::{self, EnvSpec, EnvValue};
+use crate::error::{Error, ErrorKind, Result};
+use crate::relay::Relay;
+use crate::resolve::{require_all, resolve_plan};
+use crate::secret::SecretBytes;
+use crate::supervise::{self, SpawnSpec, Supervisor};
+use crate::sys;
+
+/// Options of `run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Start from an empty environment plus `keep_env`.
+    pub clean_env: bool,
+    /// Extra names kept with `--clean-env`.
+    pub keep_env: Vec<String>,
+    /// `USER[:GROUP]` to run the child as.
+    pub user: Option<String>,
+    /// Grace period between the stop signal and SIGKILL.
+    pub grace: Duration,
+    /// Reap every descendant.
+    pub subreaper: bool,
+    /// The command and its arguments.
+    pub command: Vec<OsString>,
+}
+
+/// Run the command; returns keywarden's exit code.
+pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
+    // Before any thread exists, so every thread inherits the mask.
+    let signals = sys::block_signals()?;
+    let process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+
+    let config = config::load(common.registry.as_deref(), common.policy.as_deref())?;
+    let plan = config::build_plan(&config, common.env, &process_env, &cwd)?;
+    for s in &plan.skipped {
+        tracing::info!("secret '{}' skipped: {}", s.id, s.reason);
+    }
+    let user = match &opts.user {
+        None => None,
+        Some(spec) => {
+            if !nix::unistd::geteuid().is_root() {
+                return Err(Error::new(
+                    ErrorKind::Permission,
+                    format!("--user {spec}: keywarden must run as root to switch users"),
+                ));
+            }
+            Some(sys::lookup_user(spec)?)
+        }
+    };
+
+    let outcomes = resolve_plan(&plan, &process_env, common.timeout, Some(&signals))?;
+    let secrets: Vec<SecretBytes> = require_all(outcomes)
+        .map_err(|e| Error::new(e.kind(), format!("{e}; the command was not started")))?;
+    for s in &plan.secrets {
+        tracing::info!("resolved {} ({})", s.id, s.reference);
+    }
+
+    let mut keep = plan.policy.keep_env();
+    keep.extend(opts.keep_env.iter().cloned());
+    let mut extras = Vec::new();
+    if let Some(u) = &user {
+        extras.push(("HOME".to_string(), u.home.clone().into_os_string()));
+        extras.push(("USER".to_string(), OsString::from(&u.name)));
+        extras.push(("LOGNAME".to_string(), OsString::from(&u.name)));
+    }
+    let spec = EnvSpec {
+        deny: plan.policy.deny_env.clone(),
+        clean: opts.clean_env || plan.policy.clean_env,
+        keep,
+        env_sources: plan.env_sources(),
+        inject: plan
+            .secrets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.env_var.clone().map(|v| (v, i)))
+            .collect(),
+        extras,
+    };
+    let values: Vec<&[u8]> = secrets.iter().map(SecretBytes::expose).collect();
+    let mut env: Vec<(OsString, OsString)> = envfilter::build(&process_env, &spec, &values)
+        .into_iter()
+        .map(|(k, v)| match v {
+            EnvValue::Plain(v) => (k, v),
+            EnvValue::Secret(i) => (k, OsString::from_vec(values[i].to_vec())),
+        })
+        .collect();
+
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
+    let program = supervise::locate(&opts.command[0], path_var.as_deref(), &cwd)?;
+    let pid1 = std::process::id() == 1;
+    if opts.subreaper && !pid1 {
+        sys::set_child_subreaper()?;
+    }
+    let spawned = supervise::spawn(SpawnSpec {
+        program,
+        argv: &opts.command,
+        env: &env,
+        credentials: user.map(|u| u.credentials),
+    });
+    for (_, v) in env.iter_mut() {
+        let mut bytes = std::mem::take(v).into_vec();
+        bytes.zeroize();
+    }
+    let spawned = spawned?;
+    tracing::info!("started pid {}", spawned.pid);
+
+    let relay = Relay::start(spawned.stdout, spawned.stderr, [None, None])
+        .map_err(|e| Error::new(ErrorKind::Os, format!("cannot start the output relay: {e}")));
+    let supervisor = Supervisor {
+        child: spawned.pid,
+        reap_all: opts.subreaper || pid1,
+        grace: opts.grace,
+    };
+    let relay = match relay {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = supervisor.wait(&signals);
+            return Err(e);
+        }
+    };
+    let exit = supervisor.wait(&signals);
+    relay.finish();
+    let exit = exit?;
+    tracing::info!("{}", supervise::describe(exit));
+    drop(secrets);
+    Ok(exit.exit_code())
+}

@@ -1,0 +1,308 @@
+//! Providers turn a [`SecretRef`] into [`SecretBytes`].
+//!
+//! Each scheme has one provider behind the [`Provider`] trait; a
+//! [`Resolver`] holds them, resolves many refs concurrently with a
+//! per-provider timeout, and reports each outcome. Errors name the ref and
+//! the reason, never a value. `kv://` goes through a [`KvBackend`], which is
+//! absent until one is configured: the ref then fails closed.
+
+mod dotenv;
+mod env;
+mod exec;
+mod file;
+mod kv;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Scheme, SecretBytes, SecretRef};
+use crate::error::{Error, ErrorKind};
+
+pub use dotenv::parse_dotenv;
+pub use kv::KvBackend;
+
+/// The future a provider returns.
+pub type ResolveFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<SecretBytes, ResolveError>> + Send + 'a>>;
+
+/// A provider for one scheme.
+pub trait Provider: Send + Sync {
+    /// Fetch the value `req` points at.
+    fn resolve<'a>(&'a self, req: &'a Request, ctx: &'a Context) -> ResolveFuture<'a>;
+}
+
+/// One ref to resolve, with what names it in messages.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The registry id, or the variable name for a ref found in the env.
+    pub label: String,
+    /// The ref.
+    pub reference: SecretRef,
+    /// Where relative paths are taken from.
+    pub base_dir: PathBuf,
+}
+
+/// What providers may read of the world: keywarden's environment as it was
+/// at start-up.
+#[derive(Debug, Default)]
+pub struct Context {
+    /// keywarden's own environment.
+    pub env: HashMap<OsString, OsString>,
+}
+
+impl Context {
+    /// A variable of keywarden's environment.
+    pub fn var(&self, name: &str) -> Option<&OsString> {
+        self.env.get(std::ffi::OsStr::new(name))
+    }
+}
+
+/// Why a ref could not be resolved. The reason never holds a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveError {
+    /// The exit-code class.
+    pub kind: ErrorKind,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl ResolveError {
+    /// The provider (or the thing behind it) could not deliver: exit 69.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        ResolveError {
+            kind: ErrorKind::Unavailable,
+            reason: reason.into(),
+        }
+    }
+
+    /// The ref is malformed for its provider: exit 78.
+    pub fn config(reason: impl Into<String>) -> Self {
+        ResolveError {
+            kind: ErrorKind::Config,
+            reason: reason.into(),
+        }
+    }
+
+    /// From an I/O error while reading `what`.
+    pub fn io(what: &str, e: &std::io::Error) -> Self {
+        let kind = crate::error::io_kind(e);
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => format!("{what}: no such file"),
+            std::io::ErrorKind::PermissionDenied => format!("{what}: permission denied"),
+            _ => format!("{what}: {e}"),
+        };
+        ResolveError { kind, reason }
+    }
+
+    /// The error for `req`, naming its label and ref.
+    pub fn for_request(&self, req: &Request) -> Error {
+        Error::new(
+            self.kind,
+            format!(
+                "cannot resolve {} ({}): {}",
+                req.label, req.reference, self.reason
+            ),
+        )
+    }
+}
+
+impl fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// The result of resolving one request.
+#[derive(Debug)]
+pub struct Outcome {
+    /// What was asked.
+    pub request: Request,
+    /// The value, or why not.
+    pub result: Result<SecretBytes, ResolveError>,
+    /// How long the provider took.
+    pub elapsed: Duration,
+}
+
+/// The providers and how long each may take.
+pub struct Resolver {
+    providers: HashMap<Scheme, Box<dyn Provider>>,
+    context: Context,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut schemes: Vec<_> = self.providers.keys().map(|s| s.as_str()).collect();
+        schemes.sort_unstable();
+        f.debug_struct("Resolver")
+            .field("schemes", &schemes)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Resolver {
+    /// The built-in providers; `kv` is the KV backend, if one is configured.
+    pub fn new(context: Context, timeout: Duration, kv: Option<Arc<dyn KvBackend>>) -> Self {
+        let mut providers: HashMap<Scheme, Box<dyn Provider>> = HashMap::new();
+        providers.insert(Scheme::Env, Box::new(env::EnvProvider));
+        providers.insert(Scheme::File, Box::new(file::FileProvider));
+        providers.insert(Scheme::Cred, Box::new(file::CredProvider));
+        providers.insert(Scheme::Dotenv, Box::new(dotenv::DotenvProvider));
+        providers.insert(Scheme::Exec, Box::new(exec::ExecProvider));
+        providers.insert(Scheme::Kv, Box::new(kv::KvProvider::new(kv)));
+        Resolver {
+            providers,
+            context,
+            timeout,
+        }
+    }
+
+    /// Add or replace the provider for `scheme`.
+    pub fn with_provider(mut self, scheme: Scheme, provider: Box<dyn Provider>) -> Self {
+        self.providers.insert(scheme, provider);
+        self
+    }
+
+    /// Resolve one request, bounded by the timeout.
+    pub async fn resolve(&self, req: &Request) -> Result<SecretBytes, ResolveError> {
+        let scheme = req.reference.scheme();
+        let Some(provider) = self.providers.get(&scheme) else {
+            return Err(ResolveError::unavailable(format!(
+                "no provider for '{scheme}://' in this build"
+            )));
+        };
+        match tokio::time::timeout(self.timeout, provider.resolve(req, &self.context)).await {
+            Ok(r) => r,
+            Err(_) => Err(ResolveError::unavailable(format!(
+                "timed out after {}",
+                crate::duration::format(self.timeout)
+            ))),
+        }
+    }
+
+    /// Resolve every request concurrently; outcomes come back in order.
+    pub async fn resolve_all(&self, requests: Vec<Request>) -> Vec<Outcome> {
+        let futures = requests.into_iter().map(|request| async move {
+            let started = Instant::now();
+            let result = self.resolve(&request).await;
+            Outcome {
+                request,
+                result,
+                elapsed: started.elapsed(),
+            }
+        });
+        join_all(futures.collect()).await
+    }
+}
+
+/// Poll every future concurrently on the current task; results in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut slots: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut live: Vec<usize> = (0..pending.len()).collect();
+    std::future::poll_fn(|cx| {
+        live.retain(|&i| match pending[i].as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => {
+                slots[i] = Some(out);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if live.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    drop(pending);
+    slots.into_iter().flatten().collect()
+}
+
+/// Replace every occurrence of each value in `text` with `[REDACTED]`, for
+/// messages that quote what a provider printed (its stderr).
+pub fn scrub(text: &str, values: &[&[u8]]) -> String {
+    let mut out = text.as_bytes().to_vec();
+    for v in values.iter().filter(|v| v.len() >= 4) {
+        let mut i = 0;
+        let mut next = Vec::with_capacity(out.len());
+        while i < out.len() {
+            if out[i..].starts_with(v) {
+                next.extend_from_slice(b"[REDACTED]");
+                i += v.len();
+            } else {
+                next.push(out[i]);
+                i += 1;
+            }
+        }
+        out = next;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Trim one trailing newline (`\n` or `\r\n`) in place.
+pub(crate) fn trim_newline(bytes: &mut Vec<u8>) {
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+}
+
+/// Wrap `bytes` as a secret, refusing an empty value.
+pub(crate) fn non_empty(bytes: Vec<u8>, what: &str) -> Result<SecretBytes, ResolveError> {
+    let secret = SecretBytes::from_vec(bytes);
+    if secret.is_empty() {
+        return Err(ResolveError {
+            kind: ErrorKind::Data,
+            reason: format!("{what} is empty"),
+        });
+    }
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_replaces_every_value() {
+        let a = format!("v{}aaaa", std::process::id());
+        let text = format!("error: {a} and again {a}!");
+        let out = scrub(&text, &[a.as_bytes()]);
+        assert_eq!(out, "error: [REDACTED] and again [REDACTED]!");
+    }
+
+    #[test]
+    fn trims_exactly_one_newline() {
+        for (input, want) in [
+            (&b"v\n"[..], &b"v"[..]),
+            (b"v\r\n", b"v"),
+            (b"v\n\n", b"v\n"),
+            (b"v", b"v"),
+        ] {
+            let mut v = input.to_vec();
+            trim_newline(&mut v);
+            assert_eq!(v, want);
+        }
+    }
+
+    #[tokio::test]
+    async fn join_all_keeps_order() {
+        let futs: Vec<_> = (0..5u64)
+            .map(|i| async move {
+                tokio::time::sleep(Duration::from_millis(10 * (5 - i))).await;
+                i
+            })
+            .collect();
+        assert_eq!(join_all(futs).await, vec![0, 1, 2, 3, 4]);
+    }
+}

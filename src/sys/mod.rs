@@ -1,0 +1,18 @@
+//! Every call into the operating system that needs more than std offers:
+//! process hardening, memory locking, signal plumbing, the child's set-up
+//! between fork and exec, and user lookup.
+//!
+//! This is the only module with `unsafe`; each block carries a `// SAFETY:`
+//! line. Everything above it works with safe wrappers from here.
+
+mod child;
+mod harden;
+mod memlock;
+mod signals;
+mod user;
+
+pub use child::{install_child_setup, ChildSetup, Credentials};
+pub use harden::{harden_process, set_child_subreaper};
+pub use memlock::{lock_memory, unlock_memory};
+pub use signals::{block_signals, signal_name, Signals, FORWARDED_SIGNALS, STOP_SIGNALS};
+pub use user::{lookup_user, TargetUser};
