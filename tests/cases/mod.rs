@@ -1,0 +1,9 @@
+//! Test cases by area.
+
+mod check;
+mod config_errors;
+mod env;
+mod hardening;
+mod launch;
+mod providers;
+mod signals;

@@ -1,0 +1,162 @@
+//! Signals reach the child exactly once; stops escalate after the grace
+//! period; orphans are reaped as subreaper and as PID 1.
+
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const TRAPS: &str =
+    "for s in TERM INT QUIT HUP USR1 WINCH CONT; do trap \"echo $s >> sig.log\" $s; done\n\
+                     trap 'echo USR2 >> sig.log; exit 7' USR2\n\
+                     echo ready > ready\n\
+                     while :; do sleep 0.02; done\n";
+
+#[test]
+fn every_forwarded_signal_reaches_the_child_exactly_once() {
+    let dir = Dir::new();
+    dir.script("counter", TRAPS);
+    let mut kwp = kw(&dir, &["run", "--grace", "30s", "--", "./counter"])
+        .spawn()
+        .expect("spawn");
+    assert!(eventually(Duration::from_secs(5), || dir
+        .join("ready")
+        .exists()));
+    let mut expected = String::new();
+    for sig in ["USR1", "HUP", "WINCH", "CONT", "INT", "QUIT", "TERM"] {
+        signal(kwp.id(), sig);
+        expected.push_str(sig);
+        expected.push('\n');
+        assert!(
+            eventually(Duration::from_secs(5), || dir.read("sig.log") == expected),
+            "after {sig}: {:?}",
+            dir.read("sig.log")
+        );
+    }
+    signal(kwp.id(), "USR2");
+    let status = wait_timeout(&mut kwp, Duration::from_secs(10)).expect("keywarden exits");
+    assert_eq!(status.code(), Some(7));
+    expected.push_str("USR2\n");
+    assert_eq!(dir.read("sig.log"), expected);
+}
+
+#[test]
+fn sigterm_is_delivered_once_then_sigkill_after_the_grace_period() {
+    let dir = Dir::new();
+    dir.script(
+        "stubborn",
+        "trap 'echo TERM >> sig.log' TERM\necho ready > ready\nwhile :; do sleep 0.02; done\n",
+    );
+    let mut kwp = kw(&dir, &["run", "--grace", "600ms", "--", "./stubborn"])
+        .spawn()
+        .expect("spawn");
+    assert!(eventually(Duration::from_secs(5), || dir
+        .join("ready")
+        .exists()));
+    let sent = Instant::now();
+    signal(kwp.id(), "TERM");
+    let status = wait_timeout(&mut kwp, Duration::from_secs(10)).expect("exits");
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(137), "SIGKILL after the grace period");
+    assert!(
+        took >= Duration::from_millis(550),
+        "killed before the grace period: {took:?}"
+    );
+    assert_eq!(dir.read("sig.log"), "TERM\n");
+}
+
+#[test]
+fn a_child_that_exits_on_sigterm_gives_its_own_status() {
+    let dir = Dir::new();
+    dir.script(
+        "polite",
+        "trap 'exit 0' TERM\necho ready > ready\nwhile :; do sleep 0.02; done\n",
+    );
+    let mut kwp = kw(&dir, &["run", "--", "./polite"]).spawn().expect("spawn");
+    assert!(eventually(Duration::from_secs(5), || dir
+        .join("ready")
+        .exists()));
+    signal(kwp.id(), "TERM");
+    let status = wait_timeout(&mut kwp, Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_stop_signal_while_resolving_aborts_before_the_child_starts() {
+    let dir = Dir::new();
+    dir.script("slow", "echo started > resolving; sleep 30\n");
+    let mut kwp = kw(&dir, &["run", "--", "touch", "marker"])
+        .env("K", "exec://./slow?x")
+        .spawn()
+        .expect("spawn");
+    assert!(eventually(Duration::from_secs(5), || dir
+        .join("resolving")
+        .exists()));
+    signal(kwp.id(), "TERM");
+    let status = wait_timeout(&mut kwp, Duration::from_secs(5)).expect("exits promptly");
+    assert_eq!(status.code(), Some(143));
+    assert!(!dir.join("marker").exists());
+}
+
+/// The child double-forks an orphan, waits for it to exit, then counts
+/// zombie processes whose parent is keywarden.
+const ORPHAN: &str = "sh -c 'sleep 0.2 & exit 0'\n\
+                      sleep 0.8\n\
+                      n=0; for f in /proc/[0-9]*/stat; do set -- $(cat $f 2>/dev/null); \
+                      [ \"$3\" = Z ] && [ \"$4\" = \"$PPID\" ] && n=$((n+1)); done; echo zombies=$n\n";
+
+#[test]
+fn orphans_are_reaped_with_subreaper() {
+    let dir = Dir::new();
+    dir.script("orphan", ORPHAN);
+    let out = output(&mut kw(&dir, &["run", "--subreaper", "--", "./orphan"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "zombies=0\n");
+}
+
+#[test]
+fn orphans_are_reaped_as_pid_1_in_a_pid_namespace() {
+    if !have("unshare") {
+        eprintln!("skipped: no unshare");
+        return;
+    }
+    let dir = Dir::new();
+    dir.script(
+        "orphan",
+        &format!("[ $PPID = 1 ] || echo not-pid-1\n{ORPHAN}"),
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        bin(),
+        "run",
+        "--",
+        "./orphan",
+    ])
+    .current_dir(dir.path())
+    .env_remove("CI");
+    let out = output(&mut cmd);
+    if stderr(&out).contains("unshare failed") || stderr(&out).contains("Operation not permitted") {
+        eprintln!("skipped: namespaces unavailable: {}", stderr(&out));
+        return;
+    }
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "zombies=0\n");
+
+    // PID 1 still passes the exit status through.
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        bin(),
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "exit 5",
+    ])
+    .env_remove("CI");
+    assert_eq!(output(&mut cmd).status.code(), Some(5));
+}
