@@ -12,7 +12,7 @@ use crate::check::{self, Format};
 use crate::config::Environment;
 use crate::error::Result;
 use crate::logging::{self, LogFormat};
-use crate::run::{self, RunOptions};
+use crate::run::{self, PtyMode, RunOptions};
 
 /// keywarden: run a command with secrets it needs, and no more.
 #[derive(Debug, Parser)]
@@ -89,6 +89,9 @@ struct RunArgs {
     /// Reap every orphaned descendant (automatic as PID 1)
     #[arg(long)]
     subreaper: bool,
+    /// Run the command on a pseudo-terminal: auto = when stdin and stdout are terminals
+    #[arg(long, value_enum, default_value = "auto")]
+    pty: PtyMode,
     /// Serve no socket API (this build serves none yet)
     #[arg(long)]
     no_socket: bool,
@@ -175,6 +178,7 @@ fn dispatch(cli: &Cli) -> Result<u8> {
                     user: a.user.clone(),
                     grace: a.grace,
                     subreaper: a.subreaper,
+                    pty: a.pty,
                     command: a.command.clone(),
                 },
             )

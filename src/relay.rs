@@ -41,6 +41,8 @@ impl Stream {
             Ok(n) => n,
             Err(Errno::EINTR) => return Ok(true),
             Err(Errno::EAGAIN) => return Ok(false),
+            // A pty master reads EIO once the last slave descriptor closed.
+            Err(Errno::EIO) => 0,
             Err(e) => return Err(e.into()),
         };
         if n == 0 {
@@ -91,6 +93,25 @@ impl Stream {
     }
 }
 
+/// One stream to relay: read `src`, write to keywarden's fd 1 or 2.
+pub struct Source {
+    /// The read end (a pipe, or a pty master).
+    pub src: OwnedFd,
+    /// 1 for stdout, 2 for stderr.
+    pub to: i32,
+    /// The filter stage, if any.
+    pub filter: Option<Box<dyn Filter>>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("src", &self.src)
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A running relay.
 #[derive(Debug)]
 pub struct Relay {
@@ -107,29 +128,19 @@ fn stdio(fd: i32) -> io::Result<OwnedFd> {
 }
 
 impl Relay {
-    /// Start relaying `stdout` to fd 1 and `stderr` to fd 2.
-    pub fn start(
-        stdout: OwnedFd,
-        stderr: OwnedFd,
-        filters: [Option<Box<dyn Filter>>; 2],
-    ) -> io::Result<Relay> {
+    /// Start relaying every source to its destination.
+    pub fn start(sources: Vec<Source>) -> io::Result<Relay> {
         let stop = std::sync::Arc::new(EventFd::from_flags(EfdFlags::EFD_CLOEXEC)?);
-        let [f_out, f_err] = filters;
         let stop2 = stop.clone();
-        let streams = [
-            Stream {
-                src: Some(stdout),
-                dst: stdio(1)?,
-                filter: f_out,
+        let mut streams = Vec::with_capacity(sources.len());
+        for s in sources {
+            streams.push(Stream {
+                src: Some(s.src),
+                dst: stdio(s.to)?,
+                filter: s.filter,
                 out: Vec::new(),
-            },
-            Stream {
-                src: Some(stderr),
-                dst: stdio(2)?,
-                filter: f_err,
-                out: Vec::new(),
-            },
-        ];
+            });
+        }
         let thread = std::thread::Builder::new()
             .name("relay".into())
             .spawn(move || run(streams, &stop2))?;
@@ -143,7 +154,33 @@ impl Relay {
     }
 }
 
-fn run(mut streams: [Stream; 2], stop: &EventFd) {
+/// Copy keywarden's stdin to the pty master until stdin ends (PTY mode).
+/// The thread is left behind at exit: a blocking read cannot be cancelled.
+pub fn pump_stdin(master: OwnedFd) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
+            let stdin = io::stdin();
+            loop {
+                let n = match nix::unistd::read(stdin.as_fd(), &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut data = &buf[..n];
+                while !data.is_empty() {
+                    match nix::unistd::write(&master, data) {
+                        Ok(w) => data = &data[w..],
+                        Err(Errno::EINTR) => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn run(mut streams: Vec<Stream>, stop: &EventFd) {
     let mut buf = vec![0u8; BUF];
     loop {
         let open: Vec<usize> = (0..streams.len())

@@ -2,6 +2,8 @@
 //! (fail closed) → environment → spawn → relay → supervise → exit code.
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,10 +14,10 @@ use crate::cli::Common;
 use crate::config;
 use crate::envfilter::{self, EnvSpec, EnvValue};
 use crate::error::{Error, ErrorKind, Result};
-use crate::relay::Relay;
+use crate::relay::{self, Relay, Source};
 use crate::resolve::{require_all, resolve_plan};
 use crate::secret::SecretBytes;
-use crate::supervise::{self, SpawnSpec, Supervisor};
+use crate::supervise::{self, SpawnSpec, Supervisor, TerminalLink};
 use crate::sys;
 
 /// Options of `run`.
@@ -31,8 +33,73 @@ pub struct RunOptions {
     pub grace: Duration,
     /// Reap every descendant.
     pub subreaper: bool,
+    /// When to run the command on a pseudo-terminal.
+    pub pty: PtyMode,
     /// The command and its arguments.
     pub command: Vec<OsString>,
+}
+
+/// `--pty`: when the child gets a pseudo-terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PtyMode {
+    /// When stdin and stdout are both terminals.
+    Auto,
+    /// Always (window size from stdout when it is a terminal).
+    Always,
+    /// Never: pipes.
+    Never,
+}
+
+impl PtyMode {
+    /// Whether to use a pty, given whether stdin and stdout are terminals.
+    pub fn wanted(self, stdin_tty: bool, stdout_tty: bool) -> bool {
+        match self {
+            PtyMode::Auto => stdin_tty && stdout_tty,
+            PtyMode::Always => true,
+            PtyMode::Never => false,
+        }
+    }
+}
+
+/// Start relaying the child's output (pipes, or the pty master) and, on a
+/// pty, the user's keystrokes the other way, with the terminal in raw mode.
+fn start_io(
+    pipes: Option<(OwnedFd, OwnedFd)>,
+    master: Option<OwnedFd>,
+    stdin_tty: bool,
+) -> Result<(Relay, Option<TerminalLink>)> {
+    let os = |what: &str, e: std::io::Error| Error::new(ErrorKind::Os, format!("{what}: {e}"));
+    let mut sources = Vec::new();
+    if let Some((out, err)) = pipes {
+        sources.push(Source {
+            src: out,
+            to: 1,
+            filter: None,
+        });
+        sources.push(Source {
+            src: err,
+            to: 2,
+            filter: None,
+        });
+    }
+    let mut terminal = None;
+    if let Some(master) = master {
+        let dup = |m: &OwnedFd| m.try_clone().map_err(|e| os("cannot duplicate the pty", e));
+        sources.push(Source {
+            src: dup(&master)?,
+            to: 1,
+            filter: None,
+        });
+        relay::pump_stdin(dup(&master)?).map_err(|e| os("cannot start the input relay", e))?;
+        let raw = if stdin_tty {
+            Some(sys::RawMode::new(std::io::stdin().as_fd())?)
+        } else {
+            None
+        };
+        terminal = Some(TerminalLink { master, raw });
+    }
+    let relay = Relay::start(sources).map_err(|e| os("cannot start the output relay", e))?;
+    Ok((relay, terminal))
 }
 
 /// Run the command; returns keywarden's exit code.
@@ -106,11 +173,25 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     if opts.subreaper && !pid1 {
         sys::set_child_subreaper()?;
     }
+    let stdin_tty = std::io::stdin().is_terminal();
+    let stdout_tty = std::io::stdout().is_terminal();
+    let pty = if opts.pty.wanted(stdin_tty, stdout_tty) {
+        let size = sys::window_size(std::io::stdout().as_fd())
+            .or_else(|| sys::window_size(std::io::stdin().as_fd()));
+        Some(sys::open_pty(size)?)
+    } else {
+        None
+    };
+    let (master, slave) = match pty {
+        Some(p) => (Some(p.master), Some(p.slave)),
+        None => (None, None),
+    };
     let spawned = supervise::spawn(SpawnSpec {
         program,
         argv: &opts.command,
         env: &env,
         credentials: user.map(|u| u.credentials),
+        pty_slave: slave,
     });
     for (_, v) in env.iter_mut() {
         let mut bytes = std::mem::take(v).into_vec();
@@ -119,23 +200,23 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     let spawned = spawned?;
     tracing::info!("started pid {}", spawned.pid);
 
-    let relay = Relay::start(spawned.stdout, spawned.stderr, [None, None])
-        .map_err(|e| Error::new(ErrorKind::Os, format!("cannot start the output relay: {e}")));
     let supervisor = Supervisor {
         child: spawned.pid,
         reap_all: opts.subreaper || pid1,
         grace: opts.grace,
     };
-    let relay = match relay {
-        Ok(r) => r,
+    let started = start_io(spawned.outputs, master, stdin_tty);
+    let (relay, mut terminal) = match started {
+        Ok(io) => io,
         Err(e) => {
             let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = supervisor.wait(&signals);
+            let _ = supervisor.wait(&signals, None);
             return Err(e);
         }
     };
-    let exit = supervisor.wait(&signals);
+    let exit = supervisor.wait(&signals, terminal.as_mut());
     relay.finish();
+    drop(terminal); // restores the user's terminal mode
     let exit = exit?;
     tracing::info!("{}", supervise::describe(exit));
     drop(secrets);

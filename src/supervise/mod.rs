@@ -6,7 +6,7 @@
 
 mod spawn;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -18,7 +18,9 @@ use nix::unistd::Pid;
 pub use spawn::{locate, spawn, SpawnSpec, Spawned};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::sys::{signal_name, Signals, FORWARDED_SIGNALS, STOP_SIGNALS};
+use crate::sys::{
+    set_window_size, signal_name, window_size, RawMode, Signals, FORWARDED_SIGNALS, STOP_SIGNALS,
+};
 
 /// How the main child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,10 +44,58 @@ impl ChildExit {
 /// Whether a signal delivery should be passed on to the child.
 ///
 /// Not when the child sent it (no echo), and not when the kernel generated
-/// it for the terminal's foreground group (Ctrl-C, window change, hangup):
-/// the child is in keywarden's process group and received it already.
-pub fn should_forward(signal: Signal, sender: i32, from_kernel: bool, child: Pid) -> bool {
-    FORWARDED_SIGNALS.contains(&signal) && sender != child.as_raw() && !from_kernel
+/// it for the terminal's foreground group (Ctrl-C, window change, hangup)
+/// while the child shares keywarden's process group: it received it
+/// already. On a pty the child has its own session, so those are forwarded
+/// (except SIGWINCH, which becomes a resize of the pty).
+pub fn should_forward(
+    signal: Signal,
+    sender: i32,
+    from_kernel: bool,
+    child: Pid,
+    on_pty: bool,
+) -> bool {
+    if !FORWARDED_SIGNALS.contains(&signal) || sender == child.as_raw() {
+        return false;
+    }
+    if on_pty {
+        signal != Signal::SIGWINCH
+    } else {
+        !from_kernel
+    }
+}
+
+/// The link between the user's terminal and the child's pty.
+#[derive(Debug)]
+pub struct TerminalLink {
+    /// keywarden's end of the child's pty.
+    pub master: OwnedFd,
+    /// The user's terminal in raw mode, when stdin is a terminal.
+    pub raw: Option<RawMode>,
+}
+
+impl TerminalLink {
+    /// Copy the user's window size to the child's pty.
+    pub fn sync_size(&self) {
+        if let Some(ws) = self.raw.as_ref().and_then(|r| window_size(r.as_fd())) {
+            set_window_size(self.master.as_fd(), &ws);
+        }
+    }
+
+    /// The child stopped (Ctrl-Z on its pty): give the terminal back, stop
+    /// keywarden too so the shell regains control, and pick up on resume.
+    fn suspend(&mut self) {
+        if let Some(r) = self.raw.as_mut() {
+            r.restore();
+        }
+        if std::process::id() != 1 {
+            let _ = kill(nix::unistd::getpid(), Signal::SIGSTOP);
+        }
+        if let Some(r) = self.raw.as_mut() {
+            r.enter();
+        }
+        self.sync_size();
+    }
 }
 
 /// Supervision settings.
@@ -61,11 +111,21 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Forward signals and reap until the main child is gone.
-    pub fn wait(&self, signals: &Signals) -> Result<ChildExit> {
+    pub fn wait(
+        &self,
+        signals: &Signals,
+        mut terminal: Option<&mut TerminalLink>,
+    ) -> Result<ChildExit> {
         let mut deadline: Option<Instant> = None;
         loop {
-            if let Some(exit) = self.reap()? {
-                return Ok(exit);
+            match self.reap(terminal.is_some())? {
+                Reaped::Exit(exit) => return Ok(exit),
+                Reaped::Stopped => {
+                    if let Some(t) = terminal.as_deref_mut() {
+                        t.suspend();
+                    }
+                }
+                Reaped::Running => {}
             }
             let timeout = match deadline {
                 None => PollTimeout::NONE,
@@ -92,7 +152,18 @@ impl Supervisor {
                 if d.signal == Signal::SIGCHLD {
                     continue; // reaped at the top of the loop
                 }
-                if should_forward(d.signal, d.sender, d.from_kernel, self.child) {
+                if d.signal == Signal::SIGWINCH {
+                    if let Some(t) = terminal.as_deref() {
+                        t.sync_size();
+                    }
+                }
+                if should_forward(
+                    d.signal,
+                    d.sender,
+                    d.from_kernel,
+                    self.child,
+                    terminal.is_some(),
+                ) {
                     tracing::debug!("forwarding {} to pid {}", d.signal.as_str(), self.child);
                     let _ = kill(self.child, d.signal);
                 }
@@ -107,32 +178,47 @@ impl Supervisor {
     }
 
     /// Collect exited children without blocking; the main child's status
-    /// when it is among them.
-    fn reap(&self) -> Result<Option<ChildExit>> {
+    /// when it is among them. On a pty, also notice the child stopping.
+    fn reap(&self, untraced: bool) -> Result<Reaped> {
         let target = if self.reap_all {
             None
         } else {
             Some(self.child)
         };
-        let mut main = None;
+        let mut flags = WaitPidFlag::WNOHANG;
+        if untraced {
+            flags |= WaitPidFlag::WUNTRACED;
+        }
+        let mut result = Reaped::Running;
         loop {
-            let status = match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(main),
+            let status = match waitpid(target, Some(flags)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(result),
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(Error::new(ErrorKind::Os, format!("waitpid: {e}"))),
                 Ok(status) => status,
             };
             match status {
                 WaitStatus::Exited(pid, code) if pid == self.child => {
-                    main = Some(ChildExit::Exited(code))
+                    result = Reaped::Exit(ChildExit::Exited(code))
                 }
                 WaitStatus::Signaled(pid, sig, _) if pid == self.child => {
-                    main = Some(ChildExit::Signaled(sig as i32))
+                    result = Reaped::Exit(ChildExit::Signaled(sig as i32))
+                }
+                WaitStatus::Stopped(pid, _) if pid == self.child => {
+                    if !matches!(result, Reaped::Exit(_)) {
+                        result = Reaped::Stopped;
+                    }
                 }
                 other => tracing::debug!("reaped {:?}", other.pid()),
             }
         }
     }
+}
+
+enum Reaped {
+    Running,
+    Stopped,
+    Exit(ChildExit),
 }
 
 /// Describe how the child ended, for the log.
@@ -158,16 +244,63 @@ mod tests {
     #[test]
     fn forwarding_rules() {
         let child = Pid::from_raw(4242);
-        assert!(should_forward(Signal::SIGTERM, 1, false, child));
-        assert!(should_forward(Signal::SIGUSR1, 0, false, child));
-        assert!(
-            !should_forward(Signal::SIGINT, 0, true, child),
-            "terminal Ctrl-C reached the child already"
-        );
-        assert!(
-            !should_forward(Signal::SIGTERM, 4242, false, child),
-            "no echo to the sender"
-        );
-        assert!(!should_forward(Signal::SIGCHLD, 1, false, child));
+        let table = [
+            (
+                Signal::SIGTERM,
+                1,
+                false,
+                false,
+                true,
+                "kill(1) from a user",
+            ),
+            (Signal::SIGUSR1, 0, false, false, true, "kill from pid 0"),
+            (
+                Signal::SIGINT,
+                0,
+                true,
+                false,
+                false,
+                "terminal Ctrl-C reached the child already",
+            ),
+            (
+                Signal::SIGTERM,
+                4242,
+                false,
+                false,
+                false,
+                "no echo to the sender",
+            ),
+            (
+                Signal::SIGCHLD,
+                1,
+                false,
+                false,
+                false,
+                "not a forwarded signal",
+            ),
+            (
+                Signal::SIGHUP,
+                0,
+                true,
+                true,
+                true,
+                "a pty child has its own session",
+            ),
+            (
+                Signal::SIGWINCH,
+                1,
+                false,
+                true,
+                false,
+                "a resize of the pty instead",
+            ),
+        ];
+        for (sig, sender, kernel, pty, want, why) in table {
+            assert_eq!(
+                should_forward(sig, sender, kernel, child, pty),
+                want,
+                "{why}"
+            );
+        }
     }
 }

@@ -25,6 +25,9 @@ pub struct SpawnSpec<'a> {
     pub env: &'a [(OsString, OsString)],
     /// Run as this user (root only).
     pub credentials: Option<Credentials>,
+    /// Run on this pty slave (stdin, stdout, stderr, controlling terminal)
+    /// instead of pipes.
+    pub pty_slave: Option<OwnedFd>,
 }
 
 /// A started child.
@@ -32,10 +35,8 @@ pub struct SpawnSpec<'a> {
 pub struct Spawned {
     /// Its pid.
     pub pid: Pid,
-    /// Read end of its stdout.
-    pub stdout: OwnedFd,
-    /// Read end of its stderr.
-    pub stderr: OwnedFd,
+    /// Read ends of its stdout and stderr (none on a pty: read the master).
+    pub outputs: Option<(OwnedFd, OwnedFd)>,
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -94,20 +95,34 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned> {
     }
     cmd.args(spec.argv.iter().skip(1))
         .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    let on_pty = spec.pty_slave.is_some();
+    match &spec.pty_slave {
+        None => {
+            cmd.stdin(Stdio::inherit())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+        Some(slave) => {
+            let dup = || {
+                slave.try_clone().map(Stdio::from).map_err(|e| {
+                    Error::new(ErrorKind::Os, format!("cannot duplicate the pty: {e}"))
+                })
+            };
+            cmd.stdin(dup()?).stdout(dup()?).stderr(dup()?);
+        }
+    }
     install_child_setup(
         &mut cmd,
         ChildSetup {
             credentials: spec.credentials,
             parent: nix::unistd::getpid(),
+            controlling_tty: on_pty,
         },
     );
     let mut child = cmd.spawn().map_err(|e| {
-        let kind = match (e.kind(), e.raw_os_error()) {
-            (std::io::ErrorKind::NotFound, _) => ErrorKind::NotFound,
+        let kind = match e.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
             _ => ErrorKind::NotExecutable,
         };
         let what = if kind == ErrorKind::NotFound {
@@ -117,18 +132,13 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned> {
         };
         Error::new(kind, format!("{what}: {shown}: {e}"))
     })?;
+    drop(cmd); // closes the parent's copies of the pty slave
     let pid = Pid::from_raw(child.id() as i32);
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(Error::new(
-            ErrorKind::Software,
-            "the command's output pipes are missing",
-        ));
+    let outputs = match (child.stdout.take(), child.stderr.take()) {
+        (Some(out), Some(err)) => Some((out.into(), err.into())),
+        _ => None,
     };
-    Ok(Spawned {
-        pid,
-        stdout: stdout.into(),
-        stderr: stderr.into(),
-    })
+    Ok(Spawned { pid, outputs })
 }
 
 #[cfg(test)]

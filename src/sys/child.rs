@@ -27,6 +27,8 @@ pub struct ChildSetup {
     /// keywarden's pid: if the child's parent is no longer this by the time
     /// the death signal is armed, keywarden already died and the child quits.
     pub parent: Pid,
+    /// Start a new session with stdin (a pty slave) as controlling terminal.
+    pub controlling_tty: bool,
 }
 
 /// Register the pre-exec hook on `cmd`.
@@ -37,6 +39,10 @@ pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
             nix::unistd::setgroups(&c.groups)?;
             nix::unistd::setgid(c.gid)?;
             nix::unistd::setuid(c.uid)?;
+        }
+        if setup.controlling_tty {
+            nix::unistd::setsid()?;
+            set_controlling_tty()?;
         }
         // After the uid change: changing credentials clears the setting.
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
@@ -54,6 +60,18 @@ pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     // list was built before fork and is only read.
     unsafe {
         cmd.pre_exec(hook);
+    }
+}
+
+/// Make stdin (a pty slave) the controlling terminal of the new session.
+fn set_controlling_tty() -> std::io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument and only changes the
+    // session's controlling terminal; fd 0 is the slave set up by std.
+    let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

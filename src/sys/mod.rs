@@ -8,11 +8,13 @@
 mod child;
 mod harden;
 mod memlock;
+mod pty;
 mod signals;
 mod user;
 
 pub use child::{install_child_setup, ChildSetup, Credentials};
 pub use harden::{harden_process, set_child_subreaper};
 pub use memlock::{lock_memory, unlock_memory};
+pub use pty::{open_pty, set_window_size, window_size, Pty, RawMode};
 pub use signals::{block_signals, signal_name, Signals, FORWARDED_SIGNALS, STOP_SIGNALS};
 pub use user::{lookup_user, TargetUser};

@@ -6,4 +6,5 @@ mod env;
 mod hardening;
 mod launch;
 mod providers;
+mod pty;
 mod signals;

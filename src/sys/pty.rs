@@ -1,0 +1,109 @@
+//! Pseudo-terminals for `--pty`: opening one, window sizes, and putting the
+//! user's terminal into raw mode with a guard that restores it.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::pty::{openpty, Winsize};
+use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Both ends of a new pseudo-terminal.
+#[derive(Debug)]
+pub struct Pty {
+    /// keywarden's end.
+    pub master: OwnedFd,
+    /// The child's terminal.
+    pub slave: OwnedFd,
+}
+
+/// Open a pseudo-terminal with the given window size.
+pub fn open_pty(size: Option<Winsize>) -> Result<Pty> {
+    let pty = openpty(size.as_ref(), None)
+        .map_err(|e| Error::new(ErrorKind::Os, format!("cannot open a pseudo-terminal: {e}")))?;
+    for fd in [&pty.master, &pty.slave] {
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+    Ok(Pty {
+        master: pty.master,
+        slave: pty.slave,
+    })
+}
+
+/// The window size of the terminal on `fd`, if it is one.
+pub fn window_size(fd: BorrowedFd<'_>) -> Option<Winsize> {
+    let mut ws = Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `struct winsize` through the pointer,
+    // which points at a live, properly aligned Winsize.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws as *mut Winsize) };
+    (rc == 0).then_some(ws)
+}
+
+/// Set the window size of the terminal on `fd` (the kernel then sends
+/// SIGWINCH to its foreground process group).
+pub fn set_window_size(fd: BorrowedFd<'_>, ws: &Winsize) {
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` through the pointer,
+    // which points at a live Winsize.
+    let _ = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws as *const Winsize) };
+}
+
+/// The user's terminal in raw mode; the saved mode is restored on drop (and
+/// around a suspension with [`RawMode::restore`] / [`RawMode::enter`]).
+#[derive(Debug)]
+pub struct RawMode {
+    fd: OwnedFd,
+    saved: Termios,
+    active: bool,
+}
+
+impl RawMode {
+    /// Save the mode of the terminal on `fd` and switch it to raw.
+    pub fn new(fd: BorrowedFd<'_>) -> Result<RawMode> {
+        let fd = fd.try_clone_to_owned().map_err(|e| {
+            Error::new(ErrorKind::Os, format!("cannot duplicate the terminal: {e}"))
+        })?;
+        let saved = tcgetattr(&fd).map_err(|e| {
+            Error::new(ErrorKind::Os, format!("cannot read the terminal mode: {e}"))
+        })?;
+        let mut raw = RawMode {
+            fd,
+            saved,
+            active: false,
+        };
+        raw.enter();
+        Ok(raw)
+    }
+
+    /// Switch to raw mode (again).
+    pub fn enter(&mut self) {
+        let mut t = self.saved.clone();
+        cfmakeraw(&mut t);
+        self.active = tcsetattr(&self.fd, SetArg::TCSADRAIN, &t).is_ok();
+    }
+
+    /// Put the saved mode back.
+    pub fn restore(&mut self) {
+        if self.active {
+            let _ = tcsetattr(&self.fd, SetArg::TCSADRAIN, &self.saved);
+            self.active = false;
+        }
+    }
+}
+
+impl AsFd for RawMode {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}

@@ -1,0 +1,194 @@
+//! `--pty`: on a terminal the child gets a pseudo-terminal of its own — a
+//! tty, colours, the window size, Ctrl-C — and the user's terminal mode is
+//! restored on exit, also after a signal.
+
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::pty::{openpty, Winsize};
+use nix::sys::termios::{tcgetattr, LocalFlags};
+
+use crate::util::*;
+
+/// keywarden running with stdin/stdout/stderr on a test-owned terminal.
+struct OnTerminal {
+    child: Child,
+    master: OwnedFd,
+    slave: OwnedFd,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl OnTerminal {
+    fn start(dir: &Dir, args: &[&str]) -> OnTerminal {
+        let ws = Winsize {
+            ws_row: 33,
+            ws_col: 101,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = openpty(Some(&ws), None).expect("openpty");
+        let stdio = || Stdio::from(pty.slave.try_clone().expect("dup"));
+        let child = kw(dir, args)
+            .stdin(stdio())
+            .stdout(stdio())
+            .stderr(stdio())
+            .spawn()
+            .expect("spawn");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = std::fs::File::from(pty.master.try_clone().expect("dup"));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        OnTerminal {
+            child,
+            master: pty.master,
+            slave: pty.slave,
+            seen,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().expect("lock")).into_owned()
+    }
+
+    fn wait_for(&self, needle: &str) -> bool {
+        eventually(Duration::from_secs(5), || self.text().contains(needle))
+    }
+
+    fn type_bytes(&self, bytes: &[u8]) {
+        nix::unistd::write(&self.master, bytes).expect("type");
+    }
+
+    fn lflag(&self) -> LocalFlags {
+        tcgetattr(self.slave.as_fd())
+            .expect("tcgetattr")
+            .local_flags
+    }
+}
+
+#[test]
+fn the_child_sees_a_terminal_with_colours_and_the_window_size() {
+    let dir = Dir::new();
+    let mut t = OnTerminal::start(
+        &dir,
+        &["run", "--", "sh", "-c", "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-ttys; stty size; printf '\\033[32mgreen\\033[0m\\n'"],
+    );
+    let status = wait_timeout(&mut t.child, Duration::from_secs(10)).expect("exits");
+    assert!(status.success());
+    assert!(t.wait_for("\x1b[32mgreen\x1b[0m"), "{:?}", t.text());
+    assert!(t.text().contains("all-ttys"), "{:?}", t.text());
+    assert!(t.text().contains("33 101"), "{:?}", t.text());
+}
+
+#[test]
+fn a_window_change_resizes_the_childs_terminal() {
+    let dir = Dir::new();
+    let mut t = OnTerminal::start(
+        &dir,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo size=$(stty size)' WINCH; echo ready; while :; do sleep 0.02; done",
+        ],
+    );
+    assert!(t.wait_for("ready"));
+    let slave = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&t.slave)
+    ))
+    .expect("pts path");
+    let status = std::process::Command::new("stty")
+        .arg("-F")
+        .arg(&slave)
+        .args(["rows", "40", "cols", "120"])
+        .status()
+        .expect("stty");
+    assert!(status.success());
+    signal(t.child.id(), "WINCH");
+    assert!(t.wait_for("size=40 120"), "{:?}", t.text());
+    signal(t.child.id(), "TERM");
+    wait_timeout(&mut t.child, Duration::from_secs(10)).expect("exits");
+}
+
+#[test]
+fn pipes_are_used_with_pty_never() {
+    let dir = Dir::new();
+    let mut t = OnTerminal::start(
+        &dir,
+        &[
+            "run",
+            "--pty",
+            "never",
+            "--",
+            "sh",
+            "-c",
+            "[ -t 1 ] || echo not-a-tty",
+        ],
+    );
+    wait_timeout(&mut t.child, Duration::from_secs(10)).expect("exits");
+    assert!(t.wait_for("not-a-tty"), "{:?}", t.text());
+}
+
+#[test]
+fn keystrokes_and_ctrl_c_reach_the_child() {
+    let dir = Dir::new();
+    let mut t = OnTerminal::start(
+        &dir,
+        &["run", "--", "sh", "-c", "read line; echo got:$line; trap 'echo interrupted; exit 3' INT; echo ready; while :; do sleep 0.02; done"],
+    );
+    // keywarden puts the user's terminal in raw mode while the child runs.
+    assert!(eventually(Duration::from_secs(5), || !t
+        .lflag()
+        .contains(LocalFlags::ICANON)));
+    t.type_bytes(b"hello\r");
+    assert!(t.wait_for("got:hello"), "{:?}", t.text());
+    assert!(t.wait_for("ready"));
+    t.type_bytes(b"\x03");
+    let status = wait_timeout(&mut t.child, Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(3), "{:?}", t.text());
+    assert!(t.text().contains("interrupted"));
+}
+
+#[test]
+fn the_terminal_mode_is_restored_after_sigterm() {
+    let dir = Dir::new();
+    let before = {
+        let ws = Winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let probe = openpty(Some(&ws), None).expect("openpty");
+        tcgetattr(probe.slave.as_fd())
+            .expect("tcgetattr")
+            .local_flags
+    };
+    let mut t = OnTerminal::start(
+        &dir,
+        &["run", "--", "sh", "-c", "echo ready; exec sleep 30"],
+    );
+    assert!(t.wait_for("ready"));
+    assert!(!t.lflag().contains(LocalFlags::ICANON), "raw while running");
+    signal(t.child.id(), "TERM");
+    let status = wait_timeout(&mut t.child, Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(143));
+    let after = t.lflag();
+    assert!(
+        after.contains(LocalFlags::ICANON) && after.contains(LocalFlags::ECHO),
+        "{after:?}"
+    );
+    assert_eq!(after, before);
+}
