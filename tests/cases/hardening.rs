@@ -183,3 +183,41 @@ fn an_unreadable_secret_file_is_permission_denied_77() {
     assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
     assert!(stderr(&out).contains("permission denied"));
 }
+
+#[test]
+fn mlock_refusal_is_warned_about_once() {
+    if !is_root() || !have("setpriv") || !have("prlimit") {
+        eprintln!("skipped: needs root, setpriv and prlimit");
+        return;
+    }
+    let dir = Dir::new();
+    for name in ["a", "b", "c"] {
+        dir.write(name, secret(24));
+    }
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        "prlimit",
+        "--memlock=0:0",
+        bin(),
+        "run",
+        "--",
+        "true",
+    ])
+    .current_dir(dir.path())
+    .env_remove("CI")
+    .env("A", "file://a")
+    .env("B", "file://b")
+    .env("C", "file://c");
+    let out = output(&mut cmd);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).matches("cannot lock secret memory").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+}
