@@ -5,15 +5,52 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use crate::config::LaunchPlan;
+use std::sync::Arc;
+
+use crate::config::{KvBackendConfig, LaunchPlan};
 use crate::error::{Error, ErrorKind, Result};
+use crate::secret::providers::KvBackend;
 use crate::secret::providers::{scrub, Context, Outcome, Resolver};
+use crate::secret::Scheme;
 use crate::secret::SecretBytes;
+use crate::store::StoreOptions;
 use crate::sys::{Signals, STOP_SIGNALS};
+
+/// The KV backend for `kv://` refs: opened only when the plan has some, so
+/// a missing key does not matter to a run that uses none.
+fn kv_backend(
+    plan: &LaunchPlan,
+    store: &StoreOptions,
+    process_env: &[(OsString, OsString)],
+) -> Result<std::result::Result<Arc<dyn KvBackend>, String>> {
+    if !plan
+        .secrets
+        .iter()
+        .any(|s| s.reference.scheme() == Scheme::Kv)
+    {
+        return Ok(Err("no kv:// refs".into()));
+    }
+    if let Some(KvBackendConfig::Vault { .. }) = plan.policy.kv_backend {
+        return Ok(Err(
+            "the policy's kv_backend 'vault' is not available in this build".into(),
+        ));
+    }
+    match crate::store::open_backend(store, process_env)? {
+        Some(backend) => Ok(Ok(backend)),
+        None => {
+            let path = crate::store::store_path(store, process_env)?;
+            Ok(Err(format!(
+                "the embedded store {} does not exist yet: create it with `keywarden store init`",
+                path.display()
+            )))
+        }
+    }
+}
 
 /// Resolve every secret of `plan`; outcomes in plan order.
 pub fn resolve_plan(
     plan: &LaunchPlan,
+    store: &StoreOptions,
     process_env: &[(OsString, OsString)],
     timeout: Duration,
     signals: Option<&Signals>,
@@ -26,10 +63,11 @@ pub fn resolve_plan(
         .enable_time()
         .build()
         .map_err(|e| Error::new(ErrorKind::Os, format!("cannot start the resolver: {e}")))?;
+    let kv = kv_backend(plan, store, process_env)?;
     let context = Context {
         env: process_env.iter().cloned().collect(),
     };
-    let resolver = Resolver::new(context, timeout, None);
+    let resolver = Resolver::new(context, timeout, kv);
     let requests = plan.secrets.iter().map(|s| s.request()).collect();
     let outcome = runtime.block_on(async {
         match signals {

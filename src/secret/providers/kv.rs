@@ -1,6 +1,5 @@
 //! `kv://path`: delegated to the configured KV backend (the embedded store by
-//! default, Vault when policy says so). With no backend, every `kv://` ref
-//! fails closed with a clear message.
+//! default). With no backend, every `kv://` ref fails closed with the reason.
 
 use std::sync::Arc;
 
@@ -13,11 +12,12 @@ pub trait KvBackend: Send + Sync {
 }
 
 pub(super) struct KvProvider {
-    backend: Option<Arc<dyn KvBackend>>,
+    /// The backend, or why there is none.
+    backend: Result<Arc<dyn KvBackend>, String>,
 }
 
 impl KvProvider {
-    pub(super) fn new(backend: Option<Arc<dyn KvBackend>>) -> Self {
+    pub(super) fn new(backend: Result<Arc<dyn KvBackend>, String>) -> Self {
         KvProvider { backend }
     }
 }
@@ -26,11 +26,8 @@ impl Provider for KvProvider {
     fn resolve<'a>(&'a self, req: &'a Request, _ctx: &'a Context) -> ResolveFuture<'a> {
         Box::pin(async move {
             match &self.backend {
-                Some(b) => b.get(req.reference.path()).await,
-                None => Err(ResolveError::unavailable(
-                    "no kv backend is configured: this build has no embedded store yet; \
-                     use file://, env://, dotenv://, cred:// or exec:// refs",
-                )),
+                Ok(b) => b.get(req.reference.path()).await,
+                Err(why) => Err(ResolveError::unavailable(format!("no kv backend: {why}"))),
             }
         })
     }

@@ -148,8 +148,12 @@ impl fmt::Debug for Resolver {
 }
 
 impl Resolver {
-    /// The built-in providers; `kv` is the KV backend, if one is configured.
-    pub fn new(context: Context, timeout: Duration, kv: Option<Arc<dyn KvBackend>>) -> Self {
+    /// The built-in providers; `kv` is the KV backend, or why there is none.
+    pub fn new(
+        context: Context,
+        timeout: Duration,
+        kv: Result<Arc<dyn KvBackend>, String>,
+    ) -> Self {
         let mut providers: HashMap<Scheme, Box<dyn Provider>> = HashMap::new();
         providers.insert(Scheme::Env, Box::new(env::EnvProvider));
         providers.insert(Scheme::File, Box::new(file::FileProvider));
