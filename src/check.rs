@@ -37,6 +37,8 @@ struct Row {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
     elapsed_ms: Option<u64>,
 }
 
@@ -55,7 +57,7 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let config = config::load(common.registry.as_deref(), common.policy.as_deref())?;
     let plan = config::build_plan(&config, common.env, &process_env, &cwd)?;
-    let outcomes = resolve_plan(&plan, &process_env, common.timeout, None)?;
+    let outcomes = resolve_plan(&plan, &common.store, &process_env, common.timeout, None)?;
     let values: Vec<&SecretBytes> = outcomes
         .iter()
         .filter_map(|o| o.result.as_ref().ok())
@@ -64,8 +66,19 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
     let mut worst: Option<ErrorKind> = None;
     let mut rows = Vec::new();
     for (s, o) in plan.secrets.iter().zip(&outcomes) {
+        let mut warning = None;
         let (status, reason) = match &o.result {
-            Ok(_) => ("ok", None),
+            Ok(v) => {
+                if v.len() < crate::redact::MIN_SECRET_LEN {
+                    let w = format!(
+                        "shorter than {} bytes: too short to mask safely, it is not redacted",
+                        crate::redact::MIN_SECRET_LEN
+                    );
+                    tracing::warn!("secret '{}': {w}", s.id);
+                    warning = Some(w);
+                }
+                ("ok", None)
+            }
             Err(e) => {
                 if worst.is_none() || e.kind == ErrorKind::Config {
                     worst = Some(e.kind);
@@ -89,6 +102,7 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
             },
             status,
             reason,
+            warning,
             elapsed_ms: Some(o.elapsed.as_millis() as u64),
         });
     }
@@ -103,6 +117,7 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
             approval: "none",
             status: "skipped",
             reason: Some(s.reason.clone()),
+            warning: None,
             elapsed_ms: None,
         });
     }
@@ -150,11 +165,14 @@ fn table(report: &Report) -> String {
     let header = ["ID", "REF", "SCOPE", "TTL", "ENV", "STATUS"];
     let mut lines: Vec<[String; 6]> = vec![header.map(String::from)];
     for r in &report.secrets {
-        let status = match (&r.reason, r.elapsed_ms) {
+        let mut status = match (&r.reason, r.elapsed_ms) {
             (Some(reason), _) => format!("{}: {reason}", r.status),
             (None, Some(ms)) => format!("{} ({ms} ms)", r.status),
             (None, None) => r.status.to_string(),
         };
+        if let Some(w) = &r.warning {
+            status.push_str(&format!("; warning: {w}"));
+        }
         lines.push([
             r.id.clone(),
             if r.reference.is_empty() {

@@ -12,7 +12,9 @@ use crate::check::{self, Format};
 use crate::config::Environment;
 use crate::error::Result;
 use crate::logging::{self, LogFormat};
+use crate::redact::Mask;
 use crate::run::{self, PtyMode, RunOptions};
+use crate::store::{StoreCommand, StoreOptions};
 
 /// keywarden: run a command with secrets it needs, and no more.
 #[derive(Debug, Parser)]
@@ -62,14 +64,23 @@ struct GlobalArgs {
     #[arg(long, global = true, env = "KEYWARDEN_RESOLVE_TIMEOUT", value_name = "DURATION",
           default_value = "10s", value_parser = crate::duration::parse)]
     resolve_timeout: Duration,
+    #[command(flatten)]
+    store: StoreOptions,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Resolve secrets and run COMMAND with them (stdout/stderr relayed; redaction is not built yet)
+    /// Resolve secrets and run COMMAND with them; its output is relayed with every secret masked
     Run(RunArgs),
     /// Validate the configuration and resolve every ref; print a table, never values
     Check(CheckArgs),
+    /// Copy stdin to stdout with every secret (and its encodings) masked
+    Redact(MaskArgs),
+    /// The embedded encrypted store (the default kv:// backend)
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +103,11 @@ struct RunArgs {
     /// Run the command on a pseudo-terminal: auto = when stdin and stdout are terminals
     #[arg(long, value_enum, default_value = "auto")]
     pty: PtyMode,
+    /// Relay the command's output unchanged (secrets are not masked)
+    #[arg(long)]
+    no_redact: bool,
+    #[command(flatten)]
+    mask: MaskArgs,
     /// Serve no socket API (this build serves none yet)
     #[arg(long)]
     no_socket: bool,
@@ -103,6 +119,13 @@ struct RunArgs {
         value_name = "COMMAND"
     )]
     command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct MaskArgs {
+    /// What replaces a secret; {id} is the secret's id
+    #[arg(long, value_name = "FORMAT", default_value = Mask::DEFAULT_FORMAT)]
+    mask: String,
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +146,8 @@ pub struct Common {
     pub env: Environment,
     /// Per-provider timeout.
     pub timeout: Duration,
+    /// Where the embedded store is and how to unlock it.
+    pub store: StoreOptions,
 }
 
 fn nonempty(p: Option<PathBuf>) -> Option<PathBuf> {
@@ -166,6 +191,7 @@ fn dispatch(cli: &Cli) -> Result<u8> {
             .env
             .unwrap_or_else(|| Environment::default_for(ci.as_deref())),
         timeout: g.resolve_timeout,
+        store: g.store.clone(),
     };
     match &cli.command {
         Command::Run(a) => {
@@ -179,11 +205,18 @@ fn dispatch(cli: &Cli) -> Result<u8> {
                     grace: a.grace,
                     subreaper: a.subreaper,
                     pty: a.pty,
+                    no_redact: a.no_redact,
+                    mask: a.mask.mask.clone(),
                     command: a.command.clone(),
                 },
             )
         }
         Command::Check(a) => check::check(&common, a.format),
+        Command::Redact(a) => crate::redaction::redact_command(&common, &Mask::new(&a.mask)),
+        Command::Store { command } => {
+            let env: Vec<_> = std::env::vars_os().collect();
+            crate::store::run_store(command, &common.store, &env)
+        }
     }
 }
 

@@ -4,8 +4,9 @@
 //! The pipeline (see [`run`]): configuration ([`config`]) → resolution of
 //! refs by providers ([`secret`]) into locked, zeroized memory → the child's
 //! environment ([`envfilter`]) → spawn and supervision ([`supervise`]) →
-//! the output relay ([`relay`]). Every libc call that std does not wrap
-//! lives in [`sys`].
+//! the output relay ([`relay`]) with streaming redaction ([`redact`]). Every libc call that std does not wrap
+//! lives in [`sys`]. `kv://` refs are served by the embedded encrypted
+//! [`store`].
 
 pub mod check;
 pub mod cli;
@@ -14,9 +15,12 @@ pub mod duration;
 pub mod envfilter;
 pub mod error;
 pub mod logging;
+pub mod redact;
+pub mod redaction;
 pub mod relay;
 pub mod resolve;
 pub mod run;
 pub mod secret;
+pub mod store;
 pub mod supervise;
 pub mod sys;

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use zeroize::Zeroize;
@@ -14,7 +15,9 @@ use crate::cli::Common;
 use crate::config;
 use crate::envfilter::{self, EnvSpec, EnvValue};
 use crate::error::{Error, ErrorKind, Result};
-use crate::relay::{self, Relay, Source};
+use crate::redact::{Counts, Mask, Matcher};
+use crate::redaction::{self, RedactFilter};
+use crate::relay::{self, Filter, Relay, Source};
 use crate::resolve::{require_all, resolve_plan};
 use crate::secret::SecretBytes;
 use crate::supervise::{self, SpawnSpec, Supervisor, TerminalLink};
@@ -35,6 +38,10 @@ pub struct RunOptions {
     pub subreaper: bool,
     /// When to run the command on a pseudo-terminal.
     pub pty: PtyMode,
+    /// Relay output unchanged (a warning says so).
+    pub no_redact: bool,
+    /// The mask format, `{id}` replaced by the secret id.
+    pub mask: String,
     /// The command and its arguments.
     pub command: Vec<OsString>,
 }
@@ -63,10 +70,25 @@ impl PtyMode {
 
 /// Start relaying the child's output (pipes, or the pty master) and, on a
 /// pty, the user's keystrokes the other way, with the terminal in raw mode.
+/// One redacting filter per output stream, or none with `--no-redact`.
+fn filters(
+    matcher: Option<&Arc<Matcher>>,
+    counts: &Arc<Mutex<Counts>>,
+) -> impl FnMut() -> Option<Box<dyn Filter>> {
+    let matcher = matcher.cloned();
+    let counts = counts.clone();
+    move || {
+        matcher
+            .as_ref()
+            .map(|m| Box::new(RedactFilter::new(m.clone(), counts.clone())) as Box<dyn Filter>)
+    }
+}
+
 fn start_io(
     pipes: Option<(OwnedFd, OwnedFd)>,
     master: Option<OwnedFd>,
     stdin_tty: bool,
+    mut filter: impl FnMut() -> Option<Box<dyn Filter>>,
 ) -> Result<(Relay, Option<TerminalLink>)> {
     let os = |what: &str, e: std::io::Error| Error::new(ErrorKind::Os, format!("{what}: {e}"));
     let mut sources = Vec::new();
@@ -74,12 +96,12 @@ fn start_io(
         sources.push(Source {
             src: out,
             to: 1,
-            filter: None,
+            filter: filter(),
         });
         sources.push(Source {
             src: err,
             to: 2,
-            filter: None,
+            filter: filter(),
         });
     }
     let mut terminal = None;
@@ -88,7 +110,7 @@ fn start_io(
         sources.push(Source {
             src: dup(&master)?,
             to: 1,
-            filter: None,
+            filter: filter(),
         });
         relay::pump_stdin(dup(&master)?).map_err(|e| os("cannot start the input relay", e))?;
         let raw = if stdin_tty {
@@ -127,12 +149,37 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         }
     };
 
-    let outcomes = resolve_plan(&plan, &process_env, common.timeout, Some(&signals))?;
+    let outcomes = resolve_plan(
+        &plan,
+        &common.store,
+        &process_env,
+        common.timeout,
+        Some(&signals),
+    )?;
     let secrets: Vec<SecretBytes> = require_all(outcomes)
         .map_err(|e| Error::new(e.kind(), format!("{e}; the command was not started")))?;
     for s in &plan.secrets {
         tracing::info!("resolved {} ({})", s.id, s.reference);
     }
+
+    for id in redaction::too_short(&plan, &secrets) {
+        tracing::warn!("secret '{id}' is too short to mask safely; it is not redacted from output");
+    }
+    let matcher = if opts.no_redact {
+        tracing::warn!(
+            "--no-redact: the command's output is relayed unchanged and may show secrets"
+        );
+        None
+    } else {
+        let mask = Mask::new(&opts.mask);
+        Some(Arc::new(redaction::matcher_for(
+            &plan,
+            &secrets,
+            &process_env,
+            &mask,
+        )))
+    };
+    let counts = Arc::new(Mutex::new(Counts::default()));
 
     let mut keep = plan.policy.keep_env();
     keep.extend(opts.keep_env.iter().cloned());
@@ -205,7 +252,12 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         reap_all: opts.subreaper || pid1,
         grace: opts.grace,
     };
-    let started = start_io(spawned.outputs, master, stdin_tty);
+    let started = start_io(
+        spawned.outputs,
+        master,
+        stdin_tty,
+        filters(matcher.as_ref(), &counts),
+    );
     let (relay, mut terminal) = match started {
         Ok(io) => io,
         Err(e) => {
@@ -217,6 +269,9 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     let exit = supervisor.wait(&signals, terminal.as_mut());
     relay.finish();
     drop(terminal); // restores the user's terminal mode
+    if let Ok(counts) = counts.lock() {
+        redaction::log_counts(&counts);
+    }
     let exit = exit?;
     tracing::info!("{}", supervise::describe(exit));
     drop(secrets);

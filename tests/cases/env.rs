@@ -30,7 +30,7 @@ fn each_always_denied_variable_is_stripped_while_others_pass() {
         "HITL_CHALLENGE_HMAC_KEY",
         "KEYWARDEN_ADMIN_TOKEN",
     ];
-    let mut cmd = kw(&dir, &["run", "--", "env", "-0"]);
+    let mut cmd = kw(&dir, &["run", "--no-redact", "--", "env", "-0"]);
     for name in denied {
         cmd.env(name, secret(20));
     }
@@ -51,10 +51,21 @@ fn policy_deny_env_globs_are_stripped() {
     let dir = Dir::new();
     dir.write("p.json", r#"{"deny_env": ["AWS_*", "EXACT_NAME"]}"#);
     let out = output(
-        kw(&dir, &["run", "--policy", "p.json", "--", "env", "-0"])
-            .env("AWS_SECRET_ACCESS_KEY", secret(20))
-            .env("EXACT_NAME", "x")
-            .env("EXACT_NAME_2", "y"),
+        kw(
+            &dir,
+            &[
+                "run",
+                "--no-redact",
+                "--policy",
+                "p.json",
+                "--",
+                "env",
+                "-0",
+            ],
+        )
+        .env("AWS_SECRET_ACCESS_KEY", secret(20))
+        .env("EXACT_NAME", "x")
+        .env("EXACT_NAME_2", "y"),
     );
     let env = child_env(&out);
     assert_eq!(get(&env, "AWS_SECRET_ACCESS_KEY"), None);
@@ -69,7 +80,7 @@ fn env_values_that_are_refs_are_resolved_in_place() {
     dir.write("k", format!("{value}\n"));
     let abs = format!("file://{}", dir.join("k").display());
     let out = output(
-        kw(&dir, &["run", "--", "env", "-0"])
+        kw(&dir, &["run", "--no-redact", "--", "env", "-0"])
             .env("OPENAI_API_KEY", &abs)
             .env("REL_KEY", "file://k")
             .env("HTTP_PROXY", "http://proxy.invalid:3128"),
@@ -108,6 +119,7 @@ fn registry_injection_env_sources_and_equal_values() {
             &dir,
             &[
                 "run",
+                "--no-redact",
                 "--registry",
                 "conf/reg.yaml",
                 "--env",
@@ -147,7 +159,14 @@ fn clean_env_keeps_only_keep_env_and_injected() {
         "a:\n  dev:\n    secret_ref: file://k\n    env: API_KEY\n",
     );
     let run = |extra: &[&str], policy: Option<&str>| {
-        let mut args = vec!["run", "--registry", "reg.yaml", "--env", "dev"];
+        let mut args = vec![
+            "run",
+            "--no-redact",
+            "--registry",
+            "reg.yaml",
+            "--env",
+            "dev",
+        ];
         if let Some(p) = policy {
             dir.write("p.json", p);
             args.extend(["--policy", "p.json"]);
@@ -199,13 +218,25 @@ fn default_registry_and_policy_are_picked_up_and_ci_selects_the_ci_env() {
         r#"{"deny_env": ["DROPPED"]}"#,
     );
     let out = output(
-        kw(&dir, &["run", "--", "sh", "-c", "echo $K ${DROPPED:-gone}"]).env("DROPPED", "x"),
+        kw(
+            &dir,
+            &[
+                "run",
+                "--no-redact",
+                "--",
+                "sh",
+                "-c",
+                "echo $K ${DROPPED:-gone}",
+            ],
+        )
+        .env("DROPPED", "x"),
     );
     assert_eq!(stdout(&out), "dev-value-123456 gone\n");
-    let out = output(kw(&dir, &["run", "--", "sh", "-c", "echo $K"]).env("CI", "true"));
+    let out =
+        output(kw(&dir, &["run", "--no-redact", "--", "sh", "-c", "echo $K"]).env("CI", "true"));
     assert_eq!(stdout(&out), "ci-value-1234567\n");
     let out = output(
-        kw(&dir, &["run", "--", "sh", "-c", "echo $K"])
+        kw(&dir, &["run", "--no-redact", "--", "sh", "-c", "echo $K"])
             .env("CI", "true")
             .env("KEYWARDEN_ENV", "dev"),
     );
@@ -223,6 +254,7 @@ fn secrets_not_allowed_by_policy_are_skipped() {
         &dir,
         &[
             "run",
+            "--no-redact",
             "--registry",
             "reg.yaml",
             "--policy",

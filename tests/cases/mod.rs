@@ -7,4 +7,6 @@ mod hardening;
 mod launch;
 mod providers;
 mod pty;
+mod redaction;
 mod signals;
+mod store;

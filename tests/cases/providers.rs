@@ -28,6 +28,7 @@ fn dotenv_cred_and_exec_providers() {
             &dir,
             &[
                 "run",
+                "--no-redact",
                 "--registry",
                 "reg.yaml",
                 "--env",
@@ -150,11 +151,14 @@ fn slow_providers_time_out_and_resolve_concurrently() {
     dir.script("half", "sleep 0.5; echo value-of-$1\n");
     let started = Instant::now();
     let out = output(
-        kw(&dir, &["run", "--", "sh", "-c", "echo $A $B $C $D"])
-            .env("A", "exec://./half?a")
-            .env("B", "exec://./half?b")
-            .env("C", "exec://./half?c")
-            .env("D", "exec://./half?d"),
+        kw(
+            &dir,
+            &["run", "--no-redact", "--", "sh", "-c", "echo $A $B $C $D"],
+        )
+        .env("A", "exec://./half?a")
+        .env("B", "exec://./half?b")
+        .env("C", "exec://./half?c")
+        .env("D", "exec://./half?d"),
     );
     assert_eq!(
         stdout(&out),

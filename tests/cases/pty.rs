@@ -23,6 +23,10 @@ struct OnTerminal {
 
 impl OnTerminal {
     fn start(dir: &Dir, args: &[&str]) -> OnTerminal {
+        Self::start_with(dir, args, &[])
+    }
+
+    fn start_with(dir: &Dir, args: &[&str], vars: &[(&str, &str)]) -> OnTerminal {
         let ws = Winsize {
             ws_row: 33,
             ws_col: 101,
@@ -32,6 +36,7 @@ impl OnTerminal {
         let pty = openpty(Some(&ws), None).expect("openpty");
         let stdio = || Stdio::from(pty.slave.try_clone().expect("dup"));
         let child = kw(dir, args)
+            .envs(vars.iter().copied())
             .stdin(stdio())
             .stdout(stdio())
             .stderr(stdio())
@@ -191,4 +196,25 @@ fn the_terminal_mode_is_restored_after_sigterm() {
         "{after:?}"
     );
     assert_eq!(after, before);
+}
+
+#[test]
+fn output_on_the_pty_is_redacted_too() {
+    let dir = Dir::new();
+    let value = secret(32);
+    dir.write("k", &value);
+    let mut t = OnTerminal::start_with(
+        &dir,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "printf '\\033[1mkey=%s\\033[0m\\n' \"$K\"",
+        ],
+        &[("K", "file://k")],
+    );
+    wait_timeout(&mut t.child, Duration::from_secs(10)).expect("exits");
+    assert!(t.wait_for("key=[REDACTED:K]"), "{:?}", t.text());
+    assert!(!t.text().contains(&value));
 }

@@ -1,0 +1,843 @@
+//! The immutable multi-pattern matcher: builds every pattern of every secret
+//! once, then finds all occurrences in a byte slice with a sampled q-gram
+//! filter (Wu–Manber family) and verifies candidates exactly. The occurrences
+//! are handed, in order of start, to a [`Sink`] that merges them into masked
+//! spans; both the one-shot path and [`super::Stream`] use the same scanner and
+//! the same merge rule, which is why their outputs agree byte for byte.
+//!
+//! ## The filter
+//! Patterns are split by length into at most two tiers: under
+//! [`SHORT_TIER_BELOW`] (32) bytes, and the rest. In a tier whose shortest
+//! pattern has `min_len` bytes, let `q` = 8 (4 when `min_len` < 16),
+//! `sample = min(min_len, q + MAX_STEP - 1)` and `step = sample - q + 1`
+//! (25 for the long tier). The scanner loads the `q`-byte window at positions
+//! `0, step, 2*step, ...` of the haystack. Any occurrence starting at `s`
+//! covers `[s, s + sample)`, which holds exactly one tested window, at some
+//! offset `o` in `0..step` of the pattern. So the tier's index holds, for each
+//! group of patterns sharing their first `sample` bytes and each `o`, the
+//! `q` bytes at `o`. A window is first tested against a [`Probe`] (one bit in
+//! a table of up to 1 MiB, or a blocked Bloom filter for large tiers); a hit
+//! looks up a bucketed table of `(group, o)` candidates, each checked with a
+//! 32-bit fingerprint of the q-gram's hash and then by comparing bytes.
+//!
+//! One test per `step` bytes, so the cost follows the shortest pattern of
+//! each tier. The split keeps a few short secrets (and their encodings) from
+//! dragging every long pattern down to a short step, and keeps the many hex
+//! 4-grams of long patterns (hex request ids are common in logs) out of a
+//! 4-byte filter.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+use super::encode::{self, Form};
+use super::{Counts, Mask, Secret, MIN_ENCODED_LEN, MIN_SECRET_LEN};
+
+/// Patterns shorter than this go to their own tier.
+pub(crate) const SHORT_TIER_BELOW: usize = 32;
+const MAX_TIERS: usize = 2;
+/// Largest distance between two tested windows: with 8-byte grams the long
+/// tier (patterns of 32 bytes or more) samples exactly its first 32 bytes.
+/// Each step costs one index entry per group of patterns.
+const MAX_STEP: usize = 25;
+/// Bloom filter bits per index entry, before rounding up to a power of two.
+const BLOOM_BITS_PER_ENTRY: usize = 8;
+/// Bytes scanned (by every tier) between two flushes of plain bytes to the
+/// output, so the copy reads bytes the scan has just brought into cache.
+/// Tests use tiny blocks so that property tests cross many block edges.
+const FLUSH_BLOCK: usize = if cfg!(test) { 64 } else { 16 * 1024 };
+/// Offsets are packed in the low bits of an index entry.
+const OFFSET_BITS: u32 = 5;
+
+/// One pattern: a slice of the arena and the secret id it masks.
+#[derive(Clone, Copy)]
+struct Pat {
+    start: u32,
+    len: u32,
+    /// Index into `Matcher::ids`.
+    id: u32,
+}
+
+/// The sampled q-gram index of one tier of patterns.
+struct Tier {
+    /// Indices into `Matcher::pats` of this tier's patterns, sorted.
+    members: Vec<u32>,
+    /// Ranges of `members` that share their first `sample` bytes.
+    groups: Vec<(u32, u32)>,
+    q: usize,
+    sample: usize,
+    step: usize,
+    /// First test of a window: might its q-gram be indexed?
+    probe: Probe,
+    /// Bucket `b` holds entries `heads[b]..heads[b + 1]`.
+    heads: Vec<u32>,
+    bucket_shift: u32,
+    /// Per entry: 32 bits of the q-gram hash (derived, wiped on drop).
+    fingerprints: Zeroizing<Vec<u32>>,
+    /// Per entry: `group << OFFSET_BITS | offset`.
+    refs: Vec<u32>,
+}
+
+/// A blocked Bloom filter: each key sets 3 bits of one 64-bit word, so a
+/// test costs one memory access. Derived from secrets, so wiped on drop.
+struct Bloom {
+    words: Zeroizing<Vec<u64>>,
+    shift: u32,
+}
+
+impl Bloom {
+    fn new(keys: usize, bits_per_key: usize) -> Bloom {
+        let words = (keys * bits_per_key / 64).next_power_of_two().max(2);
+        Bloom {
+            words: Zeroizing::new(vec![0; words]),
+            shift: 64 - words.trailing_zeros(),
+        }
+    }
+
+    fn insert(&mut self, h: u64) {
+        self.words[(h >> self.shift) as usize] |= bloom_bits(h);
+    }
+
+    /// Might `h` have been inserted?
+    #[inline(always)]
+    fn maybe(&self, h: u64) -> bool {
+        let bits = bloom_bits(h);
+        self.words[(h >> self.shift) as usize] & bits == bits
+    }
+}
+
+/// The first test of a window. A tier with few keys uses one bit in a table
+/// that stays in L1 cache, addressed by a single multiply, so a window costs
+/// a few instructions; a large tier uses the blocked Bloom filter over the
+/// full hash, whose false positives stay rare at any size.
+enum Probe {
+    /// One bit per hash in a table of at least `SMALL_PROBE_BITS_PER_KEY`
+    /// bits per key, addressed by the top bits of a product (`shift`).
+    Small {
+        table: Zeroizing<Vec<u64>>,
+        shift: u32,
+    },
+    Large(Bloom),
+}
+
+/// A single-bit table gets 64 bits per key (1/64 of the windows pass by
+/// chance), at least 32 (1/32) when that keeps it within the largest size.
+const SMALL_PROBE_BITS_PER_KEY: usize = 64;
+const SMALL_PROBE_MIN_BITS_PER_KEY: usize = 32;
+/// Largest single-bit table, in bits (1 MiB, a core's L2 here); larger key
+/// sets use the Bloom filter. Measured faster up to about 1,000 secrets.
+const SMALL_PROBE_MAX_BITS: usize = 1 << 23;
+
+/// Index into a small probe table.
+#[inline(always)]
+fn small_probe_index(gram: u64, shift: u32) -> usize {
+    (gram.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
+}
+
+/// Receives occurrences from [`Matcher::scan`].
+pub(crate) trait Sink {
+    /// An occurrence `[start, end)` of pattern `pat` (absolute positions).
+    /// Calls come in order of `start`; for one start, the longest first.
+    fn on_match(&mut self, start: u64, end: u64, pat: u32);
+    /// Every occurrence starting before `upto` has been reported.
+    fn progress(&mut self, upto: u64);
+}
+
+/// Every secret's patterns, compiled for scanning. Immutable once built;
+/// share it between threads with `Arc`.
+pub struct Matcher {
+    /// Pattern bytes, concatenated in sorted order; derived secrets.
+    arena: Zeroizing<Vec<u8>>,
+    /// Patterns sorted by their bytes, no two equal.
+    pats: Vec<Pat>,
+    /// Secret ids, each once, and the rendered mask of each.
+    ids: Vec<Box<str>>,
+    masks: Vec<Box<[u8]>>,
+    /// One or two tiers, by pattern length.
+    tiers: Vec<Tier>,
+    min_len: usize,
+    max_len: usize,
+    /// For the hold rule: exact sets of the first byte and the first two
+    /// bytes of every pattern, and a Bloom filter of the first 4 and first 8
+    /// bytes. Derived from secrets, so wiped on drop.
+    first1: Zeroizing<Vec<u64>>,
+    first2: Zeroizing<Vec<u64>>,
+    prefixes: Bloom,
+}
+
+impl fmt::Debug for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tier")
+            .field("patterns", &self.members.len())
+            .field("groups", &self.groups.len())
+            .field("q", &self.q)
+            .field("step", &self.step)
+            .field("small_probe", &matches!(self.probe, Probe::Small { .. }))
+            .finish()
+    }
+}
+
+impl fmt::Debug for Matcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Counts and sizes only: the patterns are derived secrets.
+        f.debug_struct("Matcher")
+            .field("ids", &self.ids.len())
+            .field("patterns", &self.pats.len())
+            .field("min_len", &self.min_len)
+            .field("max_len", &self.max_len)
+            .field("tiers", &self.tiers)
+            .finish()
+    }
+}
+
+/// An occurrence: the span `[start, end)` of the input and the id it masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span<'m> {
+    pub start: usize,
+    pub end: usize,
+    pub id: &'m str,
+}
+
+impl Matcher {
+    /// Builds the patterns of every secret at least [`MIN_SECRET_LEN`] bytes
+    /// long (see [`Matcher::too_short`] for the others). When two secrets
+    /// yield the same pattern, the first in `secrets` names the mask.
+    pub fn new(secrets: &[Secret<'_>], mask: &Mask) -> Matcher {
+        let mut ids: Vec<Box<str>> = Vec::new();
+        let mut id_index: HashMap<&str, u32> = HashMap::new();
+        // (pattern, id index); order of generation breaks ties.
+        let mut forms: Vec<(Form, u32)> = Vec::new();
+        for secret in secrets {
+            if secret.value.len() < MIN_SECRET_LEN {
+                continue;
+            }
+            let id = *id_index.entry(secret.id).or_insert_with(|| {
+                ids.push(secret.id.into());
+                index_u32(ids.len() - 1)
+            });
+            forms.push((Zeroizing::new(secret.value.to_vec()), id));
+            for line in encode::lines(secret.value) {
+                if line.len() >= MIN_SECRET_LEN {
+                    forms.push((Zeroizing::new(line.to_vec()), id));
+                }
+            }
+            for form in encode::encoded_forms(secret.value) {
+                if form.len() >= MIN_ENCODED_LEN {
+                    forms.push((form, id));
+                }
+            }
+        }
+        // Sort by bytes (stable: the first secret wins a tie), drop repeats.
+        let mut order: Vec<usize> = (0..forms.len()).collect();
+        order.sort_by(|&a, &b| forms[a].0.as_slice().cmp(forms[b].0.as_slice()));
+        order.dedup_by(|b, a| forms[*a].0 == forms[*b].0);
+
+        let total: usize = order.iter().map(|&i| forms[i].0.len()).sum();
+        let mut arena = Zeroizing::new(Vec::with_capacity(total));
+        let mut pats = Vec::with_capacity(order.len());
+        for &i in &order {
+            let (bytes, id) = &forms[i];
+            pats.push(Pat {
+                start: index_u32(arena.len()),
+                len: index_u32(bytes.len()),
+                id: *id,
+            });
+            arena.extend_from_slice(bytes);
+        }
+        drop(forms);
+
+        let masks = ids
+            .iter()
+            .map(|id| mask.render(id).into_bytes().into_boxed_slice())
+            .collect();
+        let min_len = pats.iter().map(|p| p.len as usize).min().unwrap_or(0);
+        let max_len = pats.iter().map(|p| p.len as usize).max().unwrap_or(0);
+
+        let bytes = |p: &Pat| &arena[p.start as usize..(p.start + p.len) as usize];
+        let (short, long): (Vec<u32>, Vec<u32>) = (0..index_u32(pats.len()))
+            .partition(|&i| (pats[i as usize].len as usize) < SHORT_TIER_BELOW);
+        let tiers = [short, long]
+            .into_iter()
+            .filter(|members| !members.is_empty())
+            .map(|members| Tier::build(members, &pats, &bytes))
+            .collect();
+
+        let mut first1 = Zeroizing::new(vec![0u64; 256 / 64]);
+        let mut first2 = Zeroizing::new(vec![0u64; 65536 / 64]);
+        let mut prefixes = Bloom::new(2 * pats.len(), 16);
+        for p in &pats {
+            let b = bytes(p);
+            set_bit(&mut first1, usize::from(b[0]));
+            set_bit(&mut first2, usize::from(b[0]) << 8 | usize::from(b[1]));
+            prefixes.insert(prefix_hash(&b[..4]));
+            prefixes.insert(prefix_hash(&b[..8]));
+        }
+
+        Matcher {
+            arena,
+            pats,
+            ids,
+            masks,
+            tiers,
+            min_len,
+            max_len,
+            first1,
+            first2,
+            prefixes,
+        }
+    }
+
+    /// Ids of the secrets too short to be masked (under [`MIN_SECRET_LEN`]
+    /// bytes), in the order given, for `check` to warn about.
+    pub fn too_short<'a>(secrets: &[Secret<'a>]) -> Vec<&'a str> {
+        secrets
+            .iter()
+            .filter(|s| s.value.len() < MIN_SECRET_LEN)
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// True when there is nothing to mask.
+    pub fn is_empty(&self) -> bool {
+        self.pats.is_empty()
+    }
+
+    /// Length of the longest pattern: a [`super::Stream`] holds back fewer
+    /// bytes than this.
+    pub fn max_pattern_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Length of the shortest pattern (0 when empty).
+    pub fn min_pattern_len(&self) -> usize {
+        self.min_len
+    }
+
+    /// Number of distinct patterns (values, lines and encoded forms).
+    pub fn pattern_count(&self) -> usize {
+        self.pats.len()
+    }
+
+    /// Approximate heap memory held, in bytes.
+    pub fn heap_size(&self) -> usize {
+        let tiers: usize = self.tiers.iter().map(Tier::heap_size).sum();
+        let ids: usize = self.ids.iter().map(|id| id.len()).sum::<usize>()
+            + self.masks.iter().map(|m| m.len()).sum::<usize>();
+        self.arena.capacity()
+            + self.pats.capacity() * std::mem::size_of::<Pat>()
+            + 8 * (self.first1.capacity() + self.first2.capacity() + self.prefixes.words.capacity())
+            + ids
+            + tiers
+    }
+
+    /// Appends `input` to `out` with every masked span replaced by its mask,
+    /// and counts each mask under its id.
+    pub fn redact_all(&self, input: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
+        out.reserve(input.len());
+        let mut emitter = Emitter::new(
+            self,
+            Source::one(input, 0),
+            out,
+            counts,
+            0,
+            input.len() as u64,
+        );
+        self.scan(input, 0, input.len(), &mut emitter);
+        emitter.progress(input.len() as u64);
+    }
+
+    /// The spans that [`Matcher::redact_all`] would mask, in order; for
+    /// reporting where a secret leaked without copying the input.
+    pub fn find_spans(&self, input: &[u8]) -> Vec<Span<'_>> {
+        struct Collect<'m> {
+            m: &'m Matcher,
+            end: u64,
+            spans: Vec<Span<'m>>,
+        }
+        impl Sink for Collect<'_> {
+            fn on_match(&mut self, start: u64, end: u64, pat: u32) {
+                match self.spans.last_mut() {
+                    Some(last) if start < self.end => {
+                        self.end = self.end.max(end);
+                        last.end = self.end as usize;
+                    }
+                    _ => {
+                        self.end = end;
+                        let id = self.m.pat_id(pat);
+                        self.spans.push(Span {
+                            start: start as usize,
+                            end: end as usize,
+                            id,
+                        });
+                    }
+                }
+            }
+            fn progress(&mut self, _: u64) {}
+        }
+        let mut collect = Collect {
+            m: self,
+            end: 0,
+            spans: Vec::new(),
+        };
+        self.scan(input, 0, input.len(), &mut collect);
+        collect.spans
+    }
+
+    /// True when `tail` is a proper prefix of some pattern: the bytes could
+    /// still become a match, so a stream must hold them.
+    pub(crate) fn could_begin(&self, tail: &[u8]) -> bool {
+        // Every pattern is longer than 2 bytes, so for 1 or 2 bytes the
+        // exact sets answer alone.
+        match *tail {
+            [] => return false,
+            [a] => return get_bit(&self.first1, usize::from(a)),
+            [a, b, ..] => {
+                if tail.len() >= self.max_len
+                    || !get_bit(&self.first2, usize::from(a) << 8 | usize::from(b))
+                {
+                    return false;
+                }
+            }
+        }
+        if tail.len() >= 4
+            && !self
+                .prefixes
+                .maybe(prefix_hash(&tail[..tail.len().min(8) & !3]))
+        {
+            return false;
+        }
+        // Patterns that begin with `tail` sit together in sorted order, the
+        // one equal to `tail` (if any) first.
+        let mut i = self.pats.partition_point(|p| self.bytes(p) < tail);
+        if i < self.pats.len() && self.bytes(&self.pats[i]) == tail {
+            i += 1;
+        }
+        i < self.pats.len() && self.bytes(&self.pats[i]).starts_with(tail)
+    }
+
+    /// The id a pattern masks.
+    pub(crate) fn pat_id(&self, pat: u32) -> &str {
+        &self.ids[self.pats[pat as usize].id as usize]
+    }
+
+    fn bytes(&self, p: &Pat) -> &[u8] {
+        &self.arena[p.start as usize..(p.start + p.len) as usize]
+    }
+
+    /// Reports to `sink` every occurrence lying wholly inside `hay` and
+    /// starting before `start_limit`, with positions offset by `base`.
+    pub(crate) fn scan<S: Sink>(&self, hay: &[u8], base: u64, start_limit: usize, sink: &mut S) {
+        if self.pats.is_empty() || start_limit == 0 || hay.len() < self.min_len {
+            return;
+        }
+        // Window w of a tier yields starts in (w - step, w]: a tier is done
+        // once those are all past the limit, or the window runs off the end.
+        let mut ends = [0usize; MAX_TIERS];
+        for (end, t) in ends.iter_mut().zip(&self.tiers) {
+            *end = (hay.len() + 1 - t.q).min(start_limit + t.step - 1);
+        }
+        let mut next = [0usize; MAX_TIERS];
+        // Occurrences found but not yet handed over: tiers find them out of
+        // order, the sink takes them by start (few, so a sorted Vec).
+        let mut pending: Vec<(usize, usize, u32)> = Vec::new();
+        let mut block_end = 0;
+        loop {
+            block_end += FLUSH_BLOCK;
+            let mut frontier = start_limit;
+            for (t, tier) in self.tiers.iter().enumerate() {
+                let stop = ends[t].min(block_end);
+                next[t] = match tier.q {
+                    4 => self.scan_tier::<4>(tier, hay, next[t], stop, start_limit, &mut pending),
+                    _ => self.scan_tier::<8>(tier, hay, next[t], stop, start_limit, &mut pending),
+                };
+                if next[t] < ends[t] {
+                    // Windows before next[t] cover every start up to
+                    // next[t] - step.
+                    frontier = frontier.min((next[t] + 1).saturating_sub(tier.step));
+                }
+            }
+            if !pending.is_empty() {
+                pending.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+                let ready = pending.partition_point(|m| m.0 < frontier);
+                for &(s, e, pat) in &pending[..ready] {
+                    sink.on_match(base + s as u64, base + e as u64, pat);
+                }
+                pending.drain(..ready);
+            }
+            sink.progress(base + frontier as u64);
+            if frontier == start_limit {
+                debug_assert!(pending.is_empty());
+                return;
+            }
+        }
+    }
+
+    /// Tests the windows `w, w + step, ...` below `stop` of one tier, adding
+    /// what they find to `pending`; returns the next window.
+    fn scan_tier<const Q: usize>(
+        &self,
+        tier: &Tier,
+        hay: &[u8],
+        w: usize,
+        stop: usize,
+        start_limit: usize,
+        pending: &mut Vec<(usize, usize, u32)>,
+    ) -> usize {
+        match &tier.probe {
+            Probe::Small { table, shift } => {
+                let test = |gram: u64| get_bit(table, small_probe_index(gram, *shift));
+                self.scan_windows::<Q>(tier, hay, w, stop, start_limit, pending, test)
+            }
+            Probe::Large(bloom) => {
+                let test = |gram: u64| bloom.maybe(hash(gram));
+                self.scan_windows::<Q>(tier, hay, w, stop, start_limit, pending, test)
+            }
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn scan_windows<const Q: usize>(
+        &self,
+        tier: &Tier,
+        hay: &[u8],
+        mut w: usize,
+        stop: usize,
+        start_limit: usize,
+        pending: &mut Vec<(usize, usize, u32)>,
+        test: impl Fn(u64) -> bool,
+    ) -> usize {
+        let step = tier.step;
+        // Four windows per round: independent loads and tests overlap, and
+        // one branch covers all four.
+        while w + 3 * step < stop {
+            let g0 = load_gram::<Q>(hay, w);
+            let g1 = load_gram::<Q>(hay, w + step);
+            let g2 = load_gram::<Q>(hay, w + 2 * step);
+            let g3 = load_gram::<Q>(hay, w + 3 * step);
+            let (m0, m1, m2, m3) = (test(g0), test(g1), test(g2), test(g3));
+            if m0 | m1 | m2 | m3 {
+                for (i, (hit, g)) in [(m0, g0), (m1, g1), (m2, g2), (m3, g3)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    if hit {
+                        self.verify(tier, hay, w + i * step, g, start_limit, pending);
+                    }
+                }
+            }
+            w += 4 * step;
+        }
+        while w < stop {
+            let g = load_gram::<Q>(hay, w);
+            if test(g) {
+                self.verify(tier, hay, w, g, start_limit, pending);
+            }
+            w += step;
+        }
+        w
+    }
+
+    /// Checks the index candidates of window `w`, adding for each matching
+    /// group its longest pattern that matches: (start, end, pattern).
+    #[inline(never)]
+    fn verify(
+        &self,
+        tier: &Tier,
+        hay: &[u8],
+        w: usize,
+        gram: u64,
+        start_limit: usize,
+        pending: &mut Vec<(usize, usize, u32)>,
+    ) {
+        let h = hash(gram);
+        let bucket = (h >> tier.bucket_shift) as usize;
+        let fp = fingerprint(h);
+        let (lo, hi) = (tier.heads[bucket] as usize, tier.heads[bucket + 1] as usize);
+        for k in lo..hi {
+            if tier.fingerprints[k] != fp {
+                continue;
+            }
+            let r = tier.refs[k];
+            let o = (r & ((1 << OFFSET_BITS) - 1)) as usize;
+            let Some(s) = w.checked_sub(o) else { continue };
+            if s >= start_limit || s + tier.sample > hay.len() {
+                continue;
+            }
+            let (first, last) = tier.groups[(r >> OFFSET_BITS) as usize];
+            let members = &tier.members[first as usize..last as usize];
+            let window = &hay[s..];
+            if window[..tier.sample] != self.bytes(&self.pats[members[0] as usize])[..tier.sample] {
+                continue;
+            }
+            let mut best: Option<(usize, u32)> = None;
+            for &i in members {
+                let p = self.bytes(&self.pats[i as usize]);
+                if window.len() >= p.len()
+                    && window[tier.sample..p.len()] == p[tier.sample..]
+                    && best.is_none_or(|(len, _)| p.len() > len)
+                {
+                    best = Some((p.len(), i));
+                }
+            }
+            if let Some((len, i)) = best {
+                pending.push((s, s + len, i));
+            }
+        }
+    }
+}
+
+impl Tier {
+    fn heap_size(&self) -> usize {
+        let probe = match &self.probe {
+            Probe::Small { table, .. } => table.capacity(),
+            Probe::Large(bloom) => bloom.words.capacity(),
+        };
+        4 * (self.members.capacity()
+            + 2 * self.groups.capacity()
+            + self.heads.capacity()
+            + self.fingerprints.capacity()
+            + self.refs.capacity())
+            + 8 * probe
+    }
+
+    /// Indexes the patterns `members` (sorted indices into `pats`).
+    fn build<'a>(members: Vec<u32>, pats: &[Pat], bytes: &impl Fn(&Pat) -> &'a [u8]) -> Tier {
+        let pat = |i: u32| bytes(&pats[i as usize]);
+        let min_len = members.iter().map(|&i| pat(i).len()).min().unwrap_or(0);
+        let q = if min_len >= 16 { 8 } else { 4 };
+        let sample = min_len.min(q + MAX_STEP - 1);
+        let step = sample.saturating_sub(q) + 1;
+
+        let mut groups: Vec<(u32, u32)> = Vec::new();
+        for (k, &i) in members.iter().enumerate() {
+            match groups.last_mut() {
+                Some(g) if pat(members[g.0 as usize])[..sample] == pat(i)[..sample] => g.1 += 1,
+                _ => groups.push((index_u32(k), index_u32(k + 1))),
+            }
+        }
+
+        assert!(groups.len() < 1 << (32 - OFFSET_BITS), "too many patterns");
+        // Per key: the hash of the q-gram at offset o of a group's sample
+        // (derived, so wiped on drop), and `group << OFFSET_BITS | o`.
+        let n_keys = groups.len() * step;
+        let mut hashes: Zeroizing<Vec<u64>> = Zeroizing::new(Vec::with_capacity(n_keys));
+        let mut key_refs: Vec<u32> = Vec::with_capacity(n_keys);
+        let small_bits = (n_keys * SMALL_PROBE_BITS_PER_KEY)
+            .next_power_of_two()
+            .clamp(1 << 12, SMALL_PROBE_MAX_BITS);
+        let mut probe = if n_keys * SMALL_PROBE_MIN_BITS_PER_KEY <= small_bits {
+            Probe::Small {
+                table: Zeroizing::new(vec![0; small_bits / 64]),
+                shift: 64 - small_bits.trailing_zeros(),
+            }
+        } else {
+            Probe::Large(Bloom::new(n_keys, BLOOM_BITS_PER_ENTRY))
+        };
+        for (g, &(first, _)) in groups.iter().enumerate() {
+            let head = &pat(members[first as usize])[..sample];
+            for o in 0..step {
+                let gram = load(&head[o..o + q]);
+                match &mut probe {
+                    Probe::Small { table, shift } => {
+                        set_bit(table, small_probe_index(gram, *shift))
+                    }
+                    Probe::Large(bloom) => bloom.insert(hash(gram)),
+                }
+                hashes.push(hash(gram));
+                key_refs.push(index_u32(g) << OFFSET_BITS | index_u32(o));
+            }
+        }
+
+        let buckets = n_keys.next_power_of_two().max(2);
+        let bucket_shift = 64 - buckets.trailing_zeros();
+        let mut heads = vec![0u32; buckets + 1];
+        for &h in hashes.iter() {
+            heads[(h >> bucket_shift) as usize + 1] += 1;
+        }
+        for b in 0..buckets {
+            heads[b + 1] += heads[b];
+        }
+        let mut fill: Vec<u32> = heads[..buckets].to_vec();
+        let mut fingerprints = Zeroizing::new(vec![0u32; n_keys]);
+        let mut refs = vec![0u32; n_keys];
+        for (&h, &r) in hashes.iter().zip(&key_refs) {
+            let slot = &mut fill[(h >> bucket_shift) as usize];
+            fingerprints[*slot as usize] = fingerprint(h);
+            refs[*slot as usize] = r;
+            *slot += 1;
+        }
+        Tier {
+            members,
+            groups,
+            q,
+            sample,
+            step,
+            probe,
+            heads,
+            bucket_shift,
+            fingerprints,
+            refs,
+        }
+    }
+}
+
+/// The three bits a hash sets in its Bloom word.
+#[inline(always)]
+fn bloom_bits(h: u64) -> u64 {
+    1 << (h & 63) | 1 << ((h >> 6) & 63) | 1 << ((h >> 12) & 63)
+}
+
+#[inline(always)]
+fn fingerprint(h: u64) -> u32 {
+    (h >> 16) as u32
+}
+
+fn set_bit(words: &mut [u64], i: usize) {
+    words[i / 64] |= 1 << (i % 64);
+}
+
+fn get_bit(words: &[u64], i: usize) -> bool {
+    words[i / 64] & 1 << (i % 64) != 0
+}
+
+/// Key of a pattern prefix of 4 or 8 bytes in `Matcher::prefixes`.
+fn prefix_hash(prefix: &[u8]) -> u64 {
+    hash(hash(load(prefix)) ^ prefix.len() as u64)
+}
+
+/// The `Q`-byte window at `at`, little-endian.
+#[inline(always)]
+fn load_gram<const Q: usize>(hay: &[u8], at: usize) -> u64 {
+    let mut gram = [0u8; 8];
+    gram[..Q].copy_from_slice(&hay[at..at + Q]);
+    u64::from_le_bytes(gram)
+}
+
+/// Little-endian load of up to 8 bytes.
+#[inline(always)]
+fn load(bytes: &[u8]) -> u64 {
+    let mut gram = [0u8; 8];
+    gram[..bytes.len()].copy_from_slice(bytes);
+    u64::from_le_bytes(gram)
+}
+
+/// A folded multiply: one 64x64->128 product, halves xored, so every output
+/// bit depends on every input bit.
+#[inline(always)]
+fn hash(g: u64) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    const SEED: u64 = 0x2545_F491_4F6C_DD1D;
+    let p = u128::from(g ^ SEED) * u128::from(K);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+fn index_u32(i: usize) -> u32 {
+    u32::try_from(i).expect("fewer than 4 GiB of patterns")
+}
+
+/// Where the bytes of the current scan come from: a stream's held tail
+/// (`a`, from absolute position `a_base`) followed by the new input (`b`).
+pub(crate) struct Source<'a> {
+    a: &'a [u8],
+    a_base: u64,
+    b: &'a [u8],
+}
+
+impl<'a> Source<'a> {
+    pub(crate) fn new(a: &'a [u8], a_base: u64, b: &'a [u8]) -> Self {
+        Source { a, a_base, b }
+    }
+
+    fn one(bytes: &'a [u8], base: u64) -> Self {
+        Source {
+            a: bytes,
+            a_base: base,
+            b: &[],
+        }
+    }
+
+    /// Appends the bytes at absolute positions `from..to`.
+    fn copy(&self, from: u64, to: u64, out: &mut Vec<u8>) {
+        let split = self.a_base + self.a.len() as u64;
+        if from < split {
+            let stop = to.min(split);
+            out.extend_from_slice(
+                &self.a[(from - self.a_base) as usize..(stop - self.a_base) as usize],
+            );
+        }
+        if to > split {
+            let start = from.max(split);
+            out.extend_from_slice(&self.b[(start - split) as usize..(to - split) as usize]);
+        }
+    }
+}
+
+/// The merge rule, as a [`Sink`]. Occurrences arrive by start; `pos` is the
+/// first byte not yet written or swallowed. An occurrence starting before
+/// `pos` overlaps the span being masked and only extends it; one starting at
+/// or after `pos` (adjacent counts as after) writes the plain bytes before
+/// it, then one mask for its id, and opens a new span.
+pub(crate) struct Emitter<'a> {
+    m: &'a Matcher,
+    src: Source<'a>,
+    out: &'a mut Vec<u8>,
+    counts: &'a mut Counts,
+    pub(crate) pos: u64,
+    /// Plain bytes are written only before this position.
+    limit: u64,
+}
+
+impl<'a> Emitter<'a> {
+    pub(crate) fn new(
+        m: &'a Matcher,
+        src: Source<'a>,
+        out: &'a mut Vec<u8>,
+        counts: &'a mut Counts,
+        pos: u64,
+        limit: u64,
+    ) -> Self {
+        Emitter {
+            m,
+            src,
+            out,
+            counts,
+            pos,
+            limit,
+        }
+    }
+}
+
+impl Sink for Emitter<'_> {
+    fn on_match(&mut self, start: u64, end: u64, pat: u32) {
+        if start < self.pos {
+            self.pos = self.pos.max(end);
+            return;
+        }
+        self.src.copy(self.pos, start, self.out);
+        let id = self.m.pats[pat as usize].id as usize;
+        self.out.extend_from_slice(&self.m.masks[id]);
+        self.counts.add(&self.m.ids[id]);
+        self.pos = end;
+    }
+
+    fn progress(&mut self, upto: u64) {
+        let upto = upto.min(self.limit);
+        if self.pos < upto {
+            self.src.copy(self.pos, upto, self.out);
+            self.pos = upto;
+        }
+    }
+}
+
+#[cfg(test)]
+impl Matcher {
+    /// Every pattern with the id it masks, for the reference matcher.
+    pub(crate) fn patterns(&self) -> Vec<(&[u8], &str)> {
+        self.pats
+            .iter()
+            .map(|p| (self.bytes(p), &*self.ids[p.id as usize]))
+            .collect()
+    }
+}

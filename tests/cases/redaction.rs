@@ -1,0 +1,382 @@
+//! The child's output is redacted on the way through: raw values, each
+//! line of a multi-line value, every encoding, split writes, stderr and the
+//! pty — and nothing else is touched.
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+use crate::util::*;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn percent(b: &[u8]) -> String {
+    b.iter()
+        .map(|&c| {
+            if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                (c as char).to_string()
+            } else {
+                format!("%{c:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A registry with one secret per value, read from files.
+fn registry(dir: &Dir, values: &[(&str, &[u8])]) {
+    let mut reg = String::new();
+    for (id, value) in values {
+        dir.write(&format!("secrets/{id}"), value);
+        reg.push_str(&format!(
+            "{id}:\n  dev:\n    secret_ref: file://secrets/{id}\n"
+        ));
+    }
+    dir.write("reg.yaml", reg);
+}
+
+fn run_cat(dir: &Dir, file: &str) -> std::process::Output {
+    output(&mut kw(
+        dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--",
+            "cat",
+            file,
+        ],
+    ))
+}
+
+#[test]
+fn raw_values_and_every_encoding_are_masked_on_stdout_and_stderr() {
+    let dir = Dir::new();
+    // Characters that every encoding changes: space, quote, slash, plus.
+    let value = format!("{}/+ \"{}\"", secret(20), secret(12));
+    let v = value.as_bytes();
+    registry(&dir, &[("api", v)]);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let forms = [
+        value.clone(),
+        b64.encode(v),
+        b64url.encode(v),
+        hex(v),
+        hex(v).to_uppercase(),
+        percent(v),
+        serde_json::to_string(&value).expect("json"),
+    ];
+    let text: String = forms
+        .iter()
+        .map(|f| format!("before {f} after\n"))
+        .collect();
+    dir.write("out.txt", &text);
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--",
+            "sh",
+            "-c",
+            "cat out.txt; cat out.txt >&2",
+        ],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for stream in [stdout(&out), stderr(&out)] {
+        for f in &forms {
+            assert!(
+                !stream.contains(f.trim_matches('"')),
+                "{f} leaked:\n{stream}"
+            );
+        }
+        assert_eq!(
+            stream.matches("[REDACTED:api]").count(),
+            forms.len(),
+            "{stream}"
+        );
+        assert_eq!(stream.lines().count(), forms.len());
+        assert!(
+            stream
+                .lines()
+                .all(|l| l.starts_with("before ") && l.ends_with(" after")),
+            "{stream}"
+        );
+    }
+}
+
+#[test]
+fn a_secret_inside_a_larger_base64_blob_is_caught_at_every_alignment() {
+    let dir = Dir::new();
+    let value = secret(30);
+    registry(&dir, &[("k", value.as_bytes())]);
+    let mut text = String::new();
+    for pad in 0..3 {
+        let mut blob = b"x".repeat(pad + 3);
+        blob.extend_from_slice(value.as_bytes());
+        blob.extend_from_slice(b"trailing bytes");
+        text.push_str(&base64::engine::general_purpose::STANDARD.encode(&blob));
+        text.push('\n');
+    }
+    dir.write("blob.txt", &text);
+    let out = run_cat(&dir, "blob.txt");
+    let shown = stdout(&out);
+    assert_eq!(shown.matches("[REDACTED:k]").count(), 3, "{shown}");
+    for line in text.lines() {
+        // The middle of each encoded blob (the secret's part) is gone.
+        let middle = &line[8..line.len() - 8];
+        assert!(!shown.contains(middle), "{middle} leaked");
+    }
+}
+
+#[test]
+fn each_line_of_a_multi_line_secret_is_masked() {
+    let dir = Dir::new();
+    let body: Vec<String> = (0..4).map(|_| secret(48)).collect();
+    let pem = format!(
+        "-----BEGIN TEST BLOCK-----\n{}\n-----END TEST BLOCK-----\n",
+        body.join("\n")
+    );
+    registry(&dir, &[("cert", pem.as_bytes())]);
+    // The whole block, then its lines one by one in unrelated output.
+    let text = format!("{pem}log: {}\nlog: {}\n", body[2], body[0]);
+    dir.write("out.txt", &text);
+    let out = run_cat(&dir, "out.txt");
+    let shown = stdout(&out);
+    for line in &body {
+        assert!(!shown.contains(line.as_str()), "line leaked: {shown}");
+    }
+    assert!(shown.contains("log: [REDACTED:cert]"), "{shown}");
+}
+
+#[test]
+fn a_secret_written_one_byte_at_a_time_is_masked() {
+    let dir = Dir::new();
+    let value = secret(32);
+    registry(&dir, &[("slow", value.as_bytes())]);
+    let script = format!(
+        "import sys, time\nfor c in 'token={value};\\n':\n    sys.stdout.write(c); sys.stdout.flush(); time.sleep(0.002)\n"
+    );
+    dir.write("drip.py", script);
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--",
+            "python3",
+            "drip.py",
+        ],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "token=[REDACTED:slow];\n");
+}
+
+#[test]
+fn binary_output_without_secrets_passes_byte_identical() {
+    let dir = Dir::new();
+    registry(
+        &dir,
+        &[("a", secret(32).as_bytes()), ("b", secret(40).as_bytes())],
+    );
+    let mut data = vec![0u8; 2 << 20];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut data))
+        .expect("urandom");
+    dir.write("blob.bin", &data);
+    let out = run_cat(&dir, "blob.bin");
+    assert!(out.status.success());
+    assert!(out.stdout == data, "binary output changed");
+}
+
+#[test]
+fn output_is_visible_at_once_while_the_child_sleeps() {
+    let dir = Dir::new();
+    registry(&dir, &[("a", secret(32).as_bytes())]);
+    let mut child = kw(&dir, &["run", "--env", "dev", "--registry", "reg.yaml", "--", "python3", "-c",
+        "import sys, time\nsys.stdout.write('line one\\n'); sys.stdout.flush()\nsys.stdout.write('Password: '); sys.stdout.flush()\ntime.sleep(5)"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    let started = Instant::now();
+    while !seen.ends_with(b"Password: ") {
+        let n = out.read(&mut buf).expect("read");
+        assert!(n > 0, "EOF before the prompt");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let took = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(seen, b"line one\nPassword: ");
+    assert!(
+        took < Duration::from_secs(3),
+        "held back until the child exited: {took:?}"
+    );
+}
+
+#[test]
+fn a_line_reaches_the_reader_well_under_100_ms() {
+    let dir = Dir::new();
+    registry(&dir, &[("a", secret(32).as_bytes())]);
+    let mut child = kw(&dir, &["run", "--env", "dev", "--registry", "reg.yaml", "--", "python3", "-u", "-c",
+        "import sys, time\nfor i in range(5):\n    time.sleep(0.2); print(repr(time.time()))\ntime.sleep(1)"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut lags = Vec::new();
+    let mut pending = String::new();
+    let mut buf = [0u8; 256];
+    while lags.len() < 5 {
+        let n = out.read(&mut buf).expect("read");
+        assert!(n > 0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+        while let Some(i) = pending.find('\n') {
+            let written: f64 = pending[..i].trim().parse().expect("timestamp");
+            lags.push(now - written);
+            pending.drain(..=i);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lags.sort_by(f64::total_cmp);
+    assert!(lags[2] < 0.05, "median lag {:.1} ms", lags[2] * 1000.0);
+}
+
+#[test]
+fn two_hundred_secrets_over_thirty_megabytes_are_all_masked() {
+    let dir = Dir::new();
+    let values: Vec<String> = (0..200).map(|i| secret(32 + i % 17)).collect();
+    let ids: Vec<String> = (0..200).map(|i| format!("s{i}")).collect();
+    let pairs: Vec<(&str, &[u8])> = ids
+        .iter()
+        .map(String::as_str)
+        .zip(values.iter().map(|v| v.as_bytes()))
+        .collect();
+    registry(&dir, &pairs);
+    let filler =
+        "2026-11-23T12:00:00Z INFO gateway request completed user=42 dur=12ms\n".repeat(100);
+    let mut text = String::with_capacity(31 << 20);
+    let mut i = 0;
+    while text.len() < 30 << 20 {
+        text.push_str(&filler);
+        text.push_str(&format!("leak {} here\n", values[i % 200]));
+        i += 1;
+    }
+    dir.write("big.log", &text);
+    let out = run_cat(&dir, "big.log");
+    assert!(out.status.success());
+    let shown = stdout(&out);
+    for v in &values {
+        assert!(!shown.contains(v.as_str()), "a secret leaked");
+    }
+    assert_eq!(shown.matches("[REDACTED:s").count(), i);
+}
+
+#[test]
+fn mask_format_no_redact_and_counts() {
+    let dir = Dir::new();
+    let value = secret(32);
+    registry(&dir, &[("openai", value.as_bytes())]);
+    dir.write("out.txt", format!("{value} {value}\n"));
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "-v",
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--mask",
+            "<{id} hidden>",
+            "--",
+            "cat",
+            "out.txt",
+        ],
+    ));
+    assert_eq!(stdout(&out), "<openai hidden> <openai hidden>\n");
+    assert!(
+        stderr(&out).contains("masked openai 2 times"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--no-redact",
+            "--",
+            "cat",
+            "out.txt",
+        ],
+    ));
+    assert_eq!(stdout(&out), format!("{value} {value}\n"));
+    assert!(stderr(&out).contains("--no-redact"), "{}", stderr(&out));
+}
+
+#[test]
+fn denied_variables_values_are_masked_too() {
+    let dir = Dir::new();
+    let internal = secret(32);
+    dir.write("out.txt", format!("found {internal}\n"));
+    let out =
+        output(kw(&dir, &["run", "--", "cat", "out.txt"]).env("INTERNAL_API_TOKEN", &internal));
+    assert_eq!(stdout(&out), "found [REDACTED:INTERNAL_API_TOKEN]\n");
+}
+
+#[test]
+fn redact_filters_stdin_to_stdout() {
+    let dir = Dir::new();
+    let value = secret(32);
+    registry(&dir, &[("ci_token", value.as_bytes())]);
+    let env_value = secret(24);
+    dir.write("e", &env_value);
+    let mut child = kw(&dir, &["redact", "--env", "dev", "--registry", "reg.yaml"])
+        .env("OTHER", "file://e")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let input = format!(
+        "a {value} b {env_value} c\n{}\n",
+        base64::engine::general_purpose::STANDARD.encode(&value)
+    );
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    assert_eq!(
+        stdout(&out),
+        "a [REDACTED:ci_token] b [REDACTED:OTHER] c\n[REDACTED:ci_token]\n"
+    );
+}
