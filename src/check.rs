@@ -39,6 +39,13 @@ struct Row {
     reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     warning: Option<String>,
+    /// When the value last changed (unix seconds), where the backend knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotated_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotate_every_days: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotation_overdue: Option<bool>,
     elapsed_ms: Option<u64>,
 }
 
@@ -63,6 +70,10 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
         .filter_map(|o| o.result.as_ref().ok())
         .collect();
     let exposed: Vec<&[u8]> = values.iter().map(|v| v.expose()).collect();
+    let rotated = rotation_dates(&plan, &common.store, &process_env);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let mut worst: Option<ErrorKind> = None;
     let mut rows = Vec::new();
     for (s, o) in plan.secrets.iter().zip(&outcomes) {
@@ -100,6 +111,24 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
                 Approval::None => "none",
                 Approval::Required => "required",
             },
+            rotated_at: rotated.get(&s.id).copied(),
+            rotate_every_days: s.rotate_every_days,
+            rotation_overdue: match (s.rotate_every_days, rotated.get(&s.id)) {
+                (Some(days), Some(at)) => {
+                    let age_days = (now - at).max(0) / 86_400;
+                    let overdue = age_days as u64 > days;
+                    if overdue {
+                        let w = format!("overdue for rotation: last changed {age_days} days ago, due every {days} days");
+                        tracing::warn!("secret '{}': {w}", s.id);
+                        warning = Some(match warning {
+                            Some(prev) => format!("{prev}; {w}"),
+                            None => w,
+                        });
+                    }
+                    Some(overdue)
+                }
+                _ => None,
+            },
             status,
             reason,
             warning,
@@ -118,6 +147,9 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
             status: "skipped",
             reason: Some(s.reason.clone()),
             warning: None,
+            rotated_at: None,
+            rotate_every_days: None,
+            rotation_overdue: None,
             elapsed_ms: None,
         });
     }
@@ -159,6 +191,50 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
             ))
         }
     }
+}
+
+/// When each secret's value last changed, for secrets with a rotation
+/// cadence: the store's `updated` date for `kv://`, the file's mtime for
+/// `file://`. Unknown for other providers.
+fn rotation_dates(
+    plan: &config::LaunchPlan,
+    store: &crate::store::StoreOptions,
+    env: &[(OsString, OsString)],
+) -> std::collections::HashMap<String, i64> {
+    use crate::secret::Scheme;
+    let mut out = std::collections::HashMap::new();
+    let wanted: Vec<_> = plan
+        .secrets
+        .iter()
+        .filter(|s| s.rotate_every_days.is_some())
+        .collect();
+    let kv_meta = if wanted.iter().any(|s| s.reference.scheme() == Scheme::Kv) {
+        crate::store::store_path(store, env)
+            .and_then(|path| Ok((path, crate::store::load_keys(store, env)?)))
+            .and_then(|(path, keys)| crate::store::Store::open(path, keys))
+            .map(|st| st.list())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    for s in wanted {
+        let at = match s.reference.scheme() {
+            Scheme::Kv => kv_meta
+                .iter()
+                .find(|m| m.reference == s.reference.as_str())
+                .map(|m| m.updated),
+            Scheme::File => std::fs::metadata(s.base_dir.join(s.reference.path()))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64),
+            _ => None,
+        };
+        if let Some(at) = at {
+            out.insert(s.id.clone(), at);
+        }
+    }
+    out
 }
 
 fn table(report: &Report) -> String {

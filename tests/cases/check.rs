@@ -118,3 +118,123 @@ fn check_reports_config_errors_with_78() {
         stderr(&out)
     );
 }
+
+#[test]
+fn overdue_rotations_are_flagged() {
+    let dir = Dir::new();
+    dir.write("old", secret(32));
+    dir.write("new", secret(32));
+    let status = std::process::Command::new("touch")
+        .args(["-d", "40 days ago"])
+        .arg(dir.join("old"))
+        .status()
+        .expect("touch");
+    assert!(status.success());
+    dir.write(
+        "reg.yaml",
+        "old:\n  dev:\n    secret_ref: file://old\n    rotate_every_days: 30\nnew:\n  dev:\n    secret_ref: file://new\n    rotate_every_days: 30\n",
+    );
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "check",
+            "--registry",
+            "reg.yaml",
+            "--env",
+            "dev",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "flagging is not failing: {}",
+        stderr(&out)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["secrets"][0]["rotation_overdue"], true);
+    assert_eq!(json["secrets"][1]["rotation_overdue"], false);
+    assert!(
+        stderr(&out).contains(
+            "secret 'old': overdue for rotation: last changed 40 days ago, due every 30 days"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn kv_refs_resolve_through_the_store_into_the_child() {
+    let dir = Dir::new();
+    let key: String = secret(64)
+        .bytes()
+        .map(|b| format!("{:x}", b % 16))
+        .collect();
+    let value = secret(40);
+    let store = dir.join("store.kw");
+    let run = |args: &[&str], stdin: &str| {
+        let mut c = kw(&dir, args);
+        c.env("ENCRYPTION_KEY", &key)
+            .env("KEYWARDEN_STORE", &store)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("spawn");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("wait")
+    };
+    assert!(run(&["store", "init"], "").status.success());
+    assert!(run(&["store", "set", "kv://openai/dev/api_key"], &value)
+        .status
+        .success());
+    dir.write("reg.yaml", "openai:\n  dev:\n    secret_ref: kv://openai/dev/api_key\n    env: OPENAI_API_KEY\n    rotate_every_days: 30\n");
+    dir.write("expected", &value);
+    let out = run(&["run", "--env", "dev", "--registry", "reg.yaml", "--", "sh", "-c", "[ \"$OPENAI_API_KEY\" = \"$(cat expected)\" ] && echo same; env | grep -c '^ENCRYPTION_KEY' || true"], "");
+    assert_eq!(stdout(&out), "same\n0\n", "{}", stderr(&out));
+    let raw = std::fs::read(&store).expect("store");
+    assert!(
+        !raw.windows(value.len()).any(|w| w == value.as_bytes()),
+        "the store holds the value in clear"
+    );
+    let out = run(
+        &[
+            "check",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--format",
+            "json",
+        ],
+        "",
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["secrets"][0]["status"], "ok");
+    assert_eq!(json["secrets"][0]["rotation_overdue"], false);
+    // Without the key, kv:// fails closed with 78 naming the variable.
+    let out = output(
+        kw(
+            &dir,
+            &[
+                "run",
+                "--env",
+                "dev",
+                "--registry",
+                "reg.yaml",
+                "--",
+                "touch",
+                "marker",
+            ],
+        )
+        .env("KEYWARDEN_STORE", &store),
+    );
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(!dir.join("marker").exists());
+}
