@@ -22,7 +22,8 @@ pub trait Filter: Send {
     fn finish(&mut self, out: &mut Vec<u8>);
 }
 
-const BUF: usize = 128 * 1024;
+const BUF: usize = 1024 * 1024;
+const PIPE_SIZE: i32 = 1024 * 1024;
 
 struct Stream {
     src: Option<OwnedFd>,
@@ -134,6 +135,9 @@ impl Relay {
         let stop2 = stop.clone();
         let mut streams = Vec::with_capacity(sources.len());
         for s in sources {
+            // Fewer, larger reads when the child writes in bulk; a pty
+            // master (or an old kernel) refuses and keeps its size.
+            let _ = fcntl(&s.src, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
             streams.push(Stream {
                 src: Some(s.src),
                 dst: stdio(s.to)?,

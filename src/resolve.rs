@@ -58,9 +58,12 @@ pub fn resolve_plan(
     if plan.secrets.is_empty() {
         return Ok(Vec::new());
     }
+    // File reads go to the blocking pool: a few threads are as fast as
+    // hundreds for local files, and much cheaper to start.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
+        .max_blocking_threads(8)
         .build()
         .map_err(|e| Error::new(ErrorKind::Os, format!("cannot start the resolver: {e}")))?;
     let kv = kv_backend(plan, store, process_env)?;
