@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::api::cli::{GetArgs, InventoryArgs, RevokeArgs};
 use crate::check::{self, Format};
 use crate::config::Environment;
 use crate::error::Result;
@@ -15,6 +16,7 @@ use crate::logging::{self, LogFormat};
 use crate::redact::Mask;
 use crate::run::{self, PtyMode, RunOptions};
 use crate::store::{StoreCommand, StoreOptions};
+use nix::sys::signal::Signal;
 
 /// keywarden: run a command with secrets it needs, and no more.
 #[derive(Debug, Parser)]
@@ -76,6 +78,12 @@ enum Command {
     Check(CheckArgs),
     /// Copy stdin to stdout with every secret (and its encodings) masked
     Redact(MaskArgs),
+    /// Print one secret from the running sidecar (for scripts inside the child)
+    Get(GetArgs),
+    /// Revoke a secret in the running sidecar and in the revocation list
+    Revoke(RevokeArgs),
+    /// Metadata of every secret served by the running sidecar (never values)
+    Inventory(InventoryArgs),
     /// The embedded encrypted store (the default kv:// backend)
     Store {
         #[command(subcommand)]
@@ -108,9 +116,24 @@ struct RunArgs {
     no_redact: bool,
     #[command(flatten)]
     mask: MaskArgs,
-    /// Serve no socket API (this build serves none yet)
+    /// Serve no socket API (the child gets no KEYWARDEN_SOCKET/KEYWARDEN_TOKEN)
     #[arg(long)]
     no_socket: bool,
+    /// The child's socket [default: a fresh 0700 folder under $XDG_RUNTIME_DIR or the temp folder]
+    #[arg(long, value_name = "PATH", conflicts_with = "no_socket")]
+    socket: Option<PathBuf>,
+    /// The admin socket (revoke, reload, inventory), never told to the child
+    #[arg(long, env = "KEYWARDEN_ADMIN_SOCKET", value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
+    /// Append audit events (JSON lines, 0600) to FILE
+    #[arg(long, env = "KEYWARDEN_AUDIT", value_name = "FILE")]
+    audit: Option<PathBuf>,
+    /// The revocation list [default: $XDG_STATE_HOME/keywarden/revocations.json]
+    #[arg(long, env = "KEYWARDEN_REVOCATION_LIST", value_name = "FILE")]
+    revocation_list: Option<PathBuf>,
+    /// Re-read registry and policy and re-resolve on this signal (e.g. SIGHUP)
+    #[arg(long, value_name = "SIG", value_parser = parse_signal)]
+    reload_signal: Option<Signal>,
     /// The command and its arguments, passed verbatim
     #[arg(
         required = true,
@@ -133,6 +156,22 @@ struct CheckArgs {
     /// Output format
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+}
+
+fn parse_signal(text: &str) -> std::result::Result<Signal, String> {
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .or_else(|_| {
+            text.parse::<i32>()
+                .map_err(|_| ())
+                .and_then(|n| Signal::try_from(n).map_err(|_| ()))
+        })
+        .map_err(|_| format!("'{text}' is not a signal name (e.g. SIGHUP, USR1)"))
 }
 
 /// Options every subcommand shares, validated.
@@ -194,25 +233,46 @@ fn dispatch(cli: &Cli) -> Result<u8> {
         store: g.store.clone(),
     };
     match &cli.command {
-        Command::Run(a) => {
-            let _ = a.no_socket;
-            run::run(
-                &common,
-                &RunOptions {
-                    clean_env: a.clean_env,
-                    keep_env: a.keep_env.clone(),
-                    user: a.user.clone(),
-                    grace: a.grace,
-                    subreaper: a.subreaper,
-                    pty: a.pty,
-                    no_redact: a.no_redact,
-                    mask: a.mask.mask.clone(),
-                    command: a.command.clone(),
-                },
-            )
-        }
+        Command::Run(a) => run::run(
+            &common,
+            &RunOptions {
+                clean_env: a.clean_env,
+                keep_env: a.keep_env.clone(),
+                user: a.user.clone(),
+                grace: a.grace,
+                subreaper: a.subreaper,
+                pty: a.pty,
+                no_redact: a.no_redact,
+                no_socket: a.no_socket,
+                socket: a.socket.clone(),
+                admin_socket: a.admin_socket.clone(),
+                audit: a.audit.clone(),
+                revocation_list: a.revocation_list.clone(),
+                reload_signal: a.reload_signal,
+                mask: a.mask.mask.clone(),
+                command: a.command.clone(),
+            },
+        ),
         Command::Check(a) => check::check(&common, a.format),
         Command::Redact(a) => crate::redaction::redact_command(&common, &Mask::new(&a.mask)),
+        Command::Get(a) => crate::api::cli::get(
+            a,
+            std::env::var_os(crate::api::TOKEN_VAR),
+            &mut std::io::stdout(),
+        ),
+        Command::Revoke(a) => crate::api::cli::revoke(
+            a,
+            |id| {
+                crate::api::cli::registry_ref(
+                    common.registry.as_deref(),
+                    common.policy.as_deref(),
+                    common.env,
+                    id,
+                )
+            },
+            &mut std::io::stdout(),
+        ),
+        Command::Inventory(a) => crate::api::cli::inventory(a, &mut std::io::stdout()),
         Command::Store { command } => {
             let env: Vec<_> = std::env::vars_os().collect();
             crate::store::run_store(command, &common.store, &env)

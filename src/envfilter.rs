@@ -11,14 +11,16 @@ use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-/// Names never passed to the child, whatever the policy says.
-pub const ALWAYS_DENIED: [&str; 6] = [
+/// Names never passed to the child, whatever the policy says (SPEC's list,
+/// plus the audit fingerprint key).
+pub const ALWAYS_DENIED: [&str; 7] = [
     "INTERNAL_API_TOKEN",
     "ENCRYPTION_KEY*",
     "*_MASTER_KEY",
     "*_MANAGEMENT_KEY",
     "HITL_CHALLENGE_HMAC_KEY",
     "KEYWARDEN_ADMIN_*",
+    "KEYWARDEN_AUDIT_KEY",
 ];
 
 /// `*` matches any run of characters (including none); everything else

@@ -8,6 +8,8 @@
 //! lives in [`sys`]. `kv://` refs are served by the embedded encrypted
 //! [`store`].
 
+pub mod api;
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod config;

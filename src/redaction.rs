@@ -19,6 +19,7 @@ pub fn matcher_for(
     plan: &LaunchPlan,
     values: &[SecretBytes],
     process_env: &[(OsString, OsString)],
+    extra: &[(&str, &[u8])],
     mask: &Mask,
 ) -> Matcher {
     let deny = DenyList::new(&plan.policy.deny_env);
@@ -31,6 +32,7 @@ pub fn matcher_for(
             value: v.expose(),
         })
         .collect();
+    secrets.extend(extra.iter().map(|&(id, value)| Secret { id, value }));
     for (name, value) in process_env {
         let Some(name) = name.to_str() else { continue };
         if deny.is_denied(name) && !value.is_empty() {
@@ -115,7 +117,7 @@ pub fn redact_command(common: &crate::cli::Common, mask: &Mask) -> crate::error:
     for id in too_short(&plan, &values) {
         tracing::warn!("secret '{id}' is too short to mask safely; it is not redacted");
     }
-    let matcher = Arc::new(matcher_for(&plan, &values, &process_env, mask));
+    let matcher = Arc::new(matcher_for(&plan, &values, &process_env, &[], mask));
     drop(values);
     let mut stream = Stream::new(matcher);
     let mut input = std::io::stdin().lock();

@@ -4,15 +4,22 @@
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
 
 use zeroize::Zeroize;
 
+use crate::api::{
+    self, revocations, revocations::RevocationList, ApiOptions, Callbacks, RunningApi, ServedSecret,
+};
+use crate::audit::{self, Auditor, Event, EventKind, Outcome as AuditOutcome};
 use crate::cli::Common;
-use crate::config;
+use crate::config::{self, LaunchPlan};
 use crate::envfilter::{self, EnvSpec, EnvValue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::redact::{Counts, Mask, Matcher};
@@ -42,9 +49,24 @@ pub struct RunOptions {
     pub no_redact: bool,
     /// The mask format, `{id}` replaced by the secret id.
     pub mask: String,
+    /// Serve no socket API.
+    pub no_socket: bool,
+    /// The child's socket path (default: a fresh private folder).
+    pub socket: Option<PathBuf>,
+    /// The admin socket path (default: a fresh private folder).
+    pub admin_socket: Option<PathBuf>,
+    /// Append audit events to this file.
+    pub audit: Option<PathBuf>,
+    /// The revocation list file.
+    pub revocation_list: Option<PathBuf>,
+    /// Re-read registry and policy on this signal.
+    pub reload_signal: Option<Signal>,
     /// The command and its arguments.
     pub command: Vec<OsString>,
 }
+
+/// The variable holding the audit fingerprint key (never passed on).
+pub const AUDIT_KEY_VAR: &str = "KEYWARDEN_AUDIT_KEY";
 
 /// `--pty`: when the child gets a pseudo-terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,15 +146,114 @@ fn start_io(
     Ok((relay, terminal))
 }
 
+/// What the API's callbacks need to resolve again, shared with its thread.
+struct Sources {
+    common: Common,
+    plan: LaunchPlan,
+    process_env: Vec<(OsString, OsString)>,
+}
+
+impl Sources {
+    /// Resolve one secret again (its TTL ran out). Runs on a thread of its
+    /// own: the resolver starts its own runtime.
+    fn resolve_one(self: &Arc<Self>, id: &str) -> Result<SecretBytes> {
+        let me = self.clone();
+        let id = id.to_string();
+        std::thread::spawn(move || {
+            let mut plan = me.plan.clone();
+            plan.secrets.retain(|s| s.id == id);
+            if plan.secrets.is_empty() {
+                return Err(Error::new(ErrorKind::Data, format!("no secret '{id}'")));
+            }
+            let outcomes = resolve_plan(
+                &plan,
+                &me.common.store,
+                &me.process_env,
+                me.common.timeout,
+                None,
+            )?;
+            require_all(outcomes)?
+                .pop()
+                .ok_or_else(|| Error::new(ErrorKind::Software, "nothing resolved"))
+        })
+        .join()
+        .map_err(|_| Error::new(ErrorKind::Software, "the resolver thread failed"))?
+    }
+
+    /// Re-read registry and policy and resolve everything again.
+    fn reload(self: &Arc<Self>) -> Result<Vec<ServedSecret>> {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+            let config = config::load(me.common.registry.as_deref(), me.common.policy.as_deref())?;
+            let plan = config::build_plan(&config, me.common.env, &me.process_env, &cwd)?;
+            let outcomes = resolve_plan(
+                &plan,
+                &me.common.store,
+                &me.process_env,
+                me.common.timeout,
+                None,
+            )?;
+            let values = require_all(outcomes)?;
+            let now = SystemTime::now();
+            Ok(plan
+                .secrets
+                .iter()
+                .zip(values)
+                .map(|(p, v)| ServedSecret::from_planned(p, Some(v), now))
+                .collect())
+        })
+        .join()
+        .map_err(|_| Error::new(ErrorKind::Software, "the reload thread failed"))?
+    }
+}
+
+fn open_audit(
+    opts: &RunOptions,
+    env: config::Environment,
+    process_env: &[(OsString, OsString)],
+) -> Result<Auditor> {
+    let Some(path) = &opts.audit else {
+        return Ok(Auditor::disabled());
+    };
+    let key = process_env
+        .iter()
+        .find(|(k, _)| k == AUDIT_KEY_VAR)
+        .map(|(_, v)| audit::parse_audit_key(v.as_bytes()))
+        .transpose()?;
+    Auditor::open(path, env, key)
+}
+
+fn revocation_path(opts: &RunOptions, process_env: &[(OsString, OsString)]) -> Result<PathBuf> {
+    if let Some(p) = &opts.revocation_list {
+        return Ok(p.clone());
+    }
+    let var = |k: &str| {
+        process_env
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    revocations::default_path(var).ok_or_else(|| {
+        Error::config(
+            "no place for the revocation list: set --revocation-list, KEYWARDEN_REVOCATION_LIST, XDG_STATE_HOME or HOME",
+        )
+    })
+}
+
 /// Run the command; returns keywarden's exit code.
 pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     // Before any thread exists, so every thread inherits the mask.
-    let signals = sys::block_signals()?;
+    let signals = sys::block_signals(opts.reload_signal)?;
     let process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
 
     let config = config::load(common.registry.as_deref(), common.policy.as_deref())?;
     let plan = config::build_plan(&config, common.env, &process_env, &cwd)?;
+    let audit = open_audit(opts, common.env, &process_env)?;
+    audit.note(
+        Event::new(EventKind::RunStart).reason(format!("{} secrets planned", plan.secrets.len())),
+    );
     for s in &plan.skipped {
         tracing::info!("secret '{}' skipped: {}", s.id, s.reason);
     }
@@ -149,6 +270,22 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         }
     };
 
+    // Revoked secrets are neither resolved nor injected; the API answers 410.
+    let revocation_list = revocation_path(opts, &process_env)?;
+    let revoked = RevocationList::load(&revocation_list)?;
+    let (revoked_plan, active): (Vec<_>, Vec<_>) = plan
+        .secrets
+        .iter()
+        .cloned()
+        .partition(|s| revoked.find(&s.id, s.reference.as_str()).is_some());
+    for s in &revoked_plan {
+        tracing::warn!("secret '{}' is revoked: not resolved, not injected", s.id);
+    }
+    let plan = LaunchPlan {
+        secrets: active,
+        ..plan
+    };
+
     let outcomes = resolve_plan(
         &plan,
         &common.store,
@@ -156,11 +293,93 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         common.timeout,
         Some(&signals),
     )?;
+    for o in &outcomes {
+        let p = plan
+            .secrets
+            .iter()
+            .find(|p| p.request().label == o.request.label);
+        let mut e = Event::new(EventKind::Resolve);
+        if let Some(p) = p {
+            e = e.secret(&p.id, &p.reference, &p.scope);
+        }
+        e = match &o.result {
+            Ok(v) => e
+                .result(AuditOutcome::Ok)
+                .fingerprint(audit.fingerprint(v.expose())),
+            Err(err) => e.result(AuditOutcome::Error).reason(err.reason.clone()),
+        };
+        audit.note(e);
+    }
     let secrets: Vec<SecretBytes> = require_all(outcomes)
         .map_err(|e| Error::new(e.kind(), format!("{e}; the command was not started")))?;
     for s in &plan.secrets {
         tracing::info!("resolved {} ({})", s.id, s.reference);
     }
+
+    // The socket API starts before the child, which gets its address and a
+    // token (never a secret) in its environment.
+    let (child_uid, child_gid) = match &user {
+        Some(u) => (u.credentials.uid.as_raw(), u.credentials.gid.as_raw()),
+        None => (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        ),
+    };
+    let sources = Arc::new(Sources {
+        common: common.clone(),
+        plan: plan.clone(),
+        process_env: process_env.clone(),
+    });
+    let mut api = if opts.no_socket {
+        None
+    } else {
+        let now = SystemTime::now();
+        let mut served: Vec<ServedSecret> = plan
+            .secrets
+            .iter()
+            .zip(&secrets)
+            .map(|(p, v)| ServedSecret::from_planned(p, Some(v.duplicate()), now))
+            .collect();
+        served.extend(
+            revoked_plan
+                .iter()
+                .map(|p| ServedSecret::from_planned(p, None, now)),
+        );
+        let (s1, s2) = (sources.clone(), sources.clone());
+        let var = |k: &str| {
+            process_env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        Some(api::start(
+            ApiOptions {
+                socket: opts.socket.clone(),
+                admin_socket: opts.admin_socket.clone(),
+                runtime_dir: api::socket::runtime_dir(var),
+                child_uid,
+                child_gid,
+                child_scopes: plan.policy.child_scopes.clone().unwrap_or_else(|| {
+                    api::DEFAULT_CHILD_SCOPES
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                }),
+                env: common.env,
+                max_ttl_seconds: plan.policy.max_ttl_for(common.env),
+                slack_secret_id: plan.policy.slack_signing_secret.clone(),
+                revocation_list: revocation_list.clone(),
+                audit: audit.clone(),
+            },
+            served,
+            Callbacks {
+                resolve: Arc::new(move |id: &str| s1.resolve_one(id)),
+                reload: Arc::new(move || s2.reload()),
+            },
+        )?)
+    };
+    let api_env: Vec<(String, OsString)> =
+        api.as_mut().map(RunningApi::child_env).unwrap_or_default();
 
     for id in redaction::too_short(&plan, &secrets) {
         tracing::warn!("secret '{id}' is too short to mask safely; it is not redacted from output");
@@ -172,10 +391,17 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         None
     } else {
         let mask = Mask::new(&opts.mask);
+        // The child's own token is masked too: it is a credential.
+        let extra: Vec<(&str, &[u8])> = api_env
+            .iter()
+            .filter(|(k, _)| k == api::TOKEN_VAR)
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect();
         Some(Arc::new(redaction::matcher_for(
             &plan,
             &secrets,
             &process_env,
+            &extra,
             &mask,
         )))
     };
@@ -183,13 +409,13 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
 
     let mut keep = plan.policy.keep_env();
     keep.extend(opts.keep_env.iter().cloned());
-    let mut extras = Vec::new();
+    let mut extras = api_env;
     if let Some(u) = &user {
         extras.push(("HOME".to_string(), u.home.clone().into_os_string()));
         extras.push(("USER".to_string(), OsString::from(&u.name)));
         extras.push(("LOGNAME".to_string(), OsString::from(&u.name)));
     }
-    let spec = EnvSpec {
+    let mut spec = EnvSpec {
         deny: plan.policy.deny_env.clone(),
         clean: opts.clean_env || plan.policy.clean_env,
         keep,
@@ -198,6 +424,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             .secrets
             .iter()
             .enumerate()
+            .filter(|(_, s)| s.approval == config::Approval::None)
             .filter_map(|(i, s)| s.env_var.clone().map(|v| (v, i)))
             .collect(),
         extras,
@@ -210,6 +437,12 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             EnvValue::Secret(i) => (k, OsString::from_vec(values[i].to_vec())),
         })
         .collect();
+    for (k, v) in spec.extras.iter_mut() {
+        if k == api::TOKEN_VAR {
+            let mut bytes = std::mem::take(v).into_vec();
+            bytes.zeroize();
+        }
+    }
 
     let path_var = env
         .iter()
@@ -246,6 +479,15 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     }
     let spawned = spawned?;
     tracing::info!("started pid {}", spawned.pid);
+    for (name, i) in &spec.inject {
+        let p = &plan.secrets[*i];
+        audit.note(
+            Event::new(EventKind::Inject)
+                .secret(&p.id, &p.reference, &p.scope)
+                .reason(format!("as {name}")),
+        );
+    }
+    audit.note(Event::new(EventKind::ChildStart).child_pid(spawned.pid.as_raw()));
 
     let supervisor = Supervisor {
         child: spawned.pid,
@@ -262,18 +504,43 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         Ok(io) => io,
         Err(e) => {
             let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = supervisor.wait(&signals, None);
+            let _ = supervisor.wait(&signals, None, None);
             return Err(e);
         }
     };
-    let exit = supervisor.wait(&signals, terminal.as_mut());
+    let reload = |_: Signal| {
+        if let Some(a) = &api {
+            match a.reload() {
+                Ok(()) => tracing::info!("reloaded the registry and policy"),
+                Err(e) => tracing::error!("reload failed: {e}"),
+            }
+        }
+    };
+    let on_reload: Option<(Signal, &dyn Fn(Signal))> =
+        opts.reload_signal.map(|s| (s, &reload as &dyn Fn(Signal)));
+    let exit = supervisor.wait(&signals, terminal.as_mut(), on_reload);
     relay.finish();
     drop(terminal); // restores the user's terminal mode
-    if let Ok(counts) = counts.lock() {
-        redaction::log_counts(&counts);
-    }
+    let counts = counts.lock().map(|c| c.clone()).unwrap_or_default();
+    redaction::log_counts(&counts);
     let exit = exit?;
     tracing::info!("{}", supervise::describe(exit));
+    let mut e = Event::new(EventKind::ChildExit).child_pid(spawned.pid.as_raw());
+    e = match exit {
+        supervise::ChildExit::Exited(code) => e.status(i64::from(code)),
+        supervise::ChildExit::Signaled(sig) => e
+            .status(i64::from(exit.exit_code()))
+            .signal(sys::signal_name(sig)),
+    };
+    audit.note(e);
+    audit.note(
+        Event::new(EventKind::RedactionCounts)
+            .counts(counts.iter().map(|(k, v)| (k.to_string(), v)).collect()),
+    );
+    if let Some(a) = api.take() {
+        a.shutdown();
+    }
+    audit.note(Event::new(EventKind::RunStop).status(i64::from(exit.exit_code())));
     drop(secrets);
     Ok(exit.exit_code())
 }

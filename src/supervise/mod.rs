@@ -111,10 +111,14 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Forward signals and reap until the main child is gone.
+    ///
+    /// `on_reload` is the reload signal and what to do on it: that signal is
+    /// handled here, not forwarded.
     pub fn wait(
         &self,
         signals: &Signals,
         mut terminal: Option<&mut TerminalLink>,
+        on_reload: Option<(Signal, &dyn Fn(Signal))>,
     ) -> Result<ChildExit> {
         let mut deadline: Option<Instant> = None;
         loop {
@@ -151,6 +155,12 @@ impl Supervisor {
             while let Some(d) = signals.next()? {
                 if d.signal == Signal::SIGCHLD {
                     continue; // reaped at the top of the loop
+                }
+                if let Some((sig, reload)) = on_reload {
+                    if d.signal == sig {
+                        reload(sig);
+                        continue;
+                    }
                 }
                 if d.signal == Signal::SIGWINCH {
                     if let Some(t) = terminal.as_deref() {

@@ -122,14 +122,18 @@ impl AsRawFd for Signals {
     }
 }
 
-/// Block the forwarded signals and SIGCHLD in the calling thread and open a
-/// signalfd for them. Call before any other thread starts.
-pub fn block_signals() -> Result<Signals> {
+/// Block the forwarded signals, SIGCHLD and `extra` (the reload signal) in
+/// the calling thread and open a signalfd for them. Call before any other
+/// thread starts.
+pub fn block_signals(extra: Option<Signal>) -> Result<Signals> {
     let mut set = SigSet::empty();
     for s in FORWARDED_SIGNALS {
         set.add(s);
     }
     set.add(Signal::SIGCHLD);
+    if let Some(s) = extra {
+        set.add(s);
+    }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
         .map_err(|e| Error::new(ErrorKind::Os, format!("cannot block signals: {e}")))?;
     let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)

@@ -197,11 +197,10 @@ fn clean_env_keeps_only_keep_env_and_injected() {
 
     let env = run(&[], Some(r#"{"clean_env": true, "keep_env": ["NOISE"]}"#));
     let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(names.len(), 2, "{names:?}");
-    assert!(
-        names.contains(&"NOISE") && names.contains(&"API_KEY"),
-        "{names:?}"
-    );
+    assert_eq!(names.len(), 4, "{names:?}");
+    for want in ["NOISE", "API_KEY", "KEYWARDEN_SOCKET", "KEYWARDEN_TOKEN"] {
+        assert!(names.contains(&want), "{names:?}");
+    }
 }
 
 #[test]

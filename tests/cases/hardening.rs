@@ -30,6 +30,7 @@ fn as_nobody(dir: &Dir, args: &[&str]) -> std::process::Command {
     .args(args)
     .current_dir(dir.path())
     .env_remove("CI")
+    .env("KEYWARDEN_REVOCATION_LIST", dir.join("revocations.json"))
     .stdin(Stdio::null());
     c
 }
@@ -209,6 +210,7 @@ fn mlock_refusal_is_warned_about_once() {
     ])
     .current_dir(dir.path())
     .env_remove("CI")
+    .env("KEYWARDEN_REVOCATION_LIST", dir.join("revocations.json"))
     .env("A", "file://a")
     .env("B", "file://b")
     .env("C", "file://c");

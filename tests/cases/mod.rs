@@ -1,5 +1,6 @@
 //! Test cases by area.
 
+mod api;
 mod check;
 mod config_errors;
 mod env;
@@ -8,5 +9,6 @@ mod launch;
 mod providers;
 mod pty;
 mod redaction;
+mod sidecar;
 mod signals;
 mod store;

@@ -76,6 +76,8 @@ pub fn kw(dir: &Dir, args: &[&str]) -> Command {
     ] {
         c.env_remove(v);
     }
+    // Never the real home: the revocation list goes in the scratch folder.
+    c.env("KEYWARDEN_REVOCATION_LIST", dir.join("revocations.json"));
     c.stdin(Stdio::null());
     c
 }

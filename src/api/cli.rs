@@ -1,0 +1,435 @@
+//! The socket API's subcommands, as clap argument structs and functions
+//! that return keywarden's exit code: `get` (the client for scripts inside
+//! the child), `revoke` and `inventory` (the operator's, over the admin
+//! socket).
+//!
+//! `keywarden get ID` exit codes: 0 the value was printed; 77 the token
+//! was refused, the secret is out of scope, needs approval or is revoked
+//! (401, 403, 410); 65 no such secret (404); 69 no sidecar (no
+//! `KEYWARDEN_SOCKET`, nothing listening), rate-limited (429) or it failed
+//! (5xx). The token is read from `KEYWARDEN_TOKEN` only, never from argv.
+
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use hyper::Method;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::client::{self, Answer};
+use super::revocations::{self, Revocation, RevocationList};
+use super::{socket, ADMIN_SOCKET_VAR, SOCKET_VAR, TOKEN_VAR};
+use crate::audit::rfc3339;
+use crate::error::{Error, ErrorKind, Result};
+
+/// `keywarden get ID`
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// The secret id
+    pub id: String,
+    /// Print the value without a trailing newline
+    #[arg(short = 'n', long)]
+    pub no_newline: bool,
+    /// The sidecar's socket
+    #[arg(long, env = SOCKET_VAR, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+/// `keywarden revoke ID`
+#[derive(Debug, Clone, Args)]
+pub struct RevokeArgs {
+    /// The secret id
+    pub id: String,
+    /// Why (recorded in the revocation list and the audit log)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// The running sidecar's admin socket [default: the only one running
+    /// under $XDG_RUNTIME_DIR or the temp dir, if any]
+    #[arg(long, env = ADMIN_SOCKET_VAR, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+    /// The revocation list [default: $XDG_STATE_HOME/keywarden/revocations.json]
+    #[arg(long, env = revocations::REVOCATION_LIST_VAR, value_name = "FILE")]
+    pub revocation_list: Option<PathBuf>,
+}
+
+/// Output format of `inventory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InventoryFormat {
+    /// Aligned columns.
+    Table,
+    /// The admin socket's JSON.
+    Json,
+}
+
+/// `keywarden inventory`
+#[derive(Debug, Clone, Args)]
+pub struct InventoryArgs {
+    /// The running sidecar's admin socket [default: the only one running]
+    #[arg(long, env = ADMIN_SOCKET_VAR, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+    /// Output format
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: InventoryFormat,
+}
+
+fn unreachable(socket: &Path, e: &std::io::Error) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("{}: no keywarden sidecar answers: {e}", socket.display()),
+    )
+}
+
+fn server_error(what: &str, a: &Answer) -> String {
+    let why = a.error().unwrap_or_else(|| format!("HTTP {}", a.status));
+    format!("{what}: {why}")
+}
+
+/// `keywarden get ID`: print the value of `ID` from the running sidecar.
+/// `token` is the value of `KEYWARDEN_TOKEN`.
+pub fn get(args: &GetArgs, token: Option<OsString>, out: &mut dyn Write) -> Result<u8> {
+    let Some(socket) = args.socket.as_deref().filter(|p| !p.as_os_str().is_empty()) else {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("{SOCKET_VAR} is not set: run this inside `keywarden run`"),
+        ));
+    };
+    let token = match token {
+        Some(t) if !t.is_empty() => Zeroizing::new(t.into_encoded_bytes()),
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Permission,
+                format!("{TOKEN_VAR} is not set: run this inside `keywarden run`"),
+            ))
+        }
+    };
+    let path = format!("/v1/secrets/{}", args.id);
+    let answer = client::call(socket, Method::GET, &path, Some(&token), None)
+        .map_err(|e| unreachable(socket, &e))?;
+    let what = format!("secret '{}'", args.id);
+    let kind = match answer.status {
+        200 => None,
+        401 | 403 | 410 => Some(ErrorKind::Permission),
+        404 => Some(ErrorKind::Data),
+        _ => Some(ErrorKind::Unavailable),
+    };
+    if let Some(kind) = kind {
+        return Err(Error::new(kind, server_error(&what, &answer)));
+    }
+    #[derive(Deserialize)]
+    struct Value {
+        value: String,
+    }
+    let v: Value = serde_json::from_slice(&answer.body).map_err(|_| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("{what}: the sidecar's answer is not what `get` expects"),
+        )
+    })?;
+    let value = Zeroizing::new(v.value);
+    let written = out
+        .write_all(value.as_bytes())
+        .and_then(|_| {
+            if args.no_newline {
+                Ok(())
+            } else {
+                out.write_all(b"\n")
+            }
+        })
+        .and_then(|_| out.flush());
+    written.map_err(|e| Error::new(ErrorKind::Os, format!("cannot write the value: {e}")))?;
+    Ok(0)
+}
+
+/// Live admin sockets under `base` (`keywarden-admin-*/admin.sock`, ours).
+pub fn find_admin_sockets(base: &Path) -> Vec<PathBuf> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("keywarden-admin-")
+        })
+        .filter(|e| e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == euid))
+        .map(|e| e.path().join("admin.sock"))
+        .filter(|p| std::os::unix::net::UnixStream::connect(p).is_ok())
+        .collect();
+    found.sort();
+    found
+}
+
+/// The admin socket named, or the only one running; `None` when none runs.
+fn admin_socket(named: Option<&Path>) -> Result<Option<PathBuf>> {
+    if let Some(p) = named.filter(|p| !p.as_os_str().is_empty()) {
+        return Ok(Some(p.to_path_buf()));
+    }
+    let base = socket::runtime_dir(|k| std::env::var_os(k));
+    let mut found = find_admin_sockets(&base);
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(Error::usage(format!(
+            "several keywarden sidecars are running; choose one with --admin-socket: {}",
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Where the revocation list is: named, or the default place.
+pub fn revocation_list_path(named: Option<&Path>) -> Result<PathBuf> {
+    named
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .or_else(|| revocations::default_path(|k| std::env::var_os(k)))
+        .ok_or_else(|| {
+            Error::usage(
+                "no place for the revocation list: pass --revocation-list or set XDG_STATE_HOME or HOME",
+            )
+        })
+}
+
+/// The ref of `id` in the registry for `env` (for `revoke` when no running
+/// sidecar knows the id). An id the registry lacks is bad input (65).
+pub fn registry_ref(
+    registry: Option<&Path>,
+    policy: Option<&Path>,
+    env: crate::config::Environment,
+    id: &str,
+) -> Result<String> {
+    let config = crate::config::load(registry, policy)?;
+    let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let plan = crate::config::build_plan(&config, env, &vars, &cwd)?;
+    plan.secrets
+        .iter()
+        .find(|s| s.id == id)
+        .map(|s| s.reference.to_string())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Data,
+                format!(
+                    "no secret '{id}' in the registry for env '{}'",
+                    env.as_str()
+                ),
+            )
+        })
+}
+
+/// `keywarden revoke ID`: revoke in the running sidecar (if any) and, in any
+/// case, add (id, ref) to the revocation list. `lookup` finds the id's ref
+/// when no running sidecar knows it (see [`registry_ref`]).
+pub fn revoke(
+    args: &RevokeArgs,
+    lookup: impl FnOnce(&str) -> Result<String>,
+    out: &mut dyn Write,
+) -> Result<u8> {
+    let list = revocation_list_path(args.revocation_list.as_deref())?;
+    let admin = admin_socket(args.admin_socket.as_deref())?;
+    let reason = args
+        .reason
+        .clone()
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "revoked by the operator".to_string());
+    let mut reference = None;
+    let mut sidecar_error = None;
+    if let Some(sock) = &admin {
+        let body = serde_json::json!({"id": args.id, "reason": reason}).to_string();
+        match client::call(
+            sock,
+            Method::POST,
+            "/v1/admin/revoke",
+            None,
+            Some(body.into_bytes()),
+        ) {
+            Ok(a) if a.status == 200 => {
+                reference = a.json()["ref"].as_str().map(str::to_string);
+                let _ = writeln!(
+                    out,
+                    "revoked '{}' in the sidecar at {}",
+                    args.id,
+                    sock.display()
+                );
+            }
+            Ok(a) if a.status == 404 => {}
+            Ok(a) => {
+                sidecar_error = Some(Error::new(
+                    ErrorKind::Unavailable,
+                    server_error(&format!("{}", sock.display()), &a),
+                ))
+            }
+            Err(e) => sidecar_error = Some(unreachable(sock, &e)),
+        }
+    }
+    let reference = match reference {
+        Some(r) => r,
+        None => lookup(&args.id)?,
+    };
+    let added = RevocationList::add(
+        &list,
+        Revocation {
+            id: args.id.clone(),
+            reference: reference.clone(),
+            reason: Some(reason),
+            revoked_at: rfc3339(std::time::SystemTime::now()),
+        },
+    )?;
+    let _ = writeln!(
+        out,
+        "'{}' ({reference}) {} in {}",
+        args.id,
+        if added {
+            "added to the revocation list"
+        } else {
+            "was already on the revocation list"
+        },
+        list.display()
+    );
+    match sidecar_error {
+        Some(e) => {
+            Err(e.context("recorded in the revocation list, but the sidecar did not revoke it"))
+        }
+        None => Ok(0),
+    }
+}
+
+/// `keywarden inventory`: the running sidecar's secrets (never values).
+pub fn inventory(args: &InventoryArgs, out: &mut dyn Write) -> Result<u8> {
+    let Some(sock) = admin_socket(args.admin_socket.as_deref())? else {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("no running keywarden sidecar found; name its admin socket with --admin-socket or {ADMIN_SOCKET_VAR}"),
+        ));
+    };
+    let a = client::call(&sock, Method::GET, "/v1/admin/inventory", None, None)
+        .map_err(|e| unreachable(&sock, &e))?;
+    if a.status != 200 {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            server_error(&format!("{}", sock.display()), &a),
+        ));
+    }
+    let written = match args.format {
+        InventoryFormat::Json => out.write_all(&a.body).and_then(|_| out.write_all(b"\n")),
+        InventoryFormat::Table => out.write_all(table(&a.json()).as_bytes()),
+    };
+    written.map_err(|e| Error::new(ErrorKind::Os, format!("cannot write: {e}")))?;
+    Ok(0)
+}
+
+fn table(v: &serde_json::Value) -> String {
+    let head = [
+        "ID", "REF", "VENDOR", "SCOPE", "ENV", "TTL", "RESOLVED", "STATE",
+    ];
+    let text = |x: &serde_json::Value| match x {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    };
+    let mut rows = vec![head.map(str::to_string).to_vec()];
+    for s in v["secrets"].as_array().into_iter().flatten() {
+        let state = if s["revoked"].is_string() {
+            "revoked"
+        } else if s["approval"] == "required" {
+            "approval"
+        } else if s["cached"] == true {
+            "cached"
+        } else {
+            "-"
+        };
+        rows.push(vec![
+            text(&s["id"]),
+            text(&s["ref"]),
+            text(&s["vendor"]),
+            text(&s["scope"]),
+            text(&s["env"]),
+            text(&s["ttl_seconds"]),
+            text(&s["resolved_at"]),
+            state.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..head.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_without_a_sidecar() {
+        let args = GetArgs {
+            id: "openai".into(),
+            no_newline: false,
+            socket: None,
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            get(&args, Some("x".into()), &mut out)
+                .expect_err("no socket")
+                .exit_code(),
+            69
+        );
+        let args = GetArgs {
+            socket: Some(PathBuf::from("/nonexistent/kw.sock")),
+            ..args
+        };
+        assert_eq!(
+            get(&args, None, &mut out)
+                .expect_err("no token")
+                .exit_code(),
+            77
+        );
+        assert_eq!(
+            get(&args, Some("kw_x".into()), &mut out)
+                .expect_err("unreachable")
+                .exit_code(),
+            69
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn inventory_table() {
+        let v = serde_json::json!({"secrets": [
+            {"id": "openai", "ref": "kv://openai/dev", "vendor": "openai", "scope": ["llm:chat", "pool"],
+             "env": "dev", "ttl_seconds": 60, "resolved_at": null, "cached": false, "revoked": "leaked",
+             "approval": "none"}
+        ]});
+        let t = table(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("ID      REF"), "{t}");
+        assert!(
+            lines[1].contains("llm:chat,pool") && lines[1].ends_with("revoked"),
+            "{t}"
+        );
+    }
+}

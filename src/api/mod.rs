@@ -1,0 +1,150 @@
+//! The socket API: scoped, short-lived retrieval of secrets for the child,
+//! and an admin socket for the operator (SPEC "Socket API", "Lifecycle").
+//!
+//! Pure parts — [`tokens`], [`state`], [`routes`], [`limit`], [`slack`],
+//! [`json`] — take time, randomness and requests as values. Effects live at
+//! the edge: [`server`] (hyper on a current-thread tokio runtime, on its own
+//! thread), [`socket`] (binding private unix sockets, removing them),
+//! [`revocations`] (the revocation list file), [`client`] (the HTTP client
+//! the CLI and tests use) and [`cli`] (`get`, `revoke`, `inventory`).
+//!
+//! What `run` does with it, in order: [`start`] before spawning the child
+//! (the socket exists when it returns); give the child
+//! [`RunningApi::child_env`]; [`RunningApi::shutdown`] after the child
+//! ended (dropping the handle does the same).
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+pub mod json;
+pub mod limit;
+pub mod revocations;
+pub mod routes;
+pub mod server;
+pub mod slack;
+pub mod socket;
+pub mod state;
+pub mod tokens;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::audit::Auditor;
+use crate::config::{Approval, Environment, PlannedSecret};
+use crate::error::Result;
+use crate::secret::{SecretBytes, SecretRef};
+
+pub use server::{start, RunningApi};
+pub use state::Now;
+
+/// The variable that tells the child where the socket is.
+pub const SOCKET_VAR: &str = "KEYWARDEN_SOCKET";
+/// The variable that holds the child's token.
+pub const TOKEN_VAR: &str = "KEYWARDEN_TOKEN";
+/// The variable naming the admin socket for `revoke` and `inventory`
+/// (denied in the child's environment by the `KEYWARDEN_ADMIN_*` rule).
+pub const ADMIN_SOCKET_VAR: &str = "KEYWARDEN_ADMIN_SOCKET";
+/// The scope `POST /v1/slack/verify` needs.
+pub const SLACK_SCOPE: &str = "slack:verify";
+/// Scopes of the child's token when the policy names none.
+pub const DEFAULT_CHILD_SCOPES: [&str; 1] = ["pool"];
+
+/// One secret the API can serve, as `run` hands it over.
+#[derive(Debug)]
+pub struct ServedSecret {
+    /// Registry id (or variable name, for refs found in the environment).
+    pub id: String,
+    /// Where the value lives (re-resolved from there when it expires).
+    pub reference: SecretRef,
+    /// Scope labels: a token reads the secret when its scopes meet these.
+    pub scope: Vec<String>,
+    /// min(entry `max_ttl_seconds`, policy for the env); `None`: no expiry.
+    pub ttl_seconds: Option<u64>,
+    /// Whether a human must approve each use (refused in this build).
+    pub approval: Approval,
+    /// The variable the child gets it in, if injected.
+    pub env_var: Option<String>,
+    /// The value, or `None` to resolve it on first use.
+    pub value: Option<SecretBytes>,
+    /// When `value` was resolved (its TTL runs from then).
+    pub resolved_at: SystemTime,
+}
+
+impl ServedSecret {
+    /// From a planned secret and its resolved value.
+    pub fn from_planned(
+        planned: &PlannedSecret,
+        value: Option<SecretBytes>,
+        resolved_at: SystemTime,
+    ) -> Self {
+        ServedSecret {
+            id: planned.id.clone(),
+            reference: planned.reference.clone(),
+            scope: planned.scope.clone(),
+            ttl_seconds: planned.ttl_seconds,
+            approval: planned.approval,
+            env_var: planned.env_var.clone(),
+            value,
+            resolved_at,
+        }
+    }
+}
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// The child's socket (`--socket PATH`); default `api.sock` in a fresh
+    /// 0700 folder under `runtime_dir`.
+    pub socket: Option<PathBuf>,
+    /// The admin socket; default `admin.sock` in another fresh 0700 folder
+    /// under `runtime_dir`.
+    pub admin_socket: Option<PathBuf>,
+    /// Where the fresh folders go: `$XDG_RUNTIME_DIR`, else the temp dir
+    /// (see [`socket::runtime_dir`]).
+    pub runtime_dir: PathBuf,
+    /// The uid the child runs as: the only peer uid (with root) the child
+    /// socket answers. In separate-uid mode the socket and its folder are
+    /// given to this uid; the admin socket stays keywarden's.
+    pub child_uid: u32,
+    /// The child's group, for the socket's folder in separate-uid mode.
+    pub child_gid: u32,
+    /// Scopes of the child's token (policy `child_scopes`).
+    pub child_scopes: Vec<String>,
+    /// The environment (dev, ci, prod).
+    pub env: Environment,
+    /// The policy's TTL ceiling for the env (also caps minted tokens).
+    pub max_ttl_seconds: Option<u64>,
+    /// The registry id of the Slack signing secret (policy).
+    pub slack_secret_id: Option<String>,
+    /// The revocation list file (see [`revocations::default_path`]).
+    pub revocation_list: PathBuf,
+    /// Where events go.
+    pub audit: Auditor,
+}
+
+/// Re-resolve one secret by id (called on a blocking thread).
+pub type ResolveFn = dyn Fn(&str) -> Result<SecretBytes> + Send + Sync;
+/// Re-read registry and policy and resolve again (blocking thread).
+pub type ReloadFn = dyn Fn() -> Result<Vec<ServedSecret>> + Send + Sync;
+
+/// What the server calls back into `run` for.
+#[derive(Clone)]
+pub struct Callbacks {
+    /// Resolve one expired (or not yet resolved) value again.
+    pub resolve: Arc<ResolveFn>,
+    /// Admin reload.
+    pub reload: Arc<ReloadFn>,
+}
+
+impl std::fmt::Debug for Callbacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Callbacks")
+    }
+}
+
+/// The vendor of a secret id: the part before the first `_`.
+pub fn vendor_of(id: &str) -> &str {
+    id.split('_').next().unwrap_or(id)
+}

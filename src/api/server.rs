@@ -1,0 +1,801 @@
+//! The server: HTTP/1.1 (hyper) on two unix sockets, on its own thread with
+//! a current-thread tokio runtime. The child's socket answers the routes of
+//! [`super::routes::handle`] to peers whose uid (`SO_PEERCRED`) is the
+//! child's or root's; the admin socket answers
+//! [`super::routes::handle_admin`] to keywarden's own uid or root.
+//!
+//! Around the pure routes this adds what needs the world: peer credentials
+//! and executable, rate limiting of failed tokens ([`AuthLimiter`]),
+//! resolving expired values again through the `resolve` callback (one
+//! resolution per id at a time, on a blocking thread), reloads, writing the
+//! revocation list, the audit log, and a sweep that wipes expired values
+//! even when nobody asks for them.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Buf;
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER,
+};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::json::Body;
+use super::limit::{AuthLimiter, Gate};
+use super::revocations::RevocationList;
+use super::routes::{self, AdminHandled, Auth, Call, Handled, Reply};
+use super::socket::{self, SocketGuard};
+use super::state::{Now, Settings, State};
+use super::tokens::{token_id_of, TOKEN_RANDOM_BYTES};
+use super::{ApiOptions, Callbacks, ServedSecret, SOCKET_VAR, TOKEN_VAR};
+use crate::audit::{Actor, Auditor, Event, EventKind, Minted, Outcome};
+use crate::error::{Error, ErrorKind, Result};
+use crate::secret::SecretBytes;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1 << 20;
+/// Most connections served at once per socket; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long open connections get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often expired values are wiped when nobody asks for them.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// Which socket a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Child,
+    Admin,
+}
+
+/// The peer of a connection, as the kernel reported it at accept.
+#[derive(Debug)]
+struct Peer {
+    uid: Option<u32>,
+    pid: Option<i32>,
+    exe: Option<String>,
+    allowed: bool,
+}
+
+impl Peer {
+    fn of(stream: &UnixStream, allowed_uid: u32, audit: &Auditor) -> Peer {
+        let cred = stream.peer_cred().ok();
+        let uid = cred.map(|c| c.uid());
+        let pid = cred.and_then(|c| c.pid());
+        let exe = match pid {
+            // Only worth a syscall when someone reads it.
+            Some(pid) if audit.is_enabled() => std::fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned()),
+            _ => None,
+        };
+        let allowed = uid.is_some_and(|u| u == allowed_uid || u == 0);
+        Peer {
+            uid,
+            pid,
+            exe,
+            allowed,
+        }
+    }
+
+    fn actor(&self, token_id: Option<String>) -> Actor {
+        Actor {
+            pid: self.pid,
+            uid: self.uid,
+            exe: self.exe.clone(),
+            token_id,
+        }
+    }
+}
+
+/// What every connection shares.
+struct Shared {
+    state: Mutex<State>,
+    limiter: Mutex<AuthLimiter>,
+    audit: Auditor,
+    callbacks: Callbacks,
+    revocation_list: PathBuf,
+    refresh_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    child_uid: u32,
+    admin_uid: u32,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, AuthLimiter> {
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refresh_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.refresh_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.to_string()).or_default().clone()
+    }
+}
+
+/// A response body that wipes itself once hyper is done with it.
+#[derive(Debug)]
+pub struct OutBody {
+    data: Option<Body>,
+}
+
+impl OutBody {
+    /// A body of `data`.
+    pub fn new(data: Body) -> Self {
+        OutBody { data: Some(data) }
+    }
+}
+
+/// The bytes of an [`OutBody`], written straight from this buffer (hyper
+/// queues it for `writev` rather than copying it) and wiped on drop.
+#[derive(Debug)]
+pub struct WipedBuf {
+    buf: Body,
+    pos: usize,
+}
+
+impl Buf for WipedBuf {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn chunk(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    fn advance(&mut self, cnt: usize) {
+        self.pos = (self.pos + cnt).min(self.buf.len());
+    }
+}
+
+impl http_body::Body for OutBody {
+    type Data = WipedBuf;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<WipedBuf>, Infallible>>> {
+        let frame = self
+            .data
+            .take()
+            .filter(|d| !d.is_empty())
+            .map(|buf| Ok(Frame::data(WipedBuf { buf, pos: 0 })));
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.as_ref().is_none_or(|d| d.is_empty())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+/// The running API. Dropping it shuts it down, like [`RunningApi::shutdown`].
+#[derive(Debug)]
+pub struct RunningApi {
+    socket: SocketGuard,
+    admin: SocketGuard,
+    child_token: Option<SecretBytes>,
+    stop: Option<watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningApi {
+    /// The child's socket (`KEYWARDEN_SOCKET`).
+    pub fn socket_path(&self) -> &Path {
+        self.socket.path()
+    }
+
+    /// The admin socket (never told to the child).
+    pub fn admin_path(&self) -> &Path {
+        self.admin.path()
+    }
+
+    /// The child's token, given out once (only its hash stays here).
+    pub fn take_child_token(&mut self) -> Option<SecretBytes> {
+        self.child_token.take()
+    }
+
+    /// `KEYWARDEN_SOCKET` and `KEYWARDEN_TOKEN` for the child's environment
+    /// (takes the token: a second call has only the socket). The caller
+    /// wipes the token's copy after spawning, like every injected value.
+    pub fn child_env(&mut self) -> Vec<(String, OsString)> {
+        let mut env = vec![(
+            SOCKET_VAR.to_string(),
+            self.socket_path().as_os_str().to_owned(),
+        )];
+        if let Some(token) = self.take_child_token() {
+            env.push((
+                TOKEN_VAR.to_string(),
+                OsString::from_vec(token.expose().to_vec()),
+            ));
+        }
+        env
+    }
+
+    /// Reload as the admin socket's `POST /v1/admin/reload` does (for
+    /// `--reload-signal`): same path, same audit events. Blocks until done.
+    pub fn reload(&self) -> Result<()> {
+        let answer = super::client::call(
+            self.admin_path(),
+            hyper::Method::POST,
+            "/v1/admin/reload",
+            None,
+            None,
+        )
+        .map_err(|e| Error::new(ErrorKind::Software, format!("reload: {e}")))?;
+        match answer.status {
+            200 => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::Unavailable,
+                answer
+                    .error()
+                    .unwrap_or_else(|| format!("reload: HTTP {}", answer.status)),
+            )),
+        }
+    }
+
+    /// Stop serving, wait for the server thread, remove both sockets.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.socket.remove();
+        self.admin.remove();
+    }
+}
+
+impl Drop for RunningApi {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+fn random_token_bytes() -> Option<[u8; TOKEN_RANDOM_BYTES]> {
+    let mut b = [0u8; TOKEN_RANDOM_BYTES];
+    getrandom::fill(&mut b).ok()?;
+    Some(b)
+}
+
+/// Bind both sockets, mint the child's token and start serving on a new
+/// thread. Returns once both sockets accept connections.
+pub fn start(
+    opts: ApiOptions,
+    secrets: Vec<ServedSecret>,
+    callbacks: Callbacks,
+) -> Result<RunningApi> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let owner = (opts.child_uid != euid).then_some((opts.child_uid, opts.child_gid));
+    let (child_listener, socket) = socket::bind(
+        opts.socket.as_deref(),
+        &opts.runtime_dir,
+        "keywarden",
+        "api.sock",
+        owner,
+    )?;
+    let (admin_listener, admin) = socket::bind(
+        opts.admin_socket.as_deref(),
+        &opts.runtime_dir,
+        "keywarden-admin",
+        "admin.sock",
+        None,
+    )?;
+    let revoked = RevocationList::load(&opts.revocation_list)?;
+    let now = Now::system();
+    let mut state = State::new(
+        Settings {
+            env: opts.env,
+            max_ttl_seconds: opts.max_ttl_seconds,
+            slack_secret_id: opts.slack_secret_id.clone(),
+        },
+        secrets,
+        now,
+    );
+    state.apply_revocations(&revoked);
+    let bytes = random_token_bytes().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Os,
+            "no randomness available for the child's token",
+        )
+    })?;
+    let root = state.tokens.issue_root(opts.child_scopes.clone(), &bytes);
+    opts.audit.note(
+        Event::new(EventKind::TokenMint)
+            .result(Outcome::Ok)
+            .reason("the child's token")
+            .minted(Minted {
+                token_id: root.grant.id.clone(),
+                parent: None,
+                scopes: root.grant.scopes.clone(),
+                expires_at: None,
+            }),
+    );
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        limiter: Mutex::new(AuthLimiter::new()),
+        audit: opts.audit.clone(),
+        callbacks,
+        revocation_list: opts.revocation_list.clone(),
+        refresh_locks: Mutex::new(HashMap::new()),
+        child_uid: opts.child_uid,
+        admin_uid: euid,
+    });
+    for l in [&child_listener, &admin_listener] {
+        l.set_nonblocking(true)
+            .map_err(|e| Error::new(ErrorKind::Os, format!("cannot set up the socket: {e}")))?;
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    let thread = std::thread::Builder::new()
+        .name("keywarden-api".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listeners = tokio::net::UnixListener::from_std(child_listener)
+                    .and_then(|c| Ok((c, tokio::net::UnixListener::from_std(admin_listener)?)));
+                let (child, admin) = match listeners {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let sweeper = tokio::spawn(sweep(shared.clone(), stop_rx.clone()));
+                tokio::join!(
+                    accept_loop(child, Kind::Child, shared.clone(), stop_rx.clone()),
+                    accept_loop(admin, Kind::Admin, shared.clone(), stop_rx.clone()),
+                );
+                sweeper.abort();
+            });
+            runtime.shutdown_timeout(Duration::from_millis(200));
+        })
+        .map_err(|e| Error::new(ErrorKind::Os, format!("cannot start the API thread: {e}")))?;
+    let mut api = RunningApi {
+        socket,
+        admin,
+        child_token: Some(root.text),
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    };
+    match ready_rx.recv() {
+        Ok(Ok(())) => {
+            tracing::info!(
+                "socket API on {} (admin: {})",
+                api.socket_path().display(),
+                api.admin_path().display()
+            );
+            Ok(api)
+        }
+        Ok(Err(e)) => {
+            api.stop_now();
+            Err(Error::new(
+                ErrorKind::Os,
+                format!("cannot start the socket API: {e}"),
+            ))
+        }
+        Err(_) => {
+            api.stop_now();
+            Err(Error::new(
+                ErrorKind::Software,
+                "the socket API thread died at start",
+            ))
+        }
+    }
+}
+
+async fn sweep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = Now::system();
+        shared.state().sweep(now);
+        shared.limiter().sweep(now.mono);
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::UnixListener,
+    kind: Kind,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    if conns.len() >= MAX_CONNECTIONS {
+                        drop(stream);
+                        continue;
+                    }
+                    conns.spawn(serve(stream, kind, shared.clone(), stop.clone()));
+                }
+                Err(e) => {
+                    tracing::debug!("socket API: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
+        conns.abort_all();
+    }
+}
+
+async fn serve(
+    stream: UnixStream,
+    kind: Kind,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let allowed_uid = match kind {
+        Kind::Child => shared.child_uid,
+        Kind::Admin => shared.admin_uid,
+    };
+    let peer = Arc::new(Peer::of(&stream, allowed_uid, &shared.audit));
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(respond(&shared, &peer, kind, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .writev(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn response(status: u16, body: Body, retry_after: Option<u64>) -> Response<OutBody> {
+    let mut r = Response::new(OutBody::new(body));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(secs) = retry_after {
+        h.insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
+}
+
+/// The token of `Authorization: Bearer <token>`: `None` without the
+/// header, empty when it is not a bearer token.
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let token = value
+        .strip_prefix(b"Bearer ")
+        .or_else(|| value.strip_prefix(b"bearer "))
+        .map(|t| t.trim_ascii())
+        .unwrap_or(b"");
+    Some(token)
+}
+
+async fn respond(
+    shared: &Shared,
+    peer: &Peer,
+    kind: Kind,
+    req: Request<Incoming>,
+) -> Response<OutBody> {
+    let now = Now::system();
+    let call_name = || format!("{} {}", req.method(), req.uri().path());
+    if !peer.allowed {
+        let reason = match peer.uid {
+            Some(uid) => format!("peer uid {uid} may not use this socket"),
+            None => "the peer's credentials are unknown".to_string(),
+        };
+        shared.audit.note(
+            Event::new(EventKind::AuthFailure)
+                .call(call_name())
+                .actor(peer.actor(None))
+                .result(Outcome::Denied)
+                .status(403)
+                .reason(reason.clone()),
+        );
+        return response(403, super::json::error(&reason), None);
+    }
+    let call_name = shared.audit.is_enabled().then(call_name);
+    let (parts, body) = req.into_parts();
+    let body = if http_body::Body::is_end_stream(&body) {
+        Ok(bytes::Bytes::new()) // most calls are GETs without a body
+    } else {
+        http_body_util::Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+    };
+    let Ok(body) = body else {
+        let too_big = format!("request body larger than {MAX_BODY} bytes");
+        let reply = finish(
+            shared,
+            peer,
+            None,
+            Reply::error(413, too_big, Auth::Open),
+            call_name,
+        );
+        return response(reply.status, reply.body, None);
+    };
+    let call = Call {
+        method: &parts.method,
+        path: parts.uri.path(),
+        bearer: bearer(&parts.headers),
+        body: &body,
+    };
+    let (reply, retry_after) = match kind {
+        Kind::Child => match child_call(shared, peer, &call, now, call_name.as_deref()).await {
+            Ok(reply) => (reply, None),
+            // Refused by the rate limiter: audited once per lock already,
+            // so a flood of guesses cannot flood the log.
+            Err((reply, secs)) => return response(reply.status, reply.body, Some(secs)),
+        },
+        Kind::Admin => (admin_call(shared, &call, now).await, None),
+    };
+    let reply = finish(shared, peer, call.bearer, reply, call_name);
+    response(reply.status, reply.body, retry_after)
+}
+
+/// A call on the child's socket. `Err` is a refusal by the rate limiter,
+/// with its `Retry-After`.
+async fn child_call(
+    shared: &Shared,
+    peer: &Peer,
+    call: &Call<'_>,
+    now: Now,
+    call_name: Option<&str>,
+) -> std::result::Result<Reply, (Reply, u64)> {
+    let uid = peer.uid.unwrap_or(u32::MAX);
+    if call.bearer.is_some() && call.path != "/v1/health" {
+        if let Gate::Locked { retry_after, first } = shared.limiter().gate(uid, now.mono) {
+            let secs = retry_after.as_secs_f64().ceil() as u64;
+            let why = format!("too many failed attempts; retry in {secs}s");
+            if first {
+                let mut ev = Event::new(EventKind::AuthFailure)
+                    .actor(peer.actor(call.bearer.and_then(token_id_of).map(str::to_string)))
+                    .result(Outcome::Denied)
+                    .status(429)
+                    .reason(format!(
+                        "{why} (further refusals under this lock are not logged)"
+                    ));
+                if let Some(c) = call_name {
+                    ev = ev.call(c);
+                }
+                shared.audit.note(ev);
+            }
+            return Err((Reply::error(429, why, Auth::Open), secs.max(1)));
+        }
+    }
+    let mut random = random_token_bytes;
+    let mut rounds = 0;
+    let reply = loop {
+        let handled = routes::handle(&mut shared.state(), call, now, &mut random);
+        match handled {
+            Handled::Reply(r) => break r,
+            Handled::Refresh(ids) if rounds < 2 => {
+                rounds += 1;
+                if let Err(r) = refresh(shared, &ids).await {
+                    break r;
+                }
+            }
+            Handled::Refresh(_) => {
+                break Reply::error(
+                    503,
+                    "the value expired before it could be served",
+                    Auth::Open,
+                )
+            }
+        }
+    };
+    match &reply.auth {
+        Auth::Failed(e) => {
+            let lock = shared.limiter().failure(uid, now.mono);
+            let mut why = e.reason().to_string();
+            if let Some(l) = lock {
+                why.push_str(&format!("; peer locked out for {} ms", l.as_millis()));
+            }
+            let mut ev = Event::new(EventKind::AuthFailure)
+                .actor(peer.actor(call.bearer.and_then(token_id_of).map(str::to_string)))
+                .result(Outcome::Denied)
+                .status(401)
+                .reason(why);
+            if let Some(c) = call_name {
+                ev = ev.call(c);
+            }
+            shared.audit.note(ev);
+        }
+        Auth::Granted(_) => shared.limiter().success(uid),
+        Auth::Missing | Auth::Open => {}
+    }
+    Ok(reply)
+}
+
+/// Resolve `ids` again (each at most once at a time) and cache the values.
+async fn refresh(shared: &Shared, ids: &[String]) -> std::result::Result<(), Reply> {
+    for id in ids {
+        let lock = shared.refresh_lock(id);
+        let _held = lock.lock().await;
+        if !shared.state().needs_value(id, Now::system()) {
+            continue; // another call resolved it meanwhile
+        }
+        let resolve = shared.callbacks.resolve.clone();
+        let owned = id.clone();
+        let result = tokio::task::spawn_blocking(move || resolve(&owned))
+            .await
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Software, "the resolver panicked")));
+        let mut st = shared.state();
+        let Some(e) = st.secrets.get(id) else {
+            continue;
+        };
+        let ev = Event::new(EventKind::Resolve).secret(&e.id, &e.reference, &e.scope);
+        match result {
+            Ok(value) => {
+                let fp = shared.audit.fingerprint(value.expose());
+                st.install(id, value, Now::system());
+                drop(st);
+                shared.audit.note(
+                    ev.result(Outcome::Ok)
+                        .fingerprint(fp)
+                        .reason("expired; resolved again"),
+                );
+            }
+            Err(err) => {
+                drop(st);
+                shared
+                    .audit
+                    .note(ev.result(Outcome::Error).reason(err.to_string()));
+                return Err(Reply::error(
+                    503,
+                    format!("cannot resolve '{id}' again: {err}"),
+                    Auth::Open,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn admin_call(shared: &Shared, call: &Call<'_>, now: Now) -> Reply {
+    let handled = routes::handle_admin(&mut shared.state(), call, now);
+    match handled {
+        AdminHandled::Reply(r) => r,
+        AdminHandled::Reload => {
+            let reload = shared.callbacks.reload.clone();
+            let result = tokio::task::spawn_blocking(move || reload())
+                .await
+                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Software, "the reload panicked")));
+            let list = RevocationList::load(&shared.revocation_list);
+            let mut st = shared.state();
+            let reply = routes::reloaded(&mut st, result, Now::system());
+            match list {
+                Ok(list) => st.apply_revocations(&list),
+                Err(e) => tracing::warn!("{e}"),
+            }
+            reply
+        }
+        AdminHandled::Revoked { reply, record } => {
+            let path = shared.revocation_list.clone();
+            let written = tokio::task::spawn_blocking(move || RevocationList::add(&path, record))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::new(ErrorKind::Software, "writing the list panicked"))
+                });
+            match written {
+                Ok(_) => reply,
+                Err(e) => {
+                    let mut failed = Reply::error(
+                        500,
+                        format!("revoked in this run, but not recorded for later runs: {e}"),
+                        Auth::Open,
+                    );
+                    failed.subject = reply.subject;
+                    failed.events = reply.events;
+                    failed
+                }
+            }
+        }
+    }
+}
+
+/// Write the call's audit events; a reply that carries a secret is only
+/// sent if its call is on record.
+fn finish(
+    shared: &Shared,
+    peer: &Peer,
+    presented: Option<&[u8]>,
+    mut reply: Reply,
+    call_name: Option<String>,
+) -> Reply {
+    let audit = &shared.audit;
+    let Some(call_name) = call_name else {
+        return reply; // auditing is off
+    };
+    let token_id = match &reply.auth {
+        Auth::Granted(id) => Some(id.clone()),
+        Auth::Failed(_) => presented.and_then(token_id_of).map(str::to_string),
+        _ => None,
+    };
+    for ev in std::mem::take(&mut reply.events) {
+        audit.note(ev.actor(peer.actor(token_id.clone())));
+    }
+    let mut ev = Event::new(EventKind::ApiCall)
+        .call(call_name)
+        .actor(peer.actor(token_id))
+        .result(reply.outcome())
+        .status(i64::from(reply.status));
+    if let Some(s) = &reply.subject {
+        ev = match &s.reference {
+            Some(r) => ev.secret(&s.id, r, &s.scope),
+            None => ev.secret_id(&s.id),
+        };
+    }
+    if let Some(served) = reply.served.take() {
+        ev = ev.served(served);
+    }
+    if let Some(why) = &reply.reason {
+        ev = ev.reason(why.clone());
+    }
+    if let Err(e) = audit.record(ev) {
+        if reply.carries_secret {
+            tracing::error!("{e}");
+            return Reply::error(
+                503,
+                "the audit log cannot be written; refusing to serve",
+                Auth::Open,
+            );
+        }
+        audit.note(Event::new(EventKind::ApiCall)); // warns once
+    }
+    reply
+}

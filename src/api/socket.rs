@@ -1,0 +1,280 @@
+//! Unix sockets that only their owner can use: a fresh 0700 folder (or a
+//! path the user chose), the socket 0600, a stale socket from a crashed run
+//! replaced only when nothing listens on it, and a [`SocketGuard`] that
+//! removes what was created — on shutdown, on drop, on every exit path
+//! short of SIGKILL — and never a socket that is no longer ours.
+
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::fs::DirBuilder;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Where fresh socket folders go: `$XDG_RUNTIME_DIR` when set to an
+/// absolute path, else the temp dir.
+pub fn runtime_dir(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    var("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Removes a socket (and the folder made for it) when dropped.
+#[derive(Debug)]
+pub struct SocketGuard {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+    dir: Option<PathBuf>,
+}
+
+impl SocketGuard {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Remove the socket if it is still the one bound here, and the folder
+    /// made for it. Idempotent.
+    pub fn remove(&mut self) {
+        if let Some(id) = self.identity.take() {
+            if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+                if (meta.dev(), meta.ino()) == id {
+                    let _ = std::fs::remove_file(&self.path);
+                }
+            }
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn os_err(path: &Path, what: &str, e: std::io::Error) -> Error {
+    Error::new(
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied => ErrorKind::Permission,
+            _ => ErrorKind::Os,
+        },
+        format!("{}: cannot {what}: {e}", path.display()),
+    )
+}
+
+fn random_suffix() -> Result<String> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| {
+        Error::new(
+            ErrorKind::Os,
+            format!("no randomness for a socket name: {e}"),
+        )
+    })?;
+    Ok(crate::audit::hex(&b))
+}
+
+/// Make a fresh 0700 folder `<base>/<prefix>-<random>`.
+fn fresh_dir(base: &Path, prefix: &str) -> Result<PathBuf> {
+    for _ in 0..8 {
+        let dir = base.join(format!("{prefix}-{}", random_suffix()?));
+        match DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {
+                // The umask can only have narrowed it; make it exact.
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| os_err(&dir, "set the folder's mode", e))?;
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(os_err(&dir, "create a socket folder", e)),
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Os,
+        format!("{}: cannot find a free socket folder name", base.display()),
+    ))
+}
+
+/// Refuse to replace anything but a socket nobody listens on.
+fn check_replaceable(path: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(os_err(path, "inspect the socket path", e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "{}: exists and is not a socket; not replacing it",
+                path.display()
+            ),
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "{}: another process is listening on this socket",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!("replacing the stale socket {}", path.display());
+            Ok(())
+        }
+        Err(e) => Err(os_err(path, "check the existing socket", e)),
+    }
+}
+
+fn finish(path: &Path, owner: Option<(u32, u32)>) -> Result<(u64, u64)> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| os_err(path, "set the socket's mode", e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| os_err(path, "give the socket to the child's user", e))?;
+    }
+    let meta =
+        std::fs::symlink_metadata(path).map_err(|e| os_err(path, "inspect the socket", e))?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Bind a private socket.
+///
+/// With `path`, the socket goes there: bound in a private temp folder
+/// beside it, set to 0600, then renamed into place, so it is never
+/// reachable with a wider mode. Without, it is `<base>/<prefix>-<random>/
+/// <file_name>` in a fresh 0700 folder. `owner` hands the socket (and a
+/// fresh folder) to another user: the child's, in separate-uid mode.
+pub fn bind(
+    path: Option<&Path>,
+    base: &Path,
+    prefix: &str,
+    file_name: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(UnixListener, SocketGuard)> {
+    match path {
+        None => {
+            let dir = fresh_dir(base, prefix)?;
+            let mut guard = SocketGuard {
+                path: dir.join(file_name),
+                identity: None,
+                dir: Some(dir.clone()),
+            };
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                    .map_err(|e| os_err(&dir, "give the socket folder to the child's user", e))?;
+            }
+            let listener = UnixListener::bind(&guard.path)
+                .map_err(|e| os_err(&guard.path, "bind the socket", e))?;
+            guard.identity = Some(finish(&guard.path, owner)?);
+            Ok((listener, guard))
+        }
+        Some(path) => {
+            check_replaceable(path)?;
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "socket".into());
+            let tmp_dir = fresh_dir(parent, &format!(".{name}.kw"))?;
+            // Removes the temp folder whatever happens below.
+            let mut tmp_guard = SocketGuard {
+                path: tmp_dir.join("s"),
+                identity: None,
+                dir: Some(tmp_dir),
+            };
+            let listener = UnixListener::bind(&tmp_guard.path)
+                .map_err(|e| os_err(path, "bind the socket", e))?;
+            let identity = finish(&tmp_guard.path, owner)?;
+            std::fs::rename(&tmp_guard.path, path)
+                .map_err(|e| os_err(path, "move the socket into place", e))?;
+            tmp_guard.remove();
+            Ok((
+                listener,
+                SocketGuard {
+                    path: path.to_path_buf(),
+                    identity: Some(identity),
+                    dir: None,
+                },
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn fresh_folder_modes_and_removal() {
+        let base = tempfile::tempdir().expect("tmp");
+        let (listener, mut guard) = bind(None, base.path(), "kw", "api.sock", None).expect("bind");
+        let path = guard.path().to_path_buf();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("dir")), 0o700);
+        assert!(UnixStream::connect(&path).is_ok());
+        drop(listener);
+        guard.remove();
+        assert!(!path.exists());
+        assert!(!path.parent().expect("dir").exists());
+    }
+
+    #[test]
+    fn chosen_path_replaces_only_a_dead_socket() {
+        let base = tempfile::tempdir().expect("tmp");
+        let path = base.path().join("kw.sock");
+        let (live, guard) = bind(Some(&path), base.path(), "kw", "x", None).expect("bind");
+        assert_eq!(mode(&path), 0o600);
+        let err = bind(Some(&path), base.path(), "kw", "x", None).expect_err("in use");
+        assert!(
+            err.to_string().contains("another process is listening"),
+            "{err}"
+        );
+        // A crashed run: the listener is gone, the file stays.
+        drop(live);
+        std::mem::forget(guard);
+        assert!(path.exists());
+        let (_l, mut g) = bind(Some(&path), base.path(), "kw", "x", None).expect("rebind");
+        assert!(UnixStream::connect(&path).is_ok());
+        let left: Vec<_> = std::fs::read_dir(base.path()).expect("ls").collect();
+        assert_eq!(left.len(), 1, "no temp folder left");
+        g.remove();
+        assert!(!path.exists());
+
+        let file = base.path().join("plain");
+        std::fs::write(&file, "x").expect("write");
+        let err = bind(Some(&file), base.path(), "kw", "x", None).expect_err("not a socket");
+        assert_eq!(err.exit_code(), 78);
+        assert!(file.exists());
+    }
+
+    #[test]
+    fn never_removes_a_socket_that_is_not_ours() {
+        let base = tempfile::tempdir().expect("tmp");
+        let path = base.path().join("kw.sock");
+        let (l, mut g) = bind(Some(&path), base.path(), "kw", "x", None).expect("bind");
+        drop(l);
+        std::fs::remove_file(&path).expect("rm");
+        let _other = UnixListener::bind(&path).expect("another");
+        g.remove();
+        assert!(path.exists());
+    }
+}

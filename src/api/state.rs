@@ -1,0 +1,416 @@
+//! What the server knows, as plain data: the secrets it serves (with their
+//! cached values and TTLs), revocations and tokens. Pure: time comes in as a
+//! [`Now`]. Values are [`SecretBytes`]; dropping one (expiry, revocation,
+//! reload) wipes it.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::revocations::RevocationList;
+use super::tokens::TokenStore;
+use super::{vendor_of, ServedSecret};
+use crate::audit::rfc3339;
+use crate::config::{Approval, Environment};
+use crate::secret::{SecretBytes, SecretRef};
+
+/// The time, on both clocks: monotonic for TTLs, wall for what is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// For expiry.
+    pub mono: Instant,
+    /// For `expires_at`, `resolved_at` and Slack timestamps.
+    pub wall: SystemTime,
+}
+
+impl Now {
+    /// The current time.
+    pub fn system() -> Self {
+        Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// `d` later.
+    pub fn plus(self, d: Duration) -> Self {
+        Now {
+            mono: self.mono + d,
+            wall: self.wall + d,
+        }
+    }
+
+    /// Wall-clock time of the monotonic instant `at`.
+    pub fn wall_of(&self, at: Instant) -> SystemTime {
+        match at.checked_duration_since(self.mono) {
+            Some(ahead) => self.wall + ahead,
+            None => self.wall - self.mono.duration_since(at),
+        }
+    }
+
+    /// Seconds since the epoch (wall).
+    pub fn unix(&self) -> i64 {
+        self.wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// Settings that do not change while serving.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The environment.
+    pub env: Environment,
+    /// The policy's TTL ceiling for the env.
+    pub max_ttl_seconds: Option<u64>,
+    /// The registry id of the Slack signing secret.
+    pub slack_secret_id: Option<String>,
+}
+
+/// One served secret.
+#[derive(Debug)]
+pub struct Entry {
+    /// Id.
+    pub id: String,
+    /// Ref.
+    pub reference: SecretRef,
+    /// Scope labels.
+    pub scope: Vec<String>,
+    /// TTL of a cached value.
+    pub ttl: Option<Duration>,
+    /// Approval.
+    pub approval: Approval,
+    /// Injected as.
+    pub env_var: Option<String>,
+    value: Option<SecretBytes>,
+    resolved: Option<Instant>,
+    /// The reason, when revoked.
+    pub revoked: Option<String>,
+}
+
+impl Entry {
+    /// When the cached value expires (monotonic).
+    fn expiry(&self) -> Option<Instant> {
+        Some(self.resolved? + self.ttl?)
+    }
+
+    /// Whether a value is cached and still within its TTL.
+    pub fn is_fresh(&self, now: Now) -> bool {
+        self.value.is_some() && self.expiry().is_none_or(|e| e > now.mono)
+    }
+
+    /// The cached value if fresh; an expired one is wiped first.
+    pub fn fresh_value(&mut self, now: Now) -> Option<&SecretBytes> {
+        if !self.is_fresh(now) {
+            self.value = None;
+            return None;
+        }
+        self.value.as_ref()
+    }
+
+    /// The cached value if fresh (an expired one is left for the sweep).
+    pub fn fresh_value_ref(&self, now: Now) -> Option<&SecretBytes> {
+        self.value.as_ref().filter(|_| self.is_fresh(now))
+    }
+
+    /// When the served value expires, as RFC 3339 (`None`: never).
+    pub fn expires_at(&self, now: Now) -> Option<String> {
+        self.expiry().map(|e| rfc3339(now.wall_of(e)))
+    }
+
+    /// Whether a value is cached (for the inventory).
+    pub fn is_cached(&self) -> bool {
+        self.value.is_some()
+    }
+}
+
+/// The inventory row of one secret (SL8 metadata; never a value).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InventoryItem {
+    /// Id.
+    pub id: String,
+    /// Ref.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The id's prefix before `_`.
+    pub vendor: String,
+    /// Scope labels.
+    pub scope: Vec<String>,
+    /// The environment.
+    pub env: String,
+    /// TTL of a served value.
+    pub ttl_seconds: Option<u64>,
+    /// When the cached value was resolved.
+    pub resolved_at: Option<String>,
+    /// When it expires.
+    pub expires_at: Option<String>,
+    /// `none` or `required`.
+    pub approval: &'static str,
+    /// The variable it is injected as.
+    pub env_var: Option<String>,
+    /// Whether a value is in memory.
+    pub cached: bool,
+    /// Revocation reason, when revoked.
+    pub revoked: Option<String>,
+}
+
+/// Everything the routes read and change.
+#[derive(Debug)]
+pub struct State {
+    /// Secrets by id.
+    pub secrets: BTreeMap<String, Entry>,
+    /// Live tokens.
+    pub tokens: TokenStore,
+    /// Fixed settings.
+    pub settings: Settings,
+}
+
+impl State {
+    /// The state for `secrets`, as of `now`.
+    pub fn new(settings: Settings, secrets: Vec<ServedSecret>, now: Now) -> Self {
+        let mut state = State {
+            secrets: BTreeMap::new(),
+            tokens: TokenStore::new(),
+            settings,
+        };
+        state.replace(secrets, now);
+        state
+    }
+
+    fn entry_of(&self, s: ServedSecret, now: Now) -> Entry {
+        let ttl = match (s.ttl_seconds, self.settings.max_ttl_seconds) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let resolved = s.value.as_ref().map(|_| {
+            let age = now.wall.duration_since(s.resolved_at).unwrap_or_default();
+            now.mono.checked_sub(age).unwrap_or(now.mono)
+        });
+        Entry {
+            id: s.id,
+            reference: s.reference,
+            scope: s.scope,
+            ttl: ttl.map(Duration::from_secs),
+            approval: s.approval,
+            env_var: s.env_var,
+            value: s.value,
+            resolved,
+            revoked: None,
+        }
+    }
+
+    /// Serve `secrets` from now on (a reload). A revocation made in this
+    /// run carries over while the id keeps its ref.
+    pub fn replace(&mut self, secrets: Vec<ServedSecret>, now: Now) {
+        let mut next = BTreeMap::new();
+        for s in secrets {
+            let mut e = self.entry_of(s, now);
+            if let Some(old) = self.secrets.get(&e.id) {
+                if old.reference == e.reference && old.revoked.is_some() {
+                    e.revoked = old.revoked.clone();
+                    e.value = None;
+                }
+            }
+            next.insert(e.id.clone(), e);
+        }
+        self.secrets = next;
+    }
+
+    /// Mark every secret whose (id, ref) is on `list` as revoked.
+    pub fn apply_revocations(&mut self, list: &RevocationList) {
+        for e in self.secrets.values_mut() {
+            if let Some(r) = list.find(&e.id, e.reference.as_str()) {
+                e.revoked = Some(r.reason.clone().unwrap_or_else(|| "revoked".to_string()));
+                e.value = None;
+            }
+        }
+    }
+
+    /// Revoke `id`: wipe its value, refuse it from now on. Returns the entry.
+    pub fn revoke(&mut self, id: &str, reason: &str) -> Option<&Entry> {
+        let e = self.secrets.get_mut(id)?;
+        e.value = None;
+        e.resolved = None;
+        e.revoked = Some(reason.to_string());
+        Some(e)
+    }
+
+    /// Whether `id` is servable but has no fresh value.
+    pub fn needs_value(&self, id: &str, now: Now) -> bool {
+        self.secrets
+            .get(id)
+            .is_some_and(|e| e.revoked.is_none() && !e.is_fresh(now))
+    }
+
+    /// Cache a value just resolved for `id` (ignored if revoked meanwhile).
+    pub fn install(&mut self, id: &str, value: SecretBytes, now: Now) {
+        if let Some(e) = self.secrets.get_mut(id) {
+            if e.revoked.is_none() {
+                e.value = Some(value);
+                e.resolved = Some(now.mono);
+            }
+        }
+    }
+
+    /// Wipe expired values and forget expired tokens; returns the ids wiped.
+    pub fn sweep(&mut self, now: Now) -> Vec<String> {
+        self.tokens.prune(now.mono);
+        let mut wiped = Vec::new();
+        for e in self.secrets.values_mut() {
+            if e.value.is_some() && !e.is_fresh(now) {
+                e.value = None;
+                wiped.push(e.id.clone());
+            }
+        }
+        wiped
+    }
+
+    /// The inventory, by id.
+    pub fn inventory(&self, now: Now) -> Vec<InventoryItem> {
+        self.secrets
+            .values()
+            .map(|e| InventoryItem {
+                id: e.id.clone(),
+                reference: e.reference.to_string(),
+                vendor: vendor_of(&e.id).to_string(),
+                scope: e.scope.clone(),
+                env: self.settings.env.as_str().to_string(),
+                ttl_seconds: e.ttl.map(|t| t.as_secs()),
+                resolved_at: e
+                    .resolved
+                    .filter(|_| e.value.is_some())
+                    .map(|r| rfc3339(now.wall_of(r))),
+                expires_at: e.expires_at(now).filter(|_| e.value.is_some()),
+                approval: match e.approval {
+                    Approval::None => "none",
+                    Approval::Required => "required",
+                },
+                env_var: e.env_var.clone(),
+                cached: e.is_fresh(now),
+                revoked: e.revoked.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::api::revocations::Revocation;
+
+    pub(crate) fn served(id: &str, scope: &[&str], ttl: Option<u64>, value: &str) -> ServedSecret {
+        ServedSecret {
+            id: id.into(),
+            reference: SecretRef::parse(&format!("kv://{id}/dev")).expect("ref"),
+            scope: scope.iter().map(|s| s.to_string()).collect(),
+            ttl_seconds: ttl,
+            approval: Approval::None,
+            env_var: None,
+            value: Some(SecretBytes::copy_from(value.as_bytes())),
+            resolved_at: SystemTime::now(),
+        }
+    }
+
+    pub(crate) fn settings(max: Option<u64>) -> Settings {
+        Settings {
+            env: Environment::Dev,
+            max_ttl_seconds: max,
+            slack_secret_id: None,
+        }
+    }
+
+    #[test]
+    fn ttl_is_the_smaller_of_entry_and_policy_and_expiry_wipes() {
+        let now = Now::system();
+        let mut st = State::new(
+            settings(Some(60)),
+            vec![
+                served("a", &["pool"], Some(10), "va"),
+                served("b", &["pool"], None, "vb"),
+                served("c", &["pool"], Some(600), "vc"),
+            ],
+            now,
+        );
+        assert_eq!(st.secrets["a"].ttl, Some(Duration::from_secs(10)));
+        assert_eq!(st.secrets["b"].ttl, Some(Duration::from_secs(60)));
+        assert_eq!(st.secrets["c"].ttl, Some(Duration::from_secs(60)));
+        let later = now.plus(Duration::from_secs(10));
+        assert!(st.needs_value("a", later));
+        assert!(!st.needs_value("b", later));
+        assert_eq!(st.sweep(later), vec!["a".to_string()]);
+        assert!(!st.secrets["a"].is_cached());
+        st.install("a", SecretBytes::copy_from(b"va2"), later);
+        assert!(!st.needs_value("a", later));
+        let e = st.secrets.get_mut("a").expect("a");
+        assert_eq!(e.fresh_value(later).map(|v| v.expose()), Some(&b"va2"[..]));
+        assert!(e.fresh_value(later.plus(Duration::from_secs(10))).is_none());
+        assert!(!e.is_cached());
+    }
+
+    #[test]
+    fn values_resolved_earlier_age_from_then() {
+        let now = Now::system();
+        let mut s = served("a", &["pool"], Some(10), "va");
+        s.resolved_at = now.wall - Duration::from_secs(9);
+        let st = State::new(settings(None), vec![s], now);
+        assert!(!st.needs_value("a", now));
+        assert!(st.needs_value("a", now.plus(Duration::from_secs(1))));
+    }
+
+    #[test]
+    fn revocation_wipes_and_survives_reload_until_the_ref_changes() {
+        let now = Now::system();
+        let mut st = State::new(
+            settings(None),
+            vec![served("a", &["pool"], None, "va")],
+            now,
+        );
+        assert!(st.revoke("a", "leaked").is_some());
+        assert!(st.revoke("zz", "x").is_none());
+        assert!(!st.secrets["a"].is_cached());
+        st.install("a", SecretBytes::copy_from(b"va"), now);
+        assert!(
+            !st.secrets["a"].is_cached(),
+            "a revoked secret takes no value"
+        );
+        st.replace(vec![served("a", &["pool"], None, "va")], now);
+        assert_eq!(st.secrets["a"].revoked.as_deref(), Some("leaked"));
+        let mut moved = served("a", &["pool"], None, "vb");
+        moved.reference = SecretRef::parse("kv://a/dev-v2").expect("ref");
+        st.replace(vec![moved], now);
+        assert!(st.secrets["a"].revoked.is_none());
+
+        let list = RevocationList {
+            version: 1,
+            revoked: vec![Revocation {
+                id: "a".into(),
+                reference: "kv://a/dev-v2".into(),
+                reason: None,
+                revoked_at: String::new(),
+            }],
+        };
+        st.apply_revocations(&list);
+        assert_eq!(st.secrets["a"].revoked.as_deref(), Some("revoked"));
+    }
+
+    #[test]
+    fn inventory_has_metadata_and_no_values() {
+        let now = Now::system();
+        let value = format!("canary{}", std::process::id());
+        let st = State::new(
+            settings(Some(30)),
+            vec![served("openai_org", &["llm:chat"], None, &value)],
+            now,
+        );
+        let inv = st.inventory(now);
+        assert_eq!(inv[0].vendor, "openai");
+        assert_eq!(inv[0].ttl_seconds, Some(30));
+        assert!(inv[0].cached && inv[0].resolved_at.is_some());
+        let text = serde_json::to_string(&inv).expect("json");
+        assert!(!text.contains(&value));
+    }
+}

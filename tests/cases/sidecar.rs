@@ -1,0 +1,286 @@
+//! The socket API end to end through `keywarden run`: the child asks for
+//! secrets with its token, the operator revokes and reloads through the
+//! admin socket, and the audit log records it all without a value.
+
+use std::time::Duration;
+
+use base64::Engine;
+
+use crate::util::*;
+
+fn setup(dir: &Dir) -> String {
+    let value = secret(40);
+    dir.write("secrets/openai", &value);
+    dir.write("secrets/slack", secret(40));
+    dir.write(
+        "reg.yaml",
+        "openai:\n  dev:\n    secret_ref: file://secrets/openai\n    scope: [pool]\n    env: OPENAI_API_KEY\nslack:\n  dev:\n    secret_ref: file://secrets/slack\n    scope: [\"slack:bot\"]\n",
+    );
+    value
+}
+
+#[test]
+fn the_child_fetches_in_scope_secrets_with_its_token() {
+    let dir = Dir::new();
+    setup(&dir);
+    let script = format!(
+        "[ \"$({kw} get openai)\" = \"$(cat secrets/openai)\" ] && echo get-ok; \
+         {kw} get slack; echo slack-rc=$?; \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --unix-socket \"$KEYWARDEN_SOCKET\" -H \"Authorization: Bearer $KEYWARDEN_TOKEN\" http://kw/v1/secrets/openai; \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --unix-socket \"$KEYWARDEN_SOCKET\" -H 'Authorization: Bearer wrong' http://kw/v1/secrets/openai; \
+         curl -s --unix-socket \"$KEYWARDEN_SOCKET\" http://kw/v1/health; echo; \
+         stat -c '%a' \"$KEYWARDEN_SOCKET\" \"$(dirname \"$KEYWARDEN_SOCKET\")\"; echo \"$KEYWARDEN_SOCKET\" > socket.path",
+        kw = bin()
+    );
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "get-ok\nslack-rc=77\n200\n401\n{\"status\":\"ok\"}\n600\n700\n",
+        "{}",
+        stderr(&out)
+    );
+    let socket = dir.read("socket.path");
+    assert!(
+        !std::path::Path::new(socket.trim()).exists(),
+        "socket left behind"
+    );
+}
+
+#[test]
+fn no_socket_means_no_socket_variables() {
+    let dir = Dir::new();
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--no-socket",
+            "--",
+            "sh",
+            "-c",
+            "echo ${KEYWARDEN_SOCKET:-none} ${KEYWARDEN_TOKEN:-none}",
+        ],
+    ));
+    assert_eq!(stdout(&out), "none none\n");
+}
+
+#[test]
+fn the_childs_token_is_masked_in_its_output() {
+    let dir = Dir::new();
+    let out = output(&mut kw(
+        &dir,
+        &["run", "--", "sh", "-c", "echo \"token=$KEYWARDEN_TOKEN\""],
+    ));
+    assert_eq!(stdout(&out), "token=[REDACTED:KEYWARDEN_TOKEN]\n");
+}
+
+#[test]
+fn revocation_is_immediate_and_survives_a_restart() {
+    let dir = Dir::new();
+    let value = setup(&dir);
+    let admin = dir.join("admin.sock");
+    let script = format!(
+        "echo ready > ready; while [ ! -f go ]; do sleep 0.02; done; {kw} get openai >/dev/null 2>&1; echo rc=$?",
+        kw = bin()
+    );
+    let child = kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--admin-socket",
+        ],
+    )
+    .arg(&admin)
+    .args(["--", "sh", "-c", &script])
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    assert!(eventually(Duration::from_secs(10), || dir
+        .join("ready")
+        .exists()));
+    let out = output(
+        kw(
+            &dir,
+            &[
+                "revoke",
+                "openai",
+                "--reason",
+                "leaked in a ticket",
+                "--registry",
+                "reg.yaml",
+                "--env",
+                "dev",
+            ],
+        )
+        .env("KEYWARDEN_ADMIN_SOCKET", &admin),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    dir.write("go", "");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(stdout(&out), "rc=77\n", "410 Gone maps to 77");
+    let list = dir.read("revocations.json");
+    assert!(
+        list.contains("openai") && list.contains("file://secrets/openai"),
+        "{list}"
+    );
+    assert!(!list.contains(&value));
+
+    // The next run neither resolves nor injects it.
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--",
+            "sh",
+            "-c",
+            "echo ${OPENAI_API_KEY:-absent}",
+        ],
+    ));
+    assert_eq!(stdout(&out), "absent\n", "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("secret 'openai' is revoked"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Until its ref changes.
+    dir.write("secrets/openai2", secret(40));
+    let reg = dir
+        .read("reg.yaml")
+        .replace("file://secrets/openai", "file://secrets/openai2");
+    dir.write("reg.yaml", reg);
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--",
+            "sh",
+            "-c",
+            "echo ${#OPENAI_API_KEY}",
+        ],
+    ));
+    assert_eq!(stdout(&out), "40\n", "{}", stderr(&out));
+}
+
+#[test]
+fn the_reload_signal_re_resolves_changed_values() {
+    let dir = Dir::new();
+    setup(&dir);
+    let new_value = secret(40);
+    dir.write("new", &new_value);
+    let script = format!(
+        "echo ready > ready; while [ ! -f go ]; do sleep 0.02; done; [ \"$({kw} get openai)\" = \"$(cat new)\" ] && echo reloaded",
+        kw = bin()
+    );
+    let child = kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--reload-signal",
+            "HUP",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    assert!(eventually(Duration::from_secs(10), || dir
+        .join("ready")
+        .exists()));
+    std::fs::copy(dir.join("new"), dir.join("secrets/openai")).expect("rotate");
+    signal(child.id(), "HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    dir.write("go", "");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(stdout(&out), "reloaded\n", "{}", stderr(&out));
+}
+
+#[test]
+fn the_audit_log_of_a_full_run_has_every_event_and_no_secret() {
+    let dir = Dir::new();
+    let value = setup(&dir);
+    let audit = dir.join("audit.jsonl");
+    let script = format!(
+        "{kw} get openai >/dev/null; {kw} get slack 2>/dev/null; KEYWARDEN_TOKEN=wrong {kw} get openai 2>/dev/null; echo $OPENAI_API_KEY",
+        kw = bin()
+    );
+    let out = output(
+        kw(
+            &dir,
+            &["run", "--env", "dev", "--registry", "reg.yaml", "--audit"],
+        )
+        .arg(&audit)
+        .args(["--", "sh", "-c", &script]),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "[REDACTED:openai]\n");
+    let text = std::fs::read_to_string(&audit).expect("audit log");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&audit).expect("meta").permissions(),
+    ) & 0o777;
+    assert_eq!(mode, 0o600);
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    for want in [
+        "run_start",
+        "resolve",
+        "inject",
+        "child_start",
+        "api_call",
+        "auth_failure",
+        "child_exit",
+        "redaction_counts",
+        "run_stop",
+    ] {
+        assert!(kinds.contains(&want), "{want} missing: {kinds:?}");
+    }
+    assert!(events.iter().all(|e| e["ts"].is_string()));
+    let api_call = events
+        .iter()
+        .find(|e| e["event"] == "api_call")
+        .expect("api_call");
+    assert!(
+        api_call["actor"]["pid"].is_number() && api_call["actor"]["uid"].is_number(),
+        "{api_call}"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let hex: String = value.bytes().map(|b| format!("{b:02x}")).collect();
+    for form in [value.clone(), b64.encode(&value), hex] {
+        assert!(!text.contains(&form), "the audit log holds a secret");
+    }
+}
