@@ -27,7 +27,9 @@ pub fn runtime_dir(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
 #[derive(Debug)]
 pub struct SocketGuard {
     path: PathBuf,
-    identity: Option<(u64, u64)>,
+    /// (device, inode, mtime in ns): inode numbers are reused at once, the
+    /// creation time tells a later socket at the same path apart.
+    identity: Option<(u64, u64, i128)>,
     dir: Option<PathBuf>,
 }
 
@@ -42,7 +44,7 @@ impl SocketGuard {
     pub fn remove(&mut self) {
         if let Some(id) = self.identity.take() {
             if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-                if (meta.dev(), meta.ino()) == id {
+                if identity_of(&meta) == id {
                     let _ = std::fs::remove_file(&self.path);
                 }
             }
@@ -133,7 +135,15 @@ fn check_replaceable(path: &Path) -> Result<()> {
     }
 }
 
-fn finish(path: &Path, owner: Option<(u32, u32)>) -> Result<(u64, u64)> {
+fn identity_of(meta: &std::fs::Metadata) -> (u64, u64, i128) {
+    (
+        meta.dev(),
+        meta.ino(),
+        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+    )
+}
+
+fn finish(path: &Path, owner: Option<(u32, u32)>) -> Result<(u64, u64, i128)> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| os_err(path, "set the socket's mode", e))?;
     if let Some((uid, gid)) = owner {
@@ -142,7 +152,7 @@ fn finish(path: &Path, owner: Option<(u32, u32)>) -> Result<(u64, u64)> {
     }
     let meta =
         std::fs::symlink_metadata(path).map_err(|e| os_err(path, "inspect the socket", e))?;
-    Ok((meta.dev(), meta.ino()))
+    Ok(identity_of(&meta))
 }
 
 /// Bind a private socket.
@@ -273,6 +283,9 @@ mod tests {
         let (l, mut g) = bind(Some(&path), base.path(), "kw", "x", None).expect("bind");
         drop(l);
         std::fs::remove_file(&path).expect("rm");
+        // Past the timestamp granularity, so the new socket is told apart
+        // even when it gets the same inode number.
+        std::thread::sleep(std::time::Duration::from_millis(20));
         let _other = UnixListener::bind(&path).expect("another");
         g.remove();
         assert!(path.exists());
