@@ -120,18 +120,7 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned> {
             controlling_tty: on_pty,
         },
     );
-    let mut child = cmd.spawn().map_err(|e| {
-        let kind = match e.kind() {
-            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-            _ => ErrorKind::NotExecutable,
-        };
-        let what = if kind == ErrorKind::NotFound {
-            "command not found"
-        } else {
-            "cannot execute"
-        };
-        Error::new(kind, format!("{what}: {shown}: {e}"))
-    })?;
+    let mut child = cmd.spawn().map_err(|e| spawn_error(&shown, &e))?;
     drop(cmd); // closes the parent's copies of the pty slave
     let pid = Pid::from_raw(child.id() as i32);
     let outputs = match (child.stdout.take(), child.stderr.take()) {
@@ -139,6 +128,22 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned> {
         _ => None,
     };
     Ok(Spawned { pid, outputs })
+}
+
+/// Map a failed spawn like a shell would: ENOENT (also a missing script
+/// interpreter) is 127, EACCES / ENOEXEC / ETXTBSY is 126; a refused
+/// privilege change in the child (setuid, setgroups) is 77; anything else
+/// is an OS failure (71).
+fn spawn_error(shown: &str, e: &std::io::Error) -> Error {
+    let (kind, what) = match e.raw_os_error() {
+        Some(libc::ENOENT) => (ErrorKind::NotFound, "command not found"),
+        Some(libc::EACCES | libc::ENOEXEC | libc::ETXTBSY | libc::EISDIR) => {
+            (ErrorKind::NotExecutable, "cannot execute")
+        }
+        Some(libc::EPERM) => (ErrorKind::Permission, "cannot start"),
+        _ => (ErrorKind::Os, "cannot start"),
+    };
+    Error::new(kind, format!("{what}: {shown}: {e}"))
 }
 
 #[cfg(test)]

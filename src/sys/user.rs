@@ -51,10 +51,7 @@ pub fn lookup_user(spec: &str) -> Result<TargetUser> {
             PathBuf::from("/"),
         ),
         (None, Err(_)) => {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("--user: no such user '{user_part}'"),
-            ))
+            return Err(Error::usage(format!("--user: no such user '{user_part}'")))
         }
     };
     let gid = match group_part {
@@ -65,7 +62,7 @@ pub fn lookup_user(spec: &str) -> Result<TargetUser> {
                 .map_err(|e| os_err("cannot read the group database", e))?
                 .map(|grp| grp.gid)
                 .ok_or_else(|| {
-                    Error::new(ErrorKind::NotFound, format!("--user: no such group '{g}'"))
+                    Error::usage(format!("--user: no such group '{g}'"))
                 })?,
         },
     };

@@ -146,7 +146,7 @@ fn user_switches_uid_groups_and_home() {
         &dir,
         &["run", "--user", "no-such-user-kw", "--", "true"],
     ));
-    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(out.status.code(), Some(64));
     assert!(stderr(&out).contains("no such user 'no-such-user-kw'"));
 }
 
