@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start-up cost: `keywarden run -- /bin/true` against `tini -s -- /bin/true`
+# Start-up cost: `keywarden run -- /bin/true` (with its socket API, the
+# default, and with --no-socket) against `tini -s -- /bin/true`
 # and against `/bin/true` alone, on the release build, with no registry and
 # no policy (run from an empty temp folder, so no default config is found,
 # with a small fixed environment that holds no refs).
@@ -52,6 +53,7 @@ iterations, warmup = int(sys.argv[1]), int(sys.argv[2])
 keywarden, tini, true = sys.argv[3], sys.argv[4], sys.argv[5]
 commands = [
     ("keywarden", [keywarden, "run", "--", true]),
+    ("no-socket", [keywarden, "run", "--no-socket", "--", true]),
     ("tini", [tini, "-s", "--", true]),
     ("true", [true]),
 ]
@@ -91,6 +93,8 @@ for name, _ in commands:
     m, p, a, lo = (v / 1000 for v in stats[name])
     print(f"{name:<10} {m:>9.0f} {p:>9.0f} {a:>9.0f} {lo:>9.0f}")
 kw, ti, tr = stats["keywarden"], stats["tini"], stats["true"]
+ns = stats["no-socket"]
 print(f"ratio keywarden/tini: median {kw[0] / ti[0]:.2f}x, p90 {kw[1] / ti[1]:.2f}x (goal: <= 1.10x)")
+print(f"ratio keywarden --no-socket/tini: median {ns[0] / ti[0]:.2f}x, p90 {ns[1] / ti[1]:.2f}x")
 print(f"over /bin/true (median): keywarden +{(kw[0] - tr[0]) / 1000:.0f} us, tini +{(ti[0] - tr[0]) / 1000:.0f} us")
 PY

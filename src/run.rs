@@ -293,22 +293,15 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         common.timeout,
         Some(&signals),
     )?;
-    for o in &outcomes {
-        let p = plan
-            .secrets
-            .iter()
-            .find(|p| p.request().label == o.request.label);
-        let mut e = Event::new(EventKind::Resolve);
-        if let Some(p) = p {
-            e = e.secret(&p.id, &p.reference, &p.scope);
-        }
-        e = match &o.result {
+    // Outcomes come back in plan order.
+    for (p, o) in plan.secrets.iter().zip(&outcomes) {
+        let e = Event::new(EventKind::Resolve).secret(&p.id, &p.reference, &p.scope);
+        audit.note(match &o.result {
             Ok(v) => e
                 .result(AuditOutcome::Ok)
                 .fingerprint(audit.fingerprint(v.expose())),
             Err(err) => e.result(AuditOutcome::Error).reason(err.reason.clone()),
-        };
-        audit.note(e);
+        });
     }
     let secrets: Vec<SecretBytes> = require_all(outcomes)
         .map_err(|e| Error::new(e.kind(), format!("{e}; the command was not started")))?;

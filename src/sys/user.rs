@@ -50,9 +50,7 @@ pub fn lookup_user(spec: &str) -> Result<TargetUser> {
             raw.to_string(),
             PathBuf::from("/"),
         ),
-        (None, Err(_)) => {
-            return Err(Error::usage(format!("--user: no such user '{user_part}'")))
-        }
+        (None, Err(_)) => return Err(Error::usage(format!("--user: no such user '{user_part}'"))),
     };
     let gid = match group_part {
         None => primary_gid,
@@ -61,9 +59,7 @@ pub fn lookup_user(spec: &str) -> Result<TargetUser> {
             Err(_) => Group::from_name(g)
                 .map_err(|e| os_err("cannot read the group database", e))?
                 .map(|grp| grp.gid)
-                .ok_or_else(|| {
-                    Error::usage(format!("--user: no such group '{g}'"))
-                })?,
+                .ok_or_else(|| Error::usage(format!("--user: no such group '{g}'")))?,
         },
     };
     let groups = match (&entry, CString::new(name.clone())) {
