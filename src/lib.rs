@@ -26,3 +26,4 @@ pub mod secret;
 pub mod store;
 pub mod supervise;
 pub mod sys;
+pub mod timefmt;
