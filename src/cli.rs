@@ -78,6 +78,8 @@ enum Command {
     Check(CheckArgs),
     /// Copy stdin to stdout with every secret (and its encodings) masked
     Redact(MaskArgs),
+    /// Find secrets (and their encodings) in files; exit 1 if any
+    Scan(ScanArgs),
     /// Print one secret from the running sidecar (for scripts inside the child)
     Get(GetArgs),
     /// Revoke a secret in the running sidecar and in the revocation list
@@ -149,6 +151,13 @@ struct MaskArgs {
     /// What replaces a secret; {id} is the secret's id
     #[arg(long, value_name = "FORMAT", default_value = Mask::DEFAULT_FORMAT)]
     mask: String,
+}
+
+#[derive(Debug, Args)]
+struct ScanArgs {
+    /// Files or folders (walked; symbolic links are not followed)
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +263,7 @@ fn dispatch(cli: &Cli) -> Result<u8> {
             },
         ),
         Command::Check(a) => check::check(&common, a.format),
+        Command::Scan(a) => crate::redaction::scan_command(&common, &a.paths),
         Command::Redact(a) => crate::redaction::redact_command(&common, &Mask::new(&a.mask)),
         Command::Get(a) => crate::api::cli::get(
             a,

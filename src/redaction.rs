@@ -1,4 +1,5 @@
-//! Glue between resolved secrets and the redactor: which values are masked
+//! Glue between resolved secrets and the redactor (`run`'s relay,
+//! `keywarden redact`, `keywarden scan`): which values are masked
 //! (every resolved secret, and the values of always-denied variables found
 //! in keywarden's own environment, which the child never gets but might
 //! still find elsewhere), and the relay [`Filter`] that applies it.
@@ -154,4 +155,89 @@ pub fn log_counts(counts: &Counts) {
     for (id, n) in counts.iter() {
         tracing::info!("masked {id} {n} time{}", if n == 1 { "" } else { "s" });
     }
+}
+
+/// `keywarden scan PATH...`: report every place a secret (or an encoded
+/// form of one) appears in the files given (folders are walked), as
+/// `PATH:LINE:COLUMN: secret 'ID'` — never the value. Exit 1 when anything
+/// was found, 0 when nothing was.
+pub fn scan_command(
+    common: &crate::cli::Common,
+    paths: &[std::path::PathBuf],
+) -> crate::error::Result<u8> {
+    use std::io::Write;
+
+    let process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
+    let config = crate::config::load(common.registry.as_deref(), common.policy.as_deref())?;
+    let plan = crate::config::build_plan(&config, common.env, &process_env, &cwd)?;
+    let outcomes =
+        crate::resolve::resolve_plan(&plan, &common.store, &process_env, common.timeout, None)?;
+    let values = crate::resolve::require_all(outcomes)?;
+    for id in too_short(&plan, &values) {
+        tracing::warn!("secret '{id}' is too short to be found safely; it is not scanned for");
+    }
+    let matcher = matcher_for(&plan, &values, &process_env, &[], &Mask::default());
+    drop(values);
+    let mut files = Vec::new();
+    for p in paths {
+        collect_files(p, &mut files)?;
+    }
+    let mut out = std::io::stdout().lock();
+    let mut found = 0usize;
+    for file in files {
+        let data = zeroize::Zeroizing::new(std::fs::read(&file).map_err(|e| {
+            crate::error::Error::new(
+                crate::error::io_kind(&e),
+                format!("{}: cannot read: {e}", file.display()),
+            )
+        })?);
+        for span in matcher.find_spans(&data) {
+            let before = &data[..span.start];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let col = span.start
+                - before
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1)
+                + 1;
+            let _ = writeln!(out, "{}:{line}:{col}: secret '{}'", file.display(), span.id);
+            found += 1;
+        }
+    }
+    let _ = out.flush();
+    if found > 0 {
+        tracing::warn!(
+            "{found} secret occurrence{} found",
+            if found == 1 { "" } else { "s" }
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn collect_files(
+    path: &std::path::Path,
+    files: &mut Vec<std::path::PathBuf>,
+) -> crate::error::Result<()> {
+    let io = |e: std::io::Error| {
+        crate::error::Error::new(
+            crate::error::io_kind(&e),
+            format!("{}: {e}", path.display()),
+        )
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(io)?;
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            collect_files(&e, files)?;
+        }
+    } else if meta.is_file() {
+        files.push(path.to_path_buf());
+    }
+    Ok(())
 }

@@ -380,3 +380,41 @@ fn redact_filters_stdin_to_stdout() {
         "a [REDACTED:ci_token] b [REDACTED:OTHER] c\n[REDACTED:ci_token]\n"
     );
 }
+
+#[test]
+fn scan_reports_where_secrets_are_and_exits_1() {
+    let dir = Dir::new();
+    let value = secret(32);
+    registry(&dir, &[("api", value.as_bytes())]);
+    dir.write("logs/clean.log", "nothing here\n");
+    dir.write(
+        "logs/leaky.log",
+        format!(
+            "line one\nkey={value}\n{}\n",
+            base64::engine::general_purpose::STANDARD.encode(&value)
+        ),
+    );
+    let out = output(&mut kw(
+        &dir,
+        &["scan", "--env", "dev", "--registry", "reg.yaml", "logs"],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "logs/leaky.log:2:5: secret 'api'\nlogs/leaky.log:3:1: secret 'api'\n"
+    );
+    assert!(!format!("{}{}", stdout(&out), stderr(&out)).contains(&value));
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "scan",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "logs/clean.log",
+        ],
+    ));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out), "");
+}
