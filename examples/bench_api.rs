@@ -187,6 +187,7 @@ fn main() {
         env_var: None,
         value: Some(SecretBytes::copy_from(hex(&raw).as_bytes())),
         resolved_at: SystemTime::now(),
+        dates: Default::default(),
     };
     let audit = if audit_on {
         Auditor::open(&dir.join("audit.jsonl"), Environment::Dev, None).expect("audit")

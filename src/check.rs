@@ -70,7 +70,13 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
         .filter_map(|o| o.result.as_ref().ok())
         .collect();
     let exposed: Vec<&[u8]> = values.iter().map(|v| v.expose()).collect();
-    let rotated = rotation_dates(&plan, &common.store, &process_env);
+    let rotated: std::collections::HashMap<String, i64> =
+        crate::resolve::secret_dates(&plan, &common.store, &process_env, |s| {
+            s.rotate_every_days.is_some()
+        })
+        .into_iter()
+        .filter_map(|(id, d)| d.rotated.map(|r| (id, r)))
+        .collect();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -191,50 +197,6 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
             ))
         }
     }
-}
-
-/// When each secret's value last changed, for secrets with a rotation
-/// cadence: the store's `updated` date for `kv://`, the file's mtime for
-/// `file://`. Unknown for other providers.
-fn rotation_dates(
-    plan: &config::LaunchPlan,
-    store: &crate::store::StoreOptions,
-    env: &[(OsString, OsString)],
-) -> std::collections::HashMap<String, i64> {
-    use crate::secret::Scheme;
-    let mut out = std::collections::HashMap::new();
-    let wanted: Vec<_> = plan
-        .secrets
-        .iter()
-        .filter(|s| s.rotate_every_days.is_some())
-        .collect();
-    let kv_meta = if wanted.iter().any(|s| s.reference.scheme() == Scheme::Kv) {
-        crate::store::store_path(store, env)
-            .and_then(|path| Ok((path, crate::store::load_keys(store, env)?)))
-            .and_then(|(path, keys)| crate::store::Store::open(path, keys))
-            .map(|st| st.list())
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    for s in wanted {
-        let at = match s.reference.scheme() {
-            Scheme::Kv => kv_meta
-                .iter()
-                .find(|m| m.reference == s.reference.as_str())
-                .map(|m| m.updated),
-            Scheme::File => std::fs::metadata(s.base_dir.join(s.reference.path()))
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs() as i64),
-            _ => None,
-        };
-        if let Some(at) = at {
-            out.insert(s.id.clone(), at);
-        }
-    }
-    out
 }
 
 fn table(report: &Report) -> String {

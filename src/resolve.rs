@@ -122,3 +122,50 @@ pub fn require_all(outcomes: Vec<Outcome>) -> Result<Vec<SecretBytes>> {
     }
     Err(first)
 }
+
+/// Creation and rotation dates of the secrets of `plan` that `wanted`
+/// selects, where the backend knows them: the store's dates for `kv://`, a
+/// file's mtime (as the rotation date) for `file://`. Unknown otherwise;
+/// never an error (resolution reports the real problems).
+pub fn secret_dates(
+    plan: &LaunchPlan,
+    store: &StoreOptions,
+    env: &[(OsString, OsString)],
+    wanted: impl Fn(&crate::config::PlannedSecret) -> bool,
+) -> std::collections::HashMap<String, crate::api::SecretDates> {
+    let mut out = std::collections::HashMap::new();
+    let chosen: Vec<_> = plan.secrets.iter().filter(|s| wanted(s)).collect();
+    let kv_meta = if chosen.iter().any(|s| s.reference.scheme() == Scheme::Kv) {
+        crate::store::store_path(store, env)
+            .and_then(|path| Ok((path, crate::store::load_keys(store, env)?)))
+            .and_then(|(path, keys)| crate::store::Store::open(path, keys))
+            .map(|st| st.list())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    for s in chosen {
+        let dates = match s.reference.scheme() {
+            Scheme::Kv => kv_meta
+                .iter()
+                .find(|m| m.reference == s.reference.as_str())
+                .map(|m| crate::api::SecretDates {
+                    created: Some(m.created),
+                    rotated: Some(m.updated),
+                }),
+            Scheme::File => std::fs::metadata(s.base_dir.join(s.reference.path()))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| crate::api::SecretDates {
+                    created: None,
+                    rotated: Some(d.as_secs() as i64),
+                }),
+            _ => None,
+        };
+        if let Some(d) = dates {
+            out.insert(s.id.clone(), d);
+        }
+    }
+    out
+}

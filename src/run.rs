@@ -338,6 +338,12 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
                 .iter()
                 .map(|p| ServedSecret::from_planned(p, None, now)),
         );
+        let dates = crate::resolve::secret_dates(&plan, &common.store, &process_env, |_| true);
+        for s in served.iter_mut() {
+            if let Some(d) = dates.get(&s.id) {
+                s.dates = *d;
+            }
+        }
         let (s1, s2) = (sources.clone(), sources.clone());
         let var = |k: &str| {
             process_env

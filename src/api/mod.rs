@@ -68,6 +68,9 @@ pub struct ServedSecret {
     pub env_var: Option<String>,
     /// The value, or `None` to resolve it on first use.
     pub value: Option<SecretBytes>,
+    /// When the secret was created and last rotated (unix seconds), where
+    /// its backend knows (the store's dates, a file's mtime).
+    pub dates: SecretDates,
     /// When `value` was resolved (its TTL runs from then).
     pub resolved_at: SystemTime,
 }
@@ -88,11 +91,21 @@ impl ServedSecret {
             env_var: planned.env_var.clone(),
             value,
             resolved_at,
+            dates: SecretDates::default(),
         }
     }
 }
 
 /// How to serve.
+/// Creation and rotation dates of a secret, as unix seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecretDates {
+    /// First stored.
+    pub created: Option<i64>,
+    /// Value last changed.
+    pub rotated: Option<i64>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
     /// The child's socket (`--socket PATH`); default `api.sock` in a fresh

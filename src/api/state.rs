@@ -90,6 +90,8 @@ pub struct Entry {
     resolved: Option<Instant>,
     /// The reason, when revoked.
     pub revoked: Option<String>,
+    /// Creation and rotation dates.
+    pub dates: super::SecretDates,
 }
 
 impl Entry {
@@ -156,6 +158,12 @@ pub struct InventoryItem {
     pub cached: bool,
     /// Revocation reason, when revoked.
     pub revoked: Option<String>,
+    /// When it was first stored (RFC 3339), where the backend knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// When its value last changed (RFC 3339), where the backend knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotated: Option<String>,
 }
 
 /// Everything the routes read and change.
@@ -200,6 +208,7 @@ impl State {
             value: s.value,
             resolved,
             revoked: None,
+            dates: s.dates,
         }
     }
 
@@ -292,6 +301,8 @@ impl State {
                 env_var: e.env_var.clone(),
                 cached: e.is_fresh(now),
                 revoked: e.revoked.clone(),
+                created: e.dates.created.map(crate::timefmt::rfc3339_secs),
+                rotated: e.dates.rotated.map(crate::timefmt::rfc3339_secs),
             })
             .collect()
     }
@@ -312,6 +323,7 @@ pub(crate) mod tests {
             env_var: None,
             value: Some(SecretBytes::copy_from(value.as_bytes())),
             resolved_at: SystemTime::now(),
+            dates: Default::default(),
         }
     }
 

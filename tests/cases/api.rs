@@ -83,6 +83,7 @@ fn served_from(source: &Source) -> Vec<ServedSecret> {
             env_var: None,
             value: Some(SecretBytes::copy_from(source.values[*id].as_bytes())),
             resolved_at: SystemTime::now(),
+            dates: Default::default(),
         })
         .collect()
 }

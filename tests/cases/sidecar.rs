@@ -284,3 +284,97 @@ fn the_audit_log_of_a_full_run_has_every_event_and_no_secret() {
         assert!(!text.contains(&form), "the audit log holds a secret");
     }
 }
+
+#[test]
+fn inventory_shows_metadata_with_store_dates_and_no_value() {
+    let dir = Dir::new();
+    let value = setup(&dir);
+    let key: String = secret(64)
+        .bytes()
+        .map(|b| format!("{:x}", b % 16))
+        .collect();
+    let store = dir.join("store.kw");
+    let kv_value = secret(40);
+    for (args, input) in [
+        (&["store", "init"][..], ""),
+        (
+            &["store", "set", "kv://billing/dev/key"][..],
+            kv_value.as_str(),
+        ),
+    ] {
+        let mut c = kw(&dir, args);
+        c.env("ENCRYPTION_KEY", &key)
+            .env("KEYWARDEN_STORE", &store)
+            .stdin(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("spawn");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write");
+        assert!(child.wait().expect("wait").success());
+    }
+    let reg = format!(
+        "{}billing_master:\n  dev:\n    secret_ref: kv://billing/dev/key\n    scope: [finance]\n",
+        dir.read("reg.yaml")
+    );
+    dir.write("reg.yaml", reg);
+    let admin = dir.join("admin.sock");
+    let child = kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--admin-socket",
+        ],
+    )
+    .arg(&admin)
+    .args([
+        "--",
+        "sh",
+        "-c",
+        "echo ready > ready; while [ ! -f go ]; do sleep 0.02; done",
+    ])
+    .env("ENCRYPTION_KEY", &key)
+    .env("KEYWARDEN_STORE", &store)
+    .spawn()
+    .expect("spawn");
+    assert!(eventually(Duration::from_secs(10), || dir
+        .join("ready")
+        .exists()));
+    let out =
+        output(kw(&dir, &["inventory", "--format", "json"]).env("KEYWARDEN_ADMIN_SOCKET", &admin));
+    dir.write("go", "");
+    let _ = child.wait_with_output();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        !text.contains(&value) && !text.contains(&kv_value),
+        "inventory shows a value"
+    );
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let items = json
+        .as_array()
+        .or_else(|| json["secrets"].as_array())
+        .expect("a list");
+    let billing = items
+        .iter()
+        .find(|i| i["id"] == "billing_master")
+        .expect("billing_master");
+    assert_eq!(billing["vendor"], "billing");
+    assert_eq!(billing["ref"], "kv://billing/dev/key");
+    assert!(
+        billing["created"].is_string() && billing["rotated"].is_string(),
+        "{billing}"
+    );
+    let openai = items.iter().find(|i| i["id"] == "openai").expect("openai");
+    assert!(
+        openai["rotated"].is_string() && openai["resolved_at"].is_string(),
+        "{openai}"
+    );
+}
