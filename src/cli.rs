@@ -14,7 +14,7 @@ use crate::config::Environment;
 use crate::error::Result;
 use crate::logging::{self, LogFormat};
 use crate::redact::Mask;
-use crate::run::{self, PtyMode, RunOptions};
+use crate::run::{self, OnRotate, PtyMode, RunOptions};
 use crate::store::{StoreCommand, StoreOptions};
 use nix::sys::signal::Signal;
 
@@ -136,6 +136,9 @@ struct RunArgs {
     /// Re-read registry and policy and re-resolve on this signal (e.g. SIGHUP)
     #[arg(long, value_name = "SIG", value_parser = parse_signal)]
     reload_signal: Option<Signal>,
+    /// When a reload changes a value injected into the command: none, or signal:SIG (e.g. signal:HUP)
+    #[arg(long, value_name = "ACTION", default_value = "none", value_parser = OnRotate::parse)]
+    on_rotate: OnRotate,
     /// The command and its arguments, passed verbatim
     #[arg(
         required = true,
@@ -167,7 +170,8 @@ struct CheckArgs {
     format: Format,
 }
 
-fn parse_signal(text: &str) -> std::result::Result<Signal, String> {
+/// Parse a signal name (`SIGHUP`, `HUP`, `hup`) or number.
+pub fn parse_signal(text: &str) -> std::result::Result<Signal, String> {
     let upper = text.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
         upper
@@ -258,6 +262,7 @@ fn dispatch(cli: &Cli) -> Result<u8> {
                 audit: a.audit.clone(),
                 revocation_list: a.revocation_list.clone(),
                 reload_signal: a.reload_signal,
+                on_rotate: a.on_rotate,
                 mask: a.mask.mask.clone(),
                 command: a.command.clone(),
             },

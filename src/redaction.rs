@@ -63,19 +63,65 @@ pub fn too_short(plan: &LaunchPlan, values: &[SecretBytes]) -> Vec<String> {
         .collect()
 }
 
+/// The matcher the relay uses, replaceable while it runs: a reload that
+/// brings new values installs a matcher that masks them too.
+#[derive(Debug)]
+pub struct MatcherCell {
+    generation: std::sync::atomic::AtomicU64,
+    current: Mutex<Arc<Matcher>>,
+}
+
+impl MatcherCell {
+    /// A cell holding `matcher`.
+    pub fn new(matcher: Matcher) -> Self {
+        MatcherCell {
+            generation: std::sync::atomic::AtomicU64::new(0),
+            current: Mutex::new(Arc::new(matcher)),
+        }
+    }
+
+    /// Install a new matcher; streams switch to it at their next write.
+    pub fn replace(&self, matcher: Matcher) {
+        let mut m = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        *m = Arc::new(matcher);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    fn get(&self) -> (u64, Arc<Matcher>) {
+        let m = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        (self.generation(), m.clone())
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// The relay stage that masks secrets in one stream; its counts are added
-/// to a shared total when the stream ends.
+/// to a shared total when the stream ends (or switches matcher).
 pub struct RedactFilter {
+    cell: Arc<MatcherCell>,
+    generation: u64,
     stream: Stream,
     total: Arc<Mutex<Counts>>,
 }
 
 impl RedactFilter {
-    /// A filter over `matcher` adding its counts to `total`.
-    pub fn new(matcher: Arc<Matcher>, total: Arc<Mutex<Counts>>) -> Self {
+    /// A filter over the cell's matcher adding its counts to `total`.
+    pub fn new(cell: Arc<MatcherCell>, total: Arc<Mutex<Counts>>) -> Self {
+        let (generation, matcher) = cell.get();
         RedactFilter {
+            cell,
+            generation,
             stream: Stream::new(matcher),
             total,
+        }
+    }
+
+    fn add_counts(&self) {
+        if let Ok(mut t) = self.total.lock() {
+            t.merge(self.stream.counts());
         }
     }
 }
@@ -90,14 +136,21 @@ impl std::fmt::Debug for RedactFilter {
 
 impl Filter for RedactFilter {
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        if self.cell.generation() != self.generation {
+            // A reload installed a new matcher: flush the held tail through
+            // the old one, then go on with the new one.
+            self.stream.finish(out);
+            self.add_counts();
+            let (generation, matcher) = self.cell.get();
+            self.generation = generation;
+            self.stream = Stream::new(matcher);
+        }
         self.stream.push(input, out);
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) {
         self.stream.finish(out);
-        if let Ok(mut t) = self.total.lock() {
-            t.merge(self.stream.counts());
-        }
+        self.add_counts();
     }
 }
 

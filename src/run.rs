@@ -22,8 +22,8 @@ use crate::cli::Common;
 use crate::config::{self, LaunchPlan};
 use crate::envfilter::{self, EnvSpec, EnvValue};
 use crate::error::{Error, ErrorKind, Result};
-use crate::redact::{Counts, Mask, Matcher};
-use crate::redaction::{self, RedactFilter};
+use crate::redact::{Counts, Mask};
+use crate::redaction::{self, MatcherCell, RedactFilter};
 use crate::relay::{self, Filter, Relay, Source};
 use crate::resolve::{require_all, resolve_plan};
 use crate::secret::SecretBytes;
@@ -61,8 +61,38 @@ pub struct RunOptions {
     pub revocation_list: Option<PathBuf>,
     /// Re-read registry and policy on this signal.
     pub reload_signal: Option<Signal>,
+    /// What to do with the child when a value it was given changes.
+    pub on_rotate: OnRotate,
     /// The command and its arguments.
     pub command: Vec<OsString>,
+}
+
+/// `--on-rotate`: what happens to the child when a reload changes a value
+/// injected into its environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRotate {
+    /// Nothing: the child keeps its environment (the socket serves the new
+    /// value).
+    None,
+    /// Send this signal to the child.
+    Signal(Signal),
+}
+
+impl OnRotate {
+    /// Parse `none` or `signal:SIG`.
+    pub fn parse(text: &str) -> std::result::Result<OnRotate, String> {
+        match text {
+            "none" => Ok(OnRotate::None),
+            "restart" => Err(
+                "--on-rotate restart is not available in this build (use signal:SIG or none)"
+                    .into(),
+            ),
+            _ => match text.strip_prefix("signal:") {
+                Some(sig) => crate::cli::parse_signal(sig).map(OnRotate::Signal),
+                None => Err(format!("'{text}': expected none or signal:SIG")),
+            },
+        }
+    }
 }
 
 /// The variable holding the audit fingerprint key (never passed on).
@@ -94,7 +124,7 @@ impl PtyMode {
 /// pty, the user's keystrokes the other way, with the terminal in raw mode.
 /// One redacting filter per output stream, or none with `--no-redact`.
 fn filters(
-    matcher: Option<&Arc<Matcher>>,
+    matcher: Option<&Arc<MatcherCell>>,
     counts: &Arc<Mutex<Counts>>,
 ) -> impl FnMut() -> Option<Box<dyn Filter>> {
     let matcher = matcher.cloned();
@@ -151,6 +181,84 @@ struct Sources {
     common: Common,
     plan: LaunchPlan,
     process_env: Vec<(OsString, OsString)>,
+    rotation: Mutex<Rotation>,
+}
+
+/// What a reload must update besides the API: the relay's matcher (new
+/// values get masked too) and, per `--on-rotate`, the child.
+struct Rotation {
+    /// The relay's matcher, unless `--no-redact`.
+    cell: Option<Arc<MatcherCell>>,
+    mask: Mask,
+    /// Every value seen in this run, by id (old values stay masked).
+    seen: Vec<(String, SecretBytes)>,
+    /// The child's token, masked too.
+    token: Option<SecretBytes>,
+    /// Injected variable → value, as the child got them.
+    injected: Vec<(String, SecretBytes)>,
+    /// The running child.
+    child: Option<nix::unistd::Pid>,
+    on_rotate: OnRotate,
+}
+
+impl Sources {
+    /// After a reload: mask the new values, and tell the child per
+    /// `--on-rotate` when a value it was given has changed.
+    fn rotated(&self, plan: &LaunchPlan, values: &[SecretBytes]) {
+        let mut r = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        for (p, v) in plan.secrets.iter().zip(values) {
+            if !r.seen.iter().any(|(_, s)| s.expose() == v.expose()) {
+                r.seen.push((p.id.clone(), v.duplicate()));
+            }
+        }
+        if let Some(cell) = &r.cell {
+            let mut extra: Vec<(&str, &[u8])> = r
+                .seen
+                .iter()
+                .map(|(id, v)| (id.as_str(), v.expose()))
+                .collect();
+            if let Some(t) = &r.token {
+                extra.push((api::TOKEN_VAR, t.expose()));
+            }
+            let base = LaunchPlan {
+                secrets: Vec::new(),
+                ..plan.clone()
+            };
+            cell.replace(redaction::matcher_for(
+                &base,
+                &[],
+                &self.process_env,
+                &extra,
+                &r.mask,
+            ));
+        }
+        let changed: Vec<&str> = r
+            .injected
+            .iter()
+            .filter(|(var, old)| {
+                let new = plan
+                    .secrets
+                    .iter()
+                    .zip(values)
+                    .find(|(p, _)| p.env_var.as_deref() == Some(var.as_str()));
+                new.is_none_or(|(_, v)| v.expose() != old.expose())
+            })
+            .map(|(var, _)| var.as_str())
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        match (r.on_rotate, r.child) {
+            (OnRotate::Signal(sig), Some(child)) => {
+                tracing::info!("injected {} changed: sending {} to the command", changed.join(", "), sig.as_str());
+                let _ = nix::sys::signal::kill(child, sig);
+            }
+            _ => tracing::info!(
+                "injected {} changed; the command keeps its environment (--on-rotate none); the socket serves the new values",
+                changed.join(", ")
+            ),
+        }
+    }
 }
 
 impl Sources {
@@ -195,6 +303,7 @@ impl Sources {
                 None,
             )?;
             let values = require_all(outcomes)?;
+            me.rotated(&plan, &values);
             let now = SystemTime::now();
             Ok(plan
                 .secrets
@@ -322,6 +431,20 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         common: common.clone(),
         plan: plan.clone(),
         process_env: process_env.clone(),
+        rotation: Mutex::new(Rotation {
+            cell: None,
+            mask: Mask::new(&opts.mask),
+            seen: plan
+                .secrets
+                .iter()
+                .zip(&secrets)
+                .map(|(p, v)| (p.id.clone(), v.duplicate()))
+                .collect(),
+            token: None,
+            injected: Vec::new(),
+            child: None,
+            on_rotate: opts.on_rotate,
+        }),
     });
     let mut api = if opts.no_socket {
         None
@@ -396,14 +519,28 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             .filter(|(k, _)| k == api::TOKEN_VAR)
             .map(|(k, v)| (k.as_str(), v.as_bytes()))
             .collect();
-        Some(Arc::new(redaction::matcher_for(
+        Some(Arc::new(MatcherCell::new(redaction::matcher_for(
             &plan,
             &secrets,
             &process_env,
             &extra,
             &mask,
-        )))
+        ))))
     };
+    {
+        let mut r = sources.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        r.cell = matcher.clone();
+        r.token = api_env
+            .iter()
+            .find(|(k, _)| k == api::TOKEN_VAR)
+            .map(|(_, v)| SecretBytes::copy_from(v.as_bytes()));
+        r.injected = plan
+            .secrets
+            .iter()
+            .zip(&secrets)
+            .filter_map(|(p, v)| p.env_var.clone().map(|var| (var, v.duplicate())))
+            .collect();
+    }
     let counts = Arc::new(Mutex::new(Counts::default()));
 
     let mut keep = plan.policy.keep_env();
@@ -507,12 +644,17 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             return Err(e);
         }
     };
+    if let Ok(mut r) = sources.rotation.lock() {
+        r.child = Some(spawned.pid);
+    }
     let reload = |_: Signal| {
-        if let Some(a) = &api {
-            match a.reload() {
-                Ok(()) => tracing::info!("reloaded the registry and policy"),
-                Err(e) => tracing::error!("reload failed: {e}"),
-            }
+        let done = match &api {
+            Some(a) => a.reload(),
+            None => sources.reload().map(drop),
+        };
+        match done {
+            Ok(()) => tracing::info!("reloaded the registry and policy"),
+            Err(e) => tracing::error!("reload failed: {e}"),
         }
     };
     let on_reload: Option<(Signal, &dyn Fn(Signal))> =

@@ -378,3 +378,64 @@ fn inventory_shows_metadata_with_store_dates_and_no_value() {
         "{openai}"
     );
 }
+
+#[test]
+fn after_a_reload_new_values_are_masked_and_on_rotate_signals_the_child() {
+    let dir = Dir::new();
+    setup(&dir);
+    let new_value = secret(40);
+    let script = format!(
+        "trap 'echo rotated' USR1; echo ready > ready; while [ ! -f go ]; do sleep 0.02; done; {kw} get openai",
+        kw = bin()
+    );
+    let child = kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--reload-signal",
+            "HUP",
+            "--on-rotate",
+            "signal:USR1",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    assert!(eventually(Duration::from_secs(10), || dir
+        .join("ready")
+        .exists()));
+    dir.write("secrets/openai", &new_value);
+    signal(child.id(), "HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    dir.write("go", "");
+    let out = child.wait_with_output().expect("wait");
+    let text = stdout(&out);
+    assert!(
+        !text.contains(&new_value),
+        "the rotated value leaked: {text}"
+    );
+    assert_eq!(text, "rotated\n[REDACTED:openai]\n", "{}", stderr(&out));
+}
+
+#[test]
+fn on_rotate_restart_is_refused_clearly() {
+    let dir = Dir::new();
+    let out = output(&mut kw(
+        &dir,
+        &["run", "--on-rotate", "restart", "--", "true"],
+    ));
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr(&out).contains("not available in this build"),
+        "{}",
+        stderr(&out)
+    );
+}
