@@ -286,7 +286,7 @@ fn random_token_bytes() -> Option<[u8; TOKEN_RANDOM_BYTES]> {
 }
 
 /// Bind both sockets, mint the child's token and start serving on a new
-/// thread. Returns once both sockets accept connections.
+/// thread. Both sockets accept connections when this returns.
 pub fn start(
     opts: ApiOptions,
     secrets: Vec<ServedSecret>,
@@ -353,73 +353,52 @@ pub fn start(
             .map_err(|e| Error::new(ErrorKind::Os, format!("cannot set up the socket: {e}")))?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    // The runtime and the listeners' registration are made here, so any
+    // failure is reported before the child starts, without waiting for the
+    // server thread: connections queue in the listen backlog meanwhile.
+    let setup = || -> std::io::Result<_> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let listeners = {
+            let _in_runtime = runtime.enter();
+            (
+                tokio::net::UnixListener::from_std(child_listener)?,
+                tokio::net::UnixListener::from_std(admin_listener)?,
+            )
+        };
+        Ok((runtime, listeners))
+    };
+    let (runtime, (child_l, admin_l)) = setup()
+        .map_err(|e| Error::new(ErrorKind::Os, format!("cannot start the socket API: {e}")))?;
     let thread = std::thread::Builder::new()
         .name("keywarden-api".into())
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
             runtime.block_on(async move {
-                let listeners = tokio::net::UnixListener::from_std(child_listener)
-                    .and_then(|c| Ok((c, tokio::net::UnixListener::from_std(admin_listener)?)));
-                let (child, admin) = match listeners {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
                 let sweeper = tokio::spawn(sweep(shared.clone(), stop_rx.clone()));
                 tokio::join!(
-                    accept_loop(child, Kind::Child, shared.clone(), stop_rx.clone()),
-                    accept_loop(admin, Kind::Admin, shared.clone(), stop_rx.clone()),
+                    accept_loop(child_l, Kind::Child, shared.clone(), stop_rx.clone()),
+                    accept_loop(admin_l, Kind::Admin, shared.clone(), stop_rx.clone()),
                 );
                 sweeper.abort();
             });
             runtime.shutdown_timeout(Duration::from_millis(200));
         })
         .map_err(|e| Error::new(ErrorKind::Os, format!("cannot start the API thread: {e}")))?;
-    let mut api = RunningApi {
+    let api = RunningApi {
         socket,
         admin,
         child_token: Some(root.text),
         stop: Some(stop_tx),
         thread: Some(thread),
     };
-    match ready_rx.recv() {
-        Ok(Ok(())) => {
-            tracing::info!(
-                "socket API on {} (admin: {})",
-                api.socket_path().display(),
-                api.admin_path().display()
-            );
-            Ok(api)
-        }
-        Ok(Err(e)) => {
-            api.stop_now();
-            Err(Error::new(
-                ErrorKind::Os,
-                format!("cannot start the socket API: {e}"),
-            ))
-        }
-        Err(_) => {
-            api.stop_now();
-            Err(Error::new(
-                ErrorKind::Software,
-                "the socket API thread died at start",
-            ))
-        }
-    }
+    tracing::info!(
+        "socket API on {} (admin: {})",
+        api.socket_path().display(),
+        api.admin_path().display()
+    );
+    Ok(api)
 }
 
 async fn sweep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
