@@ -55,16 +55,39 @@ fn one() -> u32 {
     1
 }
 
-/// The default place, from the environment (`var` looks a variable up).
+/// The default place, from the environment (`var` looks a variable up):
+/// `$KEYWARDEN_REVOCATION_LIST`, else `$XDG_STATE_HOME/keywarden/`, else
+/// systemd's `$STATE_DIRECTORY/` (`StateDirectory=`), else
+/// `$HOME/.local/state/keywarden/`; as root with none of those (a system
+/// service, a container's PID 1), `/var/lib/keywarden/`.
 pub fn default_path(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    default_path_for(var, nix::unistd::geteuid().is_root())
+}
+
+fn default_path_for(var: impl Fn(&str) -> Option<OsString>, root: bool) -> Option<PathBuf> {
     let set = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(p) = set(REVOCATION_LIST_VAR) {
         return Some(p);
     }
-    let state = set("XDG_STATE_HOME")
+    let file = "revocations.json";
+    if let Some(state) = set("XDG_STATE_HOME").filter(|p| p.is_absolute()) {
+        return Some(state.join("keywarden").join(file));
+    }
+    // systemd may list several folders, separated by ':'; the first is ours.
+    if let Some(dir) = set("STATE_DIRECTORY")
+        .and_then(|d| {
+            d.to_str()
+                .and_then(|d| d.split(':').next())
+                .map(PathBuf::from)
+        })
         .filter(|p| p.is_absolute())
-        .or_else(|| set("HOME").map(|h| h.join(".local/state")))?;
-    Some(state.join("keywarden").join("revocations.json"))
+    {
+        return Some(dir.join(file));
+    }
+    if let Some(home) = set("HOME").filter(|p| p.is_absolute()) {
+        return Some(home.join(".local/state/keywarden").join(file));
+    }
+    root.then(|| PathBuf::from("/var/lib/keywarden").join(file))
 }
 
 fn io_err(path: &Path, what: &str, e: &std::io::Error) -> Error {
@@ -196,7 +219,21 @@ mod tests {
             default_path(env(&[("XDG_STATE_HOME", "rel"), ("HOME", "/h")])),
             Some(PathBuf::from("/h/.local/state/keywarden/revocations.json"))
         );
-        assert_eq!(default_path(env(&[])), None);
+        assert_eq!(default_path_for(env(&[]), false), None);
+        assert_eq!(
+            default_path_for(env(&[]), true),
+            Some(PathBuf::from("/var/lib/keywarden/revocations.json"))
+        );
+        assert_eq!(
+            default_path_for(
+                env(&[
+                    ("STATE_DIRECTORY", "/var/lib/agent:/var/lib/other"),
+                    ("HOME", "/h")
+                ]),
+                false
+            ),
+            Some(PathBuf::from("/var/lib/agent/revocations.json"))
+        );
     }
 
     #[test]
