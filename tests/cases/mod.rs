@@ -9,6 +9,7 @@ mod launch;
 mod providers;
 mod pty;
 mod redaction;
+mod remote;
 mod sidecar;
 mod signals;
 mod store;

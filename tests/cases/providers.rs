@@ -96,8 +96,8 @@ fn exit_codes_of_resolution_failures() {
         (
             "VAULT",
             "vault://secret/app#token",
-            69,
-            "no provider for 'vault://'",
+            78,
+            "VAULT_ADDR is not set",
         ),
     ];
     for (name, value, code, want) in cases {

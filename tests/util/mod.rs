@@ -73,6 +73,9 @@ pub fn kw(dir: &Dir, args: &[&str]) -> Command {
         "KEYWARDEN_POLICY",
         "KEYWARDEN_LOG_FORMAT",
         "KEYWARDEN_RESOLVE_TIMEOUT",
+        "KEYWARDEN_STORE",
+        "VAULT_ADDR",
+        "VAULT_TOKEN",
     ] {
         c.env_remove(v);
     }

@@ -11,6 +11,10 @@ mod env;
 mod exec;
 mod file;
 mod kv;
+mod op;
+mod pass;
+mod tool;
+mod vault;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -26,6 +30,9 @@ use crate::error::{Error, ErrorKind};
 
 pub use dotenv::parse_dotenv;
 pub use kv::KvBackend;
+pub use op::OpProvider;
+pub use pass::PassProvider;
+pub use vault::{Lease, LeaseBook, VaultOptions, VaultProvider};
 
 /// The future a provider returns.
 pub type ResolveFuture<'a> =
@@ -161,11 +168,25 @@ impl Resolver {
         providers.insert(Scheme::Dotenv, Box::new(dotenv::DotenvProvider));
         providers.insert(Scheme::Exec, Box::new(exec::ExecProvider));
         providers.insert(Scheme::Kv, Box::new(kv::KvProvider::new(kv)));
+        providers.insert(Scheme::Pass, Box::new(PassProvider));
+        providers.insert(Scheme::Op, Box::new(OpProvider));
+        providers.insert(
+            Scheme::Vault,
+            Box::new(VaultProvider::new(VaultOptions::default())),
+        );
         Resolver {
             providers,
             context,
             timeout,
         }
+    }
+
+    /// Replace the Vault provider with one using `options`; the lease book
+    /// it fills as refs resolve.
+    pub fn with_vault(self, options: VaultOptions) -> (Self, LeaseBook) {
+        let vault = VaultProvider::new(options);
+        let leases = vault.leases();
+        (self.with_provider(Scheme::Vault, Box::new(vault)), leases)
     }
 
     /// Add or replace the provider for `scheme`.

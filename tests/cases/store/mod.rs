@@ -1006,6 +1006,7 @@ mod prompt {
         master: std::fs::File,
         slave: OwnedFd,
         stderr: Arc<Mutex<Vec<u8>>>,
+        reader: Option<std::thread::JoinHandle<()>>,
     }
 
     fn start(fx: &Fx, key: &str, reference: &str) -> Session {
@@ -1016,7 +1017,7 @@ mod prompt {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let mut pipe = child.stderr.take().expect("stderr");
         let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 256];
             while let Ok(n) = pipe.read(&mut buf) {
                 if n == 0 {
@@ -1030,6 +1031,7 @@ mod prompt {
             master: std::fs::File::from(pty.master),
             slave: pty.slave,
             stderr,
+            reader: Some(reader),
         }
     }
 
@@ -1068,6 +1070,10 @@ mod prompt {
                 "terminal mode not restored: {:?}",
                 attrs.local_flags
             );
+            // The process is gone: read its stderr to the end before looking.
+            if let Some(reader) = self.reader.take() {
+                let _ = reader.join();
+            }
             let stderr = String::from_utf8_lossy(&self.stderr.lock().expect("lock")).into_owned();
             (status.code().map_or(255, |c| c as u8), stderr, echoed)
         }

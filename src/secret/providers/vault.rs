@@ -1,0 +1,999 @@
+//! `vault://mount/path[?version=N][#field]`: HashiCorp Vault / OpenBao KV.
+//!
+//! * KV v2: `GET {VAULT_ADDR}/v1/{mount}/data/{path}` (`mount` is the first
+//!   segment of the ref's path; mounts with a `/` in their name are not
+//!   reachable); a path ending in `?version=N` pins version N
+//!   (`vault://secret/app/db?version=3#password`).
+//! * KV v1 when the mount says so: the engine version of each mount is read
+//!   once from `sys/internal/ui/mounts/{mount}` (as the `vault kv` CLI
+//!   does); v1 reads `GET /v1/{mount}/{path}` and refuses a version pin.
+//! * `#field` picks a key of `data.data`; without it, a secret with exactly
+//!   one key returns that key's value, otherwise a configuration error lists
+//!   the key names (78). A string value is returned decoded; any other JSON
+//!   value (number, bool, object) as its JSON text.
+//! * Headers: `X-Vault-Token`, `X-Vault-Namespace` from `VAULT_NAMESPACE`.
+//! * Token, first found: `VAULT_TOKEN`; the file named by
+//!   `VAULT_TOKEN_FILE`; an AppRole login (`VAULT_ROLE_ID` +
+//!   `VAULT_SECRET_ID`, mount `VAULT_APPROLE_MOUNT`, default `approle`);
+//!   `$HOME/.vault-token`. `VAULT_SECRET_ID` may be a literal or a *local*
+//!   ref (`cred://`, `file://`, `env://`, `dotenv://`, `exec://`), resolved
+//!   by a private resolver holding keywarden's built-in providers (a
+//!   provider has no handle on the resolver that called it). The login
+//!   token is kept for the provider's life (one login per run).
+//! * Transport: `http://` or `https://` (rustls with ring) with one shared
+//!   hyper client (connection pool: sequential requests reuse one
+//!   connection; at most `max_in_flight` requests at once). CA roots:
+//!   `VAULT_CACERT` (a PEM file) and/or `VAULT_CAPATH` (a folder of PEM
+//!   files), else the system store. `VAULT_SKIP_VERIFY` is refused (78).
+//!   A TLS failure is not retried.
+//! * Each HTTP attempt is bounded by `request_timeout`; connection errors,
+//!   timeouts and 5xx are retried (`attempts` in all, exponential backoff
+//!   from `backoff`); 4xx never. 403 → 77 "permission denied by the
+//!   server", 404 → 69 "not found", unreachable → 69. The resolver's own
+//!   timeout still bounds the whole resolution.
+//! * Errors carry the server's reason (its `errors` list, scrubbed of the
+//!   token) but never a token or a value.
+//! * `lease_duration`/`renewable` and the KV version of each answer are
+//!   recorded in a [`LeaseBook`] for later use (the socket's expiry).
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{scrub, Context, Provider, Request, ResolveError, ResolveFuture, Resolver};
+use crate::error::ErrorKind;
+use crate::secret::{Scheme, SecretBytes, SecretRef};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use zeroize::Zeroize;
+
+/// Largest response body read (a KV secret is small).
+const MAX_BODY: usize = 1 << 20;
+/// Longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest server reason quoted in an error.
+const REASON_SHOWN: usize = 200;
+
+/// Timeouts and retries of the Vault provider.
+#[derive(Debug, Clone)]
+pub struct VaultOptions {
+    /// Bound on one HTTP attempt (connect + answer + body).
+    pub request_timeout: Duration,
+    /// Attempts in all, for connection errors, timeouts and 5xx.
+    pub attempts: u32,
+    /// Wait before the second attempt; doubled for each later one, at most
+    /// 5 s.
+    pub backoff: Duration,
+    /// Requests in flight at once (so at most this many connections: HTTP/1
+    /// has one request per connection); the others wait their turn and
+    /// reuse a pooled connection.
+    pub max_in_flight: usize,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        VaultOptions {
+            request_timeout: Duration::from_secs(5),
+            attempts: 3,
+            backoff: Duration::from_millis(200),
+            max_in_flight: 8,
+        }
+    }
+}
+
+/// What the server said about the lifetime of one answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// `lease_duration` (0 for KV v2: no lease, the value does not expire).
+    pub duration: Duration,
+    /// `renewable`.
+    pub renewable: bool,
+    /// The KV v2 version that answered.
+    pub version: Option<u64>,
+}
+
+/// Leases by ref, filled as refs resolve.
+pub type LeaseBook = Arc<Mutex<HashMap<String, Lease>>>;
+
+/// The `vault://` provider.
+pub struct VaultProvider {
+    /// Built on first use: its CA roots come from the resolver's context.
+    client: std::sync::OnceLock<Result<HttpClient, ResolveError>>,
+    options: VaultOptions,
+    login: tokio::sync::Mutex<Option<Arc<SecretBytes>>>,
+    leases: LeaseBook,
+    in_flight: tokio::sync::Semaphore,
+    kv_versions: tokio::sync::Mutex<HashMap<String, KvVersion>>,
+}
+
+/// The KV engine version of a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KvVersion {
+    V1,
+    V2,
+}
+
+impl std::fmt::Debug for VaultProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultProvider")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VaultProvider {
+    /// A provider with its own connection pool.
+    pub fn new(options: VaultOptions) -> Self {
+        VaultProvider {
+            client: std::sync::OnceLock::new(),
+            in_flight: tokio::sync::Semaphore::new(options.max_in_flight.max(1)),
+            kv_versions: tokio::sync::Mutex::default(),
+            options,
+            login: tokio::sync::Mutex::new(None),
+            leases: Arc::default(),
+        }
+    }
+
+    /// The shared client (built once, from `VAULT_CACERT`/`VAULT_CAPATH` or
+    /// the system's roots).
+    fn client(&self, ctx: &Context) -> Result<&HttpClient, ResolveError> {
+        self.client
+            .get_or_init(|| build_client(&self.options, ctx))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The lease book this provider fills.
+    pub fn leases(&self) -> LeaseBook {
+        Arc::clone(&self.leases)
+    }
+
+    async fn fetch(&self, req: &Request, ctx: &Context) -> Result<SecretBytes, ResolveError> {
+        let target = KvTarget::parse(req.reference.path())?;
+        let addr = Addr::from_env(ctx)?;
+        self.client(ctx)?;
+        let namespace = namespace(ctx)?;
+        let token = self.token(ctx, &addr, namespace.as_ref()).await?;
+        let kv = self
+            .kv_version(&addr, &token, namespace.as_ref(), &target.mount)
+            .await?;
+        let pq = match (kv, target.version) {
+            (KvVersion::V1, Some(_)) => {
+                return Err(ResolveError::config(format!(
+                    "{} is a KV v1 mount: it has no versions to pin",
+                    target.mount
+                )))
+            }
+            (KvVersion::V1, None) => {
+                format!("/v1/{}/{}", encode(&target.mount), encode(&target.path))
+            }
+            (KvVersion::V2, None) => {
+                format!(
+                    "/v1/{}/data/{}",
+                    encode(&target.mount),
+                    encode(&target.path)
+                )
+            }
+            (KvVersion::V2, Some(v)) => format!(
+                "/v1/{}/data/{}?version={v}",
+                encode(&target.mount),
+                encode(&target.path)
+            ),
+        };
+        let (status, mut body) = self
+            .call(
+                &addr,
+                Method::GET,
+                &pq,
+                Some(&token),
+                namespace.as_ref(),
+                None,
+            )
+            .await?;
+        let result = match status {
+            StatusCode::OK => self.select(req, &target, kv, &body),
+            other => Err(status_error(other, &body, &token, &target.describe())),
+        };
+        body.zeroize();
+        result
+    }
+
+    /// Pick the field out of a KV answer.
+    fn select(
+        &self,
+        req: &Request,
+        target: &KvTarget,
+        kv: KvVersion,
+        body: &[u8],
+    ) -> Result<SecretBytes, ResolveError> {
+        let not_kv = |_| ResolveError::unavailable("the server's answer is not a KV secret");
+        let (fields, lease) = match kv {
+            KvVersion::V2 => {
+                let resp: KvResponse<'_> = serde_json::from_slice(body).map_err(not_kv)?;
+                let Some(data) = resp.data else {
+                    return Err(ResolveError::unavailable("the server's answer has no data"));
+                };
+                let Some(fields) = data.data else {
+                    return Err(ResolveError::unavailable(format!(
+                        "{}: this version is deleted or destroyed",
+                        target.describe()
+                    )));
+                };
+                let lease = Lease {
+                    duration: Duration::from_secs(resp.lease_duration),
+                    renewable: resp.renewable,
+                    version: data.metadata.as_ref().and_then(|m| m.version),
+                };
+                (fields, lease)
+            }
+            KvVersion::V1 => {
+                let resp: KvV1Response<'_> = serde_json::from_slice(body).map_err(not_kv)?;
+                let Some(fields) = resp.data else {
+                    return Err(ResolveError::unavailable("the server's answer has no data"));
+                };
+                let lease = Lease {
+                    duration: Duration::from_secs(resp.lease_duration),
+                    renewable: resp.renewable,
+                    version: None,
+                };
+                (fields, lease)
+            }
+        };
+        let names = || {
+            fields
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let raw = match req.reference.field() {
+            Some(f) => fields.get(f).ok_or_else(|| {
+                ResolveError::config(format!(
+                    "{} has no field '{f}'; its fields: {}",
+                    target.describe(),
+                    names()
+                ))
+            })?,
+            None if fields.len() == 1 => match fields.values().next() {
+                Some(v) => v,
+                None => unreachable!("one field"),
+            },
+            None => {
+                return Err(ResolveError::config(format!(
+                    "{} has {} fields, name one with #field: {}",
+                    target.describe(),
+                    fields.len(),
+                    names()
+                )))
+            }
+        };
+        let text = raw.get();
+        let bytes = if text.starts_with('"') {
+            serde_json::from_str::<String>(text)
+                .map_err(|_| ResolveError::unavailable("the field's value is not valid JSON"))?
+                .into_bytes()
+        } else if text == "null" {
+            Vec::new()
+        } else {
+            text.as_bytes().to_vec()
+        };
+        if let Ok(mut book) = self.leases.lock() {
+            book.insert(req.reference.as_str().to_string(), lease);
+        }
+        super::non_empty(bytes, "the field's value")
+    }
+
+    /// Whether `mount` is KV v1 or v2, asked once per mount
+    /// (`sys/internal/ui/mounts/{mount}`, which any token with access to
+    /// the mount may read). An answer other than 200 means "assume v2": the
+    /// read itself then reports the server's reason.
+    async fn kv_version(
+        &self,
+        addr: &Addr,
+        token: &SecretBytes,
+        namespace: Option<&HeaderValue>,
+        mount: &str,
+    ) -> Result<KvVersion, ResolveError> {
+        let key = format!(
+            "{}|{}|{mount}",
+            addr.base,
+            namespace.and_then(|n| n.to_str().ok()).unwrap_or("")
+        );
+        let mut cache = self.kv_versions.lock().await;
+        if let Some(v) = cache.get(&key) {
+            return Ok(*v);
+        }
+        let pq = format!("/v1/sys/internal/ui/mounts/{}", encode(mount));
+        let (status, body) = self
+            .call(addr, Method::GET, &pq, Some(token), namespace, None)
+            .await?;
+        if status != StatusCode::OK {
+            return Ok(KvVersion::V2);
+        }
+        #[derive(Deserialize)]
+        struct Mount {
+            data: Option<MountData>,
+        }
+        #[derive(Deserialize)]
+        struct MountData {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            options: Option<HashMap<String, String>>,
+        }
+        let data = serde_json::from_slice::<Mount>(&body)
+            .ok()
+            .and_then(|m| m.data);
+        let version = match data {
+            Some(d) => {
+                let v = d
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get("version"))
+                    .map(String::as_str);
+                match (d.kind.as_deref(), v) {
+                    (_, Some("2")) => KvVersion::V2,
+                    (Some("kv") | Some("generic"), _) => KvVersion::V1,
+                    _ => KvVersion::V2,
+                }
+            }
+            None => KvVersion::V2,
+        };
+        cache.insert(key, version);
+        Ok(version)
+    }
+
+    /// The token to send: see the module documentation for the order.
+    async fn token(
+        &self,
+        ctx: &Context,
+        addr: &Addr,
+        namespace: Option<&HeaderValue>,
+    ) -> Result<Arc<SecretBytes>, ResolveError> {
+        if let Some(t) = ctx.var("VAULT_TOKEN").filter(|t| !t.is_empty()) {
+            return checked_token(SecretBytes::copy_from(t.as_bytes()), "VAULT_TOKEN");
+        }
+        if let Some(path) = ctx.var("VAULT_TOKEN_FILE").filter(|t| !t.is_empty()) {
+            return token_file(std::path::Path::new(path), "VAULT_TOKEN_FILE");
+        }
+        if ctx.var("VAULT_ROLE_ID").is_some_and(|r| !r.is_empty()) {
+            let mut cached = self.login.lock().await;
+            if let Some(t) = cached.as_ref() {
+                return Ok(Arc::clone(t));
+            }
+            let token = Arc::new(self.approle_login(ctx, addr, namespace).await?);
+            *cached = Some(Arc::clone(&token));
+            return Ok(token);
+        }
+        if let Some(home) = ctx.var("HOME").filter(|h| !h.is_empty()) {
+            let path = std::path::Path::new(home).join(".vault-token");
+            if path.exists() {
+                return token_file(&path, "~/.vault-token");
+            }
+        }
+        Err(ResolveError::config(
+            "no Vault token: set VAULT_TOKEN, VAULT_TOKEN_FILE, or VAULT_ROLE_ID and \
+             VAULT_SECRET_ID, or write ~/.vault-token",
+        ))
+    }
+
+    async fn approle_login(
+        &self,
+        ctx: &Context,
+        addr: &Addr,
+        namespace: Option<&HeaderValue>,
+    ) -> Result<SecretBytes, ResolveError> {
+        let role_id = ctx
+            .var("VAULT_ROLE_ID")
+            .and_then(|r| r.to_str())
+            .ok_or_else(|| ResolveError::config("VAULT_ROLE_ID is not valid UTF-8"))?;
+        let secret_id = secret_id(ctx).await?;
+        let secret_text = std::str::from_utf8(secret_id.expose())
+            .map_err(|_| ResolveError::config("VAULT_SECRET_ID is not valid UTF-8"))?;
+        let mount = ctx
+            .var("VAULT_APPROLE_MOUNT")
+            .and_then(|m| m.to_str())
+            .filter(|m| !m.is_empty())
+            .unwrap_or("approle");
+        #[derive(serde::Serialize)]
+        struct Login<'a> {
+            role_id: &'a str,
+            secret_id: &'a str,
+        }
+        let mut body = serde_json::to_vec(&Login {
+            role_id,
+            secret_id: secret_text,
+        })
+        .map_err(|e| ResolveError::unavailable(format!("cannot encode the login: {e}")))?;
+        let pq = format!("/v1/auth/{}/login", encode(mount));
+        let answer = self
+            .call(
+                &addr.clone(),
+                Method::POST,
+                &pq,
+                None,
+                namespace,
+                Some(&body),
+            )
+            .await;
+        body.zeroize();
+        let (status, mut resp) = answer.map_err(|e| ResolveError {
+            kind: e.kind,
+            reason: format!("AppRole login: {}", e.reason),
+        })?;
+        let out = if status == StatusCode::OK {
+            #[derive(Deserialize)]
+            struct LoginResp<'a> {
+                #[serde(borrow)]
+                auth: Option<Auth<'a>>,
+            }
+            #[derive(Deserialize)]
+            struct Auth<'a> {
+                #[serde(borrow)]
+                client_token: &'a str,
+            }
+            match serde_json::from_slice::<LoginResp<'_>>(&resp) {
+                Ok(LoginResp { auth: Some(a) }) => checked_token(
+                    SecretBytes::copy_from(a.client_token.as_bytes()),
+                    "the login",
+                )
+                .map(|t| Arc::try_unwrap(t).unwrap_or_else(|t| t.duplicate())),
+                _ => Err(ResolveError::unavailable(
+                    "AppRole login: the answer has no token",
+                )),
+            }
+        } else {
+            let e = status_error(status, &resp, &secret_id, &format!("auth/{mount}"));
+            // Vault answers a wrong role or secret id with 400.
+            let kind = if status == StatusCode::BAD_REQUEST {
+                ErrorKind::Permission
+            } else {
+                e.kind
+            };
+            Err(ResolveError {
+                kind,
+                reason: format!("AppRole login refused: {}", e.reason),
+            })
+        };
+        resp.zeroize();
+        out
+    }
+
+    /// One request with retries; the body of the final answer, any status.
+    async fn call(
+        &self,
+        addr: &Addr,
+        method: Method,
+        path_and_query: &str,
+        token: Option<&SecretBytes>,
+        namespace: Option<&HeaderValue>,
+        body: Option<&[u8]>,
+    ) -> Result<(StatusCode, Vec<u8>), ResolveError> {
+        let uri: Uri = format!("{}{}", addr.base, path_and_query)
+            .parse()
+            .map_err(|_| ResolveError::config("the ref does not make a valid URL"))?;
+        let client = match self.client.get() {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(e.clone()),
+            None => return Err(ResolveError::unavailable("the HTTP client is not built")),
+        };
+        let attempts = self.options.attempts.max(1);
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                let wait =
+                    (self.options.backoff * 2u32.saturating_pow(attempt - 2)).min(MAX_BACKOFF);
+                tokio::time::sleep(wait).await;
+            }
+            let mut builder = hyper::Request::builder()
+                .method(method.clone())
+                .uri(uri.clone());
+            if let Some(t) = token {
+                let mut v = HeaderValue::from_bytes(t.expose())
+                    .map_err(|_| ResolveError::config("the Vault token is not a valid header"))?;
+                v.set_sensitive(true);
+                builder = builder.header("x-vault-token", v);
+            }
+            if let Some(ns) = namespace {
+                builder = builder.header("x-vault-namespace", ns.clone());
+            }
+            let payload = match body {
+                Some(b) => {
+                    builder = builder.header(CONTENT_TYPE, "application/json");
+                    Full::new(Bytes::copy_from_slice(b))
+                }
+                None => Full::new(Bytes::new()),
+            };
+            let request = builder
+                .body(payload)
+                .map_err(|_| ResolveError::config("cannot build the request"))?;
+            let exchange = async {
+                let resp = client.request(request).await?;
+                let status = resp.status();
+                let mut body = resp.into_body();
+                let mut out = Vec::new();
+                while let Some(frame) = body.frame().await {
+                    let frame = frame?;
+                    if let Ok(chunk) = frame.into_data() {
+                        if out.len() + chunk.len() > MAX_BODY {
+                            out.zeroize();
+                            return Ok(Err(status));
+                        }
+                        out.extend_from_slice(&chunk);
+                    }
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Ok((status, out)))
+            };
+            // Waiting for a turn is not part of the attempt's timeout (the
+            // resolver's timeout still bounds it).
+            let _permit =
+                self.in_flight.acquire().await.map_err(|_| {
+                    ResolveError::unavailable("the Vault provider is shutting down")
+                })?;
+            match tokio::time::timeout(self.options.request_timeout, exchange).await {
+                Err(_) => {
+                    last = format!(
+                        "no answer from {} within {} ms",
+                        addr.shown,
+                        self.options.request_timeout.as_millis()
+                    )
+                }
+                Ok(Err(e)) if is_tls(&*e) => {
+                    // A certificate problem does not go away on retry.
+                    return Err(ResolveError::unavailable(format!(
+                        "TLS with {} failed: {}",
+                        addr.shown,
+                        transport(&*e)
+                    )));
+                }
+                Ok(Err(e)) => last = format!("cannot reach {}: {}", addr.shown, transport(&*e)),
+                Ok(Ok(Err(status))) => {
+                    return Err(ResolveError::unavailable(format!(
+                        "the server's answer ({status}) is larger than {MAX_BODY} bytes"
+                    )))
+                }
+                Ok(Ok(Ok((status, mut out)))) if status.is_server_error() => {
+                    last = format!(
+                        "server error {}{}",
+                        status.as_u16(),
+                        server_reason(&out, token)
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    );
+                    out.zeroize();
+                }
+                Ok(Ok(Ok(answer))) => return Ok(answer),
+            }
+        }
+        let tries = if attempts == 1 { "attempt" } else { "attempts" };
+        Err(ResolveError::unavailable(format!(
+            "{last} ({attempts} {tries})"
+        )))
+    }
+}
+
+impl Provider for VaultProvider {
+    fn resolve<'a>(&'a self, req: &'a Request, ctx: &'a Context) -> ResolveFuture<'a> {
+        Box::pin(self.fetch(req, ctx))
+    }
+}
+
+/// `mount`, `path` and the version pin of a ref.
+#[derive(Debug, PartialEq, Eq)]
+struct KvTarget {
+    mount: String,
+    path: String,
+    version: Option<u64>,
+}
+
+impl KvTarget {
+    fn parse(text: &str) -> Result<KvTarget, ResolveError> {
+        let (path, version) = match text.split_once('?') {
+            None => (text, None),
+            Some((p, q)) => {
+                let n = q
+                    .strip_prefix("version=")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        ResolveError::config(
+                            "the only query a vault:// ref takes is ?version=N (N ≥ 1)",
+                        )
+                    })?;
+                (p, Some(n))
+            }
+        };
+        let Some((mount, rest)) = path.split_once('/') else {
+            return Err(ResolveError::config(
+                "vault refs look like vault://mount/path[?version=N][#field]",
+            ));
+        };
+        if mount.is_empty()
+            || rest
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..")
+            || mount == "."
+            || mount == ".."
+        {
+            return Err(ResolveError::config(
+                "a vault:// path must not have empty, '.' or '..' segments",
+            ));
+        }
+        Ok(KvTarget {
+            mount: mount.to_string(),
+            path: rest.to_string(),
+            version,
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self.version {
+            Some(v) => format!("{}/{} version {v}", self.mount, self.path),
+            None => format!("{}/{}", self.mount, self.path),
+        }
+    }
+}
+
+/// `VAULT_ADDR`, checked.
+#[derive(Debug, Clone)]
+struct Addr {
+    /// `http://host:port[/prefix]` without a trailing `/`.
+    base: String,
+    /// For messages.
+    shown: String,
+}
+
+impl Addr {
+    fn from_env(ctx: &Context) -> Result<Addr, ResolveError> {
+        let raw = ctx
+            .var("VAULT_ADDR")
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| ResolveError::config("VAULT_ADDR is not set"))?
+            .to_str()
+            .ok_or_else(|| ResolveError::config("VAULT_ADDR is not valid UTF-8"))?;
+        let base = raw.trim_end_matches('/');
+        let uri: Uri = base
+            .parse()
+            .map_err(|_| ResolveError::config("VAULT_ADDR is not a URL"))?;
+        let shown = match uri.authority() {
+            Some(a) => a.as_str().rsplit('@').next().unwrap_or("").to_string(),
+            None => return Err(ResolveError::config("VAULT_ADDR has no host")),
+        };
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {}
+            _ => {
+                return Err(ResolveError::config(
+                    "VAULT_ADDR must start with http:// or https://",
+                ))
+            }
+        }
+        if uri.query().is_some() || base.contains('@') {
+            return Err(ResolveError::config(
+                "VAULT_ADDR must not carry a query or credentials",
+            ));
+        }
+        Ok(Addr {
+            base: base.to_string(),
+            shown,
+        })
+    }
+}
+
+fn namespace(ctx: &Context) -> Result<Option<HeaderValue>, ResolveError> {
+    match ctx.var("VAULT_NAMESPACE").filter(|n| !n.is_empty()) {
+        None => Ok(None),
+        Some(n) => HeaderValue::from_bytes(n.as_bytes())
+            .map(Some)
+            .map_err(|_| ResolveError::config("VAULT_NAMESPACE is not a valid header value")),
+    }
+}
+
+fn checked_token(token: SecretBytes, from: &str) -> Result<Arc<SecretBytes>, ResolveError> {
+    if token.is_empty() || !token.expose().iter().all(|b| b.is_ascii_graphic()) {
+        return Err(ResolveError::config(format!(
+            "the Vault token from {from} is empty or has characters a header cannot carry"
+        )));
+    }
+    Ok(Arc::new(token))
+}
+
+fn token_file(path: &std::path::Path, from: &str) -> Result<Arc<SecretBytes>, ResolveError> {
+    let mut bytes = std::fs::read(path).map_err(|e| ResolveError::io(from, &e))?;
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    let token = SecretBytes::copy_from(&bytes[..end]);
+    bytes.zeroize();
+    checked_token(token, from)
+}
+
+/// `VAULT_SECRET_ID`: a literal, or a local ref resolved by keywarden's
+/// built-in providers.
+async fn secret_id(ctx: &Context) -> Result<SecretBytes, ResolveError> {
+    let raw = ctx
+        .var("VAULT_SECRET_ID")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ResolveError::config("VAULT_ROLE_ID is set but VAULT_SECRET_ID is not"))?;
+    let text = raw.to_str().unwrap_or("");
+    let Ok(reference) = SecretRef::parse(text) else {
+        return Ok(SecretBytes::copy_from(raw.as_bytes()));
+    };
+    if !matches!(
+        reference.scheme(),
+        Scheme::Cred | Scheme::File | Scheme::Env | Scheme::Dotenv | Scheme::Exec
+    ) {
+        return Err(ResolveError::config(format!(
+            "VAULT_SECRET_ID may be a cred://, file://, env://, dotenv:// or exec:// ref, not {}://",
+            reference.scheme()
+        )));
+    }
+    let local = Resolver::new(
+        Context {
+            env: ctx.env.clone(),
+        },
+        Duration::from_secs(10),
+        Err("not available for VAULT_SECRET_ID".into()),
+    );
+    let request = Request {
+        label: "VAULT_SECRET_ID".into(),
+        reference,
+        base_dir: std::env::current_dir().unwrap_or_else(|_| "/".into()),
+    };
+    local.resolve(&request).await.map_err(|e| ResolveError {
+        kind: e.kind,
+        reason: format!("VAULT_SECRET_ID ({}): {}", request.reference, e.reason),
+    })
+}
+
+/// The error for a non-200 answer.
+fn status_error(status: StatusCode, body: &[u8], token: &SecretBytes, what: &str) -> ResolveError {
+    let reason = server_reason(body, Some(token))
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    let code = status.as_u16();
+    match status {
+        StatusCode::FORBIDDEN => ResolveError {
+            kind: ErrorKind::Permission,
+            reason: format!("permission denied by the server (403) for {what}{reason}"),
+        },
+        StatusCode::UNAUTHORIZED => ResolveError {
+            kind: ErrorKind::Permission,
+            reason: format!("the server refused the token (401) for {what}{reason}"),
+        },
+        StatusCode::NOT_FOUND => ResolveError::unavailable(format!("not found: {what} (404)")),
+        StatusCode::BAD_REQUEST => ResolveError::config(format!(
+            "the server rejected the request (400) for {what}{reason}"
+        )),
+        _ => ResolveError::unavailable(format!("unexpected answer {code} for {what}{reason}")),
+    }
+}
+
+/// The server's `errors` list, one line, bounded, without the token.
+fn server_reason(body: &[u8], token: Option<&SecretBytes>) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Errors {
+        #[serde(default)]
+        errors: Vec<String>,
+    }
+    let errors = serde_json::from_slice::<Errors>(body).ok()?.errors;
+    let joined = errors
+        .iter()
+        .flat_map(|e| e.split_whitespace())
+        .filter(|w| *w != "*")
+        .collect::<Vec<_>>()
+        .join(" ");
+    if joined.is_empty() {
+        return None;
+    }
+    let mut text = match token {
+        Some(t) => scrub(&joined, &[t.expose()]),
+        None => joined,
+    };
+    if text.len() > REASON_SHOWN {
+        let mut cut = REASON_SHOWN;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    Some(text)
+}
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The shared client: HTTP/1 over TCP or rustls (ring), pooled.
+fn build_client(options: &VaultOptions, ctx: &Context) -> Result<HttpClient, ResolveError> {
+    if ctx
+        .var("VAULT_SKIP_VERIFY")
+        .is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
+    {
+        return Err(ResolveError::config(
+            "VAULT_SKIP_VERIFY is not supported: give the server's CA with VAULT_CACERT",
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(f) = ctx.var("VAULT_CACERT").filter(|v| !v.is_empty()) {
+        files.push(f.into());
+    }
+    if let Some(dir) = ctx.var("VAULT_CAPATH").filter(|v| !v.is_empty()) {
+        let entries = std::fs::read_dir(dir).map_err(|e| ResolveError::io("VAULT_CAPATH", &e))?;
+        files.extend(
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file()),
+        );
+    }
+    if files.is_empty() {
+        // rustls-native-certs reads SSL_CERT_FILE/SSL_CERT_DIR from the
+        // process environment, else the system store.
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+    } else {
+        for file in &files {
+            let shown = file.display().to_string();
+            let certs = CertificateDer::pem_file_iter(file)
+                .map_err(|_| ResolveError::config(format!("cannot read the CA file {shown}")))?;
+            for cert in certs {
+                let cert = cert.map_err(|_| {
+                    ResolveError::config(format!("the CA file {shown} is not valid PEM"))
+                })?;
+                roots.add(cert).map_err(|_| {
+                    ResolveError::config(format!(
+                        "the CA file {shown} holds an invalid certificate"
+                    ))
+                })?;
+            }
+        }
+        if roots.is_empty() {
+            return Err(ResolveError::config(
+                "VAULT_CACERT/VAULT_CAPATH hold no certificate",
+            ));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ResolveError::unavailable(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(options.request_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(32)
+        .build(connector))
+}
+
+/// True when a transport error comes from TLS (a certificate, a handshake):
+/// a `rustls::Error` anywhere in the chain, io errors wrapping included.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<rustls::Error>() {
+        return true;
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if is_tls(inner) {
+            return true;
+        }
+    }
+    e.source().is_some_and(is_tls)
+}
+
+/// A transport error in words: the innermost I/O error, else hyper's.
+fn transport(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut last = e.to_string();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.to_string();
+        }
+        last = s.to_string();
+        source = s.source();
+    }
+    last
+}
+
+/// Percent-encode a path, keeping `/` and RFC 3986 unreserved characters.
+fn encode(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct KvResponse<'a> {
+    #[serde(borrow)]
+    data: Option<KvData<'a>>,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+#[derive(Deserialize)]
+struct KvV1Response<'a> {
+    #[serde(borrow)]
+    data: Option<BTreeMap<String, &'a RawValue>>,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+#[derive(Deserialize)]
+struct KvData<'a> {
+    #[serde(borrow)]
+    data: Option<BTreeMap<String, &'a RawValue>>,
+    metadata: Option<KvMetadata>,
+}
+
+#[derive(Deserialize)]
+struct KvMetadata {
+    version: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        let t = KvTarget::parse("secret/app/db?version=3").expect("parses");
+        assert_eq!(
+            t,
+            KvTarget {
+                mount: "secret".into(),
+                path: "app/db".into(),
+                version: Some(3)
+            }
+        );
+        assert_eq!(KvTarget::parse("secret/a").expect("parses").version, None);
+        for bad in [
+            "secret",
+            "secret/",
+            "secret/a//b",
+            "secret/../x",
+            "secret/a?v=1",
+            "secret/a?version=0",
+            "/a",
+        ] {
+            assert!(KvTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn encodes_paths() {
+        assert_eq!(encode("a b/c%d"), "a%20b/c%25d");
+    }
+}

@@ -1,0 +1,209 @@
+//! `pass://` against Debian's `pass` with a throwaway GPG key, and `op://`
+//! with the missing tool and a stand-in `op` script (the real one is not
+//! installable here).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::harness::*;
+use keywarden::error::ErrorKind;
+
+fn path_with(dir: &Path) -> String {
+    format!("{}:/usr/bin:/bin", dir.display())
+}
+
+/// A temp GNUPGHOME with a passphrase-less key and a pass store; None when
+/// `pass` or `gpg` is missing.
+struct PassStore {
+    home: tempfile::TempDir,
+}
+
+impl PassStore {
+    fn new(test: &str) -> Option<PassStore> {
+        if which::which("pass").is_err() || which::which("gpg").is_err() {
+            eprintln!("SKIP {test}: `pass`/`gpg` not installed (apt-get install -y --no-install-recommends pass gnupg)");
+            return None;
+        }
+        // Short path: gpg-agent's socket lives in GNUPGHOME.
+        let home = tempfile::Builder::new()
+            .prefix("kwp")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::fs::create_dir(home.path().join("gnupg")).expect("mkdir");
+        std::fs::set_permissions(
+            home.path().join("gnupg"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .expect("chmod");
+        let s = PassStore { home };
+        s.cmd(
+            "gpg",
+            &[
+                "--batch",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                "keywarden-test@example.invalid",
+                "default",
+                "default",
+                "never",
+            ],
+            None,
+        );
+        s.cmd("pass", &["init", "keywarden-test@example.invalid"], None);
+        Some(s)
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let h = self.home.path();
+        vec![
+            ("GNUPGHOME".into(), h.join("gnupg").display().to_string()),
+            (
+                "PASSWORD_STORE_DIR".into(),
+                h.join("store").display().to_string(),
+            ),
+            ("HOME".into(), h.display().to_string()),
+            ("PATH".into(), "/usr/bin:/bin".into()),
+        ]
+    }
+
+    fn cmd(&self, program: &str, args: &[&str], stdin: Option<&str>) {
+        let mut child = Command::new(program)
+            .args(args)
+            .envs(self.env())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("stdin");
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{program} {:?}: {}",
+            args.first(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PassStore {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .args(["--kill", "gpg-agent"])
+            .envs(self.env())
+            .status();
+    }
+}
+
+#[test]
+fn pass_first_line_not_found_and_missing_tool() {
+    let Some(store) = PassStore::new("pass_first_line_not_found_and_missing_tool") else {
+        return;
+    };
+    let (first, second) = (rand_hex(12), rand_hex(12));
+    store.cmd(
+        "pass",
+        &["insert", "-m", "team/api"],
+        Some(&format!("{first}\nlogin: {second}\n")),
+    );
+    let env: Vec<(String, String)> = store.env();
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut out = resolve_all(
+        env_of(&pairs),
+        fast(),
+        &["pass://team/api", "pass://team/none"],
+    );
+    assert_eq!(value(out.remove(0)), first, "first line only");
+    let e = err_without(out.remove(0), &[&first, &second]);
+    assert_eq!(e.kind.exit_code(), 69);
+    assert!(
+        e.reason.contains("'pass' exited with status 1")
+            && e.reason.contains("not in the password store"),
+        "{e}"
+    );
+
+    let empty = tempfile::tempdir().expect("tempdir");
+    let no_pass = env_of(&[("PATH", empty.path().to_str().expect("utf8"))]);
+    let e = err_without(
+        resolve_all(no_pass, fast(), &["pass://team/api"]).remove(0),
+        &[],
+    );
+    assert_eq!(e.kind, ErrorKind::Unavailable);
+    assert!(
+        e.reason.contains("'pass'") && e.reason.contains("not installed"),
+        "{e}"
+    );
+}
+
+fn fake_op(dir: &Path, body: &str) {
+    let path = dir.join("op");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[test]
+fn op_missing_tool_and_protocol() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = path_with(dir.path());
+    let e = err_without(
+        resolve_all(
+            env_of(&[("PATH", &path)]),
+            fast(),
+            &["op://Dev/db/password"],
+        )
+        .remove(0),
+        &[],
+    );
+    assert_eq!(e.kind.exit_code(), 69);
+    assert!(
+        e.reason.contains("'op'")
+            && e.reason.contains("1Password CLI")
+            && e.reason.contains("not installed"),
+        "{e}"
+    );
+
+    // `op read REF` prints the value and a newline; the ref goes as written.
+    let secret = rand_hex(12);
+    fake_op(
+        dir.path(),
+        r#"[ "$1" = read ] && [ "$2" = 'op://Dev/db/password' ] && [ $# -eq 2 ] || { echo "[ERROR] unexpected: $*" >&2; exit 2; }
+printf '%s\n' "$KW_FAKE_VALUE""#,
+    );
+    let env = env_of(&[("PATH", &path), ("KW_FAKE_VALUE", &secret)]);
+    let mut out = resolve_all(env, fast(), &["op://Dev/db/password", "op://Dev/db/other"]);
+    assert_eq!(value(out.remove(0)), secret, "one newline trimmed");
+    let e = err_without(out.remove(0), &[&secret]);
+    assert_eq!(e.kind.exit_code(), 69);
+    assert!(
+        e.reason.contains("status 2") && e.reason.contains("[ERROR] unexpected"),
+        "{e}"
+    );
+
+    // A failing `op` that printed the value: the value is scrubbed.
+    fake_op(dir.path(), "printf '%s\\n' \"$KW_FAKE_VALUE\"; echo \"[ERROR] item $KW_FAKE_VALUE is locked\" >&2; exit 1");
+    let env = env_of(&[("PATH", &path), ("KW_FAKE_VALUE", &secret)]);
+    let e = err_without(
+        resolve_all(env, fast(), &["op://Dev/db/password"]).remove(0),
+        &[&secret],
+    );
+    assert!(e.reason.contains("[REDACTED] is locked"), "{e}");
+
+    let e = err_without(
+        resolve_all(env_of(&[("PATH", &path)]), fast(), &["op://Dev/db"]).remove(0),
+        &[],
+    );
+    assert_eq!(e.kind.exit_code(), 78);
+}
