@@ -1,6 +1,6 @@
-//! Running a password-manager CLI (`pass`, `op`): the program is looked up in
-//! the `PATH` of keywarden's environment, gets that environment (and nothing
-//! else), its stdout is the value and a non-zero exit is an error carrying
+//! Running a provider program (`exec://`, `pass`, `op`): a CLI is looked up
+//! in the `PATH` of keywarden's environment; the program gets that
+//! environment (and nothing else), its stdout is the value and a non-zero exit is an error carrying
 //! the first line of its stderr with the value scrubbed out. The process is
 //! killed if the resolution is abandoned (the resolver's timeout).
 //!
@@ -40,7 +40,7 @@ pub(crate) fn find(tool: &str, ctx: &Context, what: &str) -> Result<PathBuf, Res
 
 /// Run `program args…` and return its stdout; `tool` names it in errors.
 pub(crate) async fn run(
-    tool: &'static str,
+    tool: &str,
     program: PathBuf,
     args: Vec<String>,
     ctx: &Context,
