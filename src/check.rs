@@ -30,6 +30,8 @@ struct Row {
     #[serde(rename = "ref")]
     reference: String,
     source: &'static str,
+    /// Which backend answers: the scheme, or `store`/`vault` for kv://.
+    backend: &'static str,
     scope: Vec<String>,
     ttl_seconds: Option<u64>,
     env_var: Option<String>,
@@ -106,6 +108,7 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
         rows.push(Row {
             id: s.id.clone(),
             reference: s.reference.to_string(),
+            backend: crate::resolve::backend_of(&plan, s),
             source: match s.origin {
                 config::Origin::Registry { .. } => "registry",
                 config::Origin::EnvVar => "env",
@@ -146,6 +149,7 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
             id: s.id.clone(),
             reference: String::new(),
             source: "registry",
+            backend: "-",
             scope: Vec::new(),
             ttl_seconds: None,
             env_var: None,
@@ -205,7 +209,7 @@ fn table(report: &Report) -> String {
     for r in &report.secrets {
         let mut status = match (&r.reason, r.elapsed_ms) {
             (Some(reason), _) => format!("{}: {reason}", r.status),
-            (None, Some(ms)) => format!("{} ({ms} ms)", r.status),
+            (None, Some(ms)) => format!("{} ({}, {ms} ms)", r.status, r.backend),
             (None, None) => r.status.to_string(),
         };
         if let Some(w) = &r.warning {

@@ -31,9 +31,8 @@ fn kv_backend(
         return Ok(Err("no kv:// refs".into()));
     }
     if let Some(KvBackendConfig::Vault { .. }) = plan.policy.kv_backend {
-        return Ok(Err(
-            "the policy's kv_backend 'vault' is not available in this build".into(),
-        ));
+        // kv:// refs are rewritten to vault:// by `request_for`.
+        return Ok(Err("kv:// is served by Vault under this policy".into()));
     }
     match crate::store::open_backend(store, process_env)? {
         Some(backend) => Ok(Ok(backend)),
@@ -44,6 +43,38 @@ fn kv_backend(
                 path.display()
             )))
         }
+    }
+}
+
+/// The provider request for `secret`: with policy `kv_backend: vault`,
+/// `kv://path` is read as `vault://MOUNT/path` (the secret's only field), so
+/// one registry works on a laptop (embedded store) and in production.
+pub fn request_for(
+    plan: &LaunchPlan,
+    secret: &crate::config::PlannedSecret,
+) -> crate::secret::providers::Request {
+    let mut request = secret.request();
+    if let (Scheme::Kv, Some(KvBackendConfig::Vault { mount })) =
+        (secret.reference.scheme(), &plan.policy.kv_backend)
+    {
+        let text = format!(
+            "vault://{}/{}",
+            mount.trim_matches('/'),
+            secret.reference.path()
+        );
+        if let Ok(r) = crate::secret::SecretRef::parse(&text) {
+            request.reference = r;
+        }
+    }
+    request
+}
+
+/// Which backend answers `secret`: the scheme, or `store`/`vault` for kv://.
+pub fn backend_of(plan: &LaunchPlan, secret: &crate::config::PlannedSecret) -> &'static str {
+    match (secret.reference.scheme(), &plan.policy.kv_backend) {
+        (Scheme::Kv, Some(KvBackendConfig::Vault { .. })) => "vault",
+        (Scheme::Kv, _) => "store",
+        (scheme, _) => scheme.as_str(),
     }
 }
 
@@ -71,7 +102,7 @@ pub fn resolve_plan(
         env: process_env.iter().cloned().collect(),
     };
     let resolver = Resolver::new(context, timeout, kv);
-    let requests = plan.secrets.iter().map(|s| s.request()).collect();
+    let requests = plan.secrets.iter().map(|s| request_for(plan, s)).collect();
     let outcome = runtime.block_on(async {
         match signals {
             None => Ok(resolver.resolve_all(requests).await),

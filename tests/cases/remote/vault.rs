@@ -699,3 +699,73 @@ fn vault_refs_reach_the_child_through_run_and_check() {
     );
     assert!(!err.contains(&bao.token) && !dir.join("marker").exists());
 }
+
+#[test]
+fn policy_kv_backend_vault_serves_kv_refs() {
+    let Some(bao) = Bao::start("policy_kv_backend_vault_serves_kv_refs") else {
+        return;
+    };
+    let key = rand_hex(16);
+    bao.cli(
+        &[
+            "kv",
+            "put",
+            "-mount=secret",
+            "openai/prod/api_key",
+            &format!("value={key}"),
+        ],
+        None,
+    );
+    let dir = crate::util::Dir::new();
+    dir.write(
+        "reg.yaml",
+        "openai:\n  prod:\n    secret_ref: kv://openai/prod/api_key\n    env: OPENAI_API_KEY\n",
+    );
+    dir.write(
+        "policy.json",
+        r#"{"kv_backend": {"type": "vault", "mount": "secret"}}"#,
+    );
+    let run = |args: &[&str]| {
+        crate::util::output(
+            crate::util::kw(&dir, args)
+                .env("VAULT_ADDR", &bao.addr)
+                .env("VAULT_TOKEN", &bao.token),
+        )
+    };
+    let out = run(&[
+        "run",
+        "--env",
+        "prod",
+        "--registry",
+        "reg.yaml",
+        "--policy",
+        "policy.json",
+        "--",
+        "sh",
+        "-c",
+        "[ \"$OPENAI_API_KEY\" = \"$1\" ] && echo same",
+        "sh",
+        &key,
+    ]);
+    assert_eq!(
+        crate::util::stdout(&out),
+        "same\n",
+        "{}",
+        crate::util::stderr(&out)
+    );
+    let out = run(&[
+        "check",
+        "--env",
+        "prod",
+        "--registry",
+        "reg.yaml",
+        "--policy",
+        "policy.json",
+        "--format",
+        "json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["secrets"][0]["backend"], "vault");
+    assert_eq!(json["secrets"][0]["status"], "ok");
+    assert!(json["secrets"][0]["elapsed_ms"].is_number());
+}
