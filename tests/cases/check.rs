@@ -167,28 +167,16 @@ fn overdue_rotations_are_flagged() {
 #[test]
 fn kv_refs_resolve_through_the_store_into_the_child() {
     let dir = Dir::new();
-    let key: String = secret(64)
-        .bytes()
-        .map(|b| format!("{:x}", b % 16))
-        .collect();
+    let key = store_key();
     let value = secret(40);
     let store = dir.join("store.kw");
     let run = |args: &[&str], stdin: &str| {
-        let mut c = kw(&dir, args);
-        c.env("ENCRYPTION_KEY", &key)
-            .env("KEYWARDEN_STORE", &store)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = c.spawn().expect("spawn");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write");
-        child.wait_with_output().expect("wait")
+        feed(
+            kw(&dir, args)
+                .env("ENCRYPTION_KEY", &key)
+                .env("KEYWARDEN_STORE", &store),
+            stdin.as_bytes(),
+        )
     };
     assert!(run(&["store", "init"], "").status.success());
     assert!(run(&["store", "set", "kv://openai/dev/api_key"], &value)

@@ -289,10 +289,7 @@ fn the_audit_log_of_a_full_run_has_every_event_and_no_secret() {
 fn inventory_shows_metadata_with_store_dates_and_no_value() {
     let dir = Dir::new();
     let value = setup(&dir);
-    let key: String = secret(64)
-        .bytes()
-        .map(|b| format!("{:x}", b % 16))
-        .collect();
+    let key = store_key();
     let store = dir.join("store.kw");
     let kv_value = secret(40);
     for (args, input) in [
@@ -302,19 +299,13 @@ fn inventory_shows_metadata_with_store_dates_and_no_value() {
             kv_value.as_str(),
         ),
     ] {
-        let mut c = kw(&dir, args);
-        c.env("ENCRYPTION_KEY", &key)
-            .env("KEYWARDEN_STORE", &store)
-            .stdin(std::process::Stdio::piped());
-        let mut child = c.spawn().expect("spawn");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write");
-        assert!(child.wait().expect("wait").success());
+        let out = feed(
+            kw(&dir, args)
+                .env("ENCRYPTION_KEY", &key)
+                .env("KEYWARDEN_STORE", &store),
+            input.as_bytes(),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
     }
     let reg = format!(
         "{}billing_master:\n  dev:\n    secret_ref: kv://billing/dev/key\n    scope: [finance]\n",

@@ -164,3 +164,29 @@ pub fn have(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// Run to completion with `input` on stdin, capturing output.
+pub fn feed(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keywarden");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+/// A random store key as `ENCRYPTION_KEY` takes it: 64 lowercase hex digits.
+pub fn store_key() -> String {
+    secret(64)
+        .bytes()
+        .map(|b| format!("{:x}", b % 16))
+        .collect()
+}
