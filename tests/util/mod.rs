@@ -79,8 +79,11 @@ pub fn kw(dir: &Dir, args: &[&str]) -> Command {
     ] {
         c.env_remove(v);
     }
-    // Never the real home: the revocation list goes in the scratch folder.
+    // Never the real home or the shared temp folder: the revocation list
+    // and the sockets' folders go in the scratch folder (a test that
+    // SIGKILLs keywarden leaves its sockets behind, as any crash would).
     c.env("KEYWARDEN_REVOCATION_LIST", dir.join("revocations.json"));
+    c.env("XDG_RUNTIME_DIR", dir.path());
     c.stdin(Stdio::null());
     c
 }
