@@ -6,6 +6,7 @@
 //! the reason, never a value. `kv://` goes through a [`KvBackend`], which is
 //! absent until one is configured: the ref then fails closed.
 
+mod awssm;
 mod dotenv;
 mod env;
 mod exec;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use super::{Scheme, SecretBytes, SecretRef};
 use crate::error::{Error, ErrorKind};
 
+pub use awssm::{AwsSmOptions, AwsSmProvider};
 pub use dotenv::parse_dotenv;
 pub use kv::KvBackend;
 pub use op::OpProvider;
@@ -170,6 +172,7 @@ impl Resolver {
         providers.insert(Scheme::Kv, Box::new(kv::KvProvider::new(kv)));
         providers.insert(Scheme::Pass, Box::new(PassProvider));
         providers.insert(Scheme::Op, Box::new(OpProvider));
+        providers.insert(Scheme::AwsSm, Box::new(AwsSmProvider::new()));
         providers.insert(
             Scheme::Vault,
             Box::new(VaultProvider::new(VaultOptions::default())),
