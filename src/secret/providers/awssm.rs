@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use super::https::{is_tls, native_roots, pooled_client, transport, HttpClient};
 use super::{scrub, Context, Provider, Request, ResolveError, ResolveFuture};
 use crate::error::ErrorKind;
 use crate::secret::SecretBytes;
@@ -33,10 +34,6 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{StatusCode, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use zeroize::Zeroize;
@@ -70,8 +67,6 @@ impl Default for AwsSmOptions {
         }
     }
 }
-
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The `aws-sm://` provider: one pooled HTTP client for its life.
 pub struct AwsSmProvider {
@@ -662,58 +657,7 @@ fn status_error(status: StatusCode, body: &[u8], secrets: &[&[u8]], what: &str) 
     }
 }
 
-/// The shared client: HTTP/1 over TCP or rustls (ring) with the system's
-/// roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` honoured), pooled.
+/// The shared client, trusting the system's roots.
 fn build_client(options: &AwsSmOptions) -> Result<HttpClient, ResolveError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ResolveError::unavailable(format!("TLS setup: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(options.request_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(32)
-        .build(connector))
-}
-
-fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
-    if e.is::<rustls::Error>() {
-        return true;
-    }
-    if let Some(inner) = e
-        .downcast_ref::<std::io::Error>()
-        .and_then(|io| io.get_ref())
-    {
-        if is_tls(inner) {
-            return true;
-        }
-    }
-    e.source().is_some_and(is_tls)
-}
-
-fn transport(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut last = e.to_string();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return io.to_string();
-        }
-        last = s.to_string();
-        source = s.source();
-    }
-    last
+    pooled_client(native_roots(), options.request_timeout)
 }

@@ -11,6 +11,7 @@ mod dotenv;
 mod env;
 mod exec;
 mod file;
+mod https;
 mod kv;
 mod op;
 mod pass;

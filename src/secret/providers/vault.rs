@@ -41,6 +41,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::https::{is_tls, pooled_client, transport, HttpClient};
 use super::{scrub, Context, Provider, Request, ResolveError, ResolveFuture, Resolver};
 use crate::error::ErrorKind;
 use crate::secret::{Scheme, SecretBytes, SecretRef};
@@ -48,10 +49,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, StatusCode, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
@@ -812,8 +809,6 @@ fn server_reason(body: &[u8], token: Option<&SecretBytes>) -> Option<String> {
     Some(text)
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// The shared client: HTTP/1 over TCP or rustls (ring), pooled.
 fn build_client(options: &VaultOptions, ctx: &Context) -> Result<HttpClient, ResolveError> {
     if ctx
@@ -839,11 +834,8 @@ fn build_client(options: &VaultOptions, ctx: &Context) -> Result<HttpClient, Res
         );
     }
     if files.is_empty() {
-        // rustls-native-certs reads SSL_CERT_FILE/SSL_CERT_DIR from the
-        // process environment, else the system store.
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
+        // The system store (SSL_CERT_FILE/SSL_CERT_DIR honoured).
+        roots = super::https::native_roots();
     } else {
         for file in &files {
             let shown = file.display().to_string();
@@ -866,56 +858,7 @@ fn build_client(options: &VaultOptions, ctx: &Context) -> Result<HttpClient, Res
             ));
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ResolveError::unavailable(format!("TLS setup: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(options.request_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(32)
-        .build(connector))
-}
-
-/// True when a transport error comes from TLS (a certificate, a handshake):
-/// a `rustls::Error` anywhere in the chain, io errors wrapping included.
-fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
-    if e.is::<rustls::Error>() {
-        return true;
-    }
-    if let Some(inner) = e
-        .downcast_ref::<std::io::Error>()
-        .and_then(|io| io.get_ref())
-    {
-        if is_tls(inner) {
-            return true;
-        }
-    }
-    e.source().is_some_and(is_tls)
-}
-
-/// A transport error in words: the innermost I/O error, else hyper's.
-fn transport(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut last = e.to_string();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return io.to_string();
-        }
-        last = s.to_string();
-        source = s.source();
-    }
-    last
+    pooled_client(roots, options.request_timeout)
 }
 
 /// Percent-encode a path, keeping `/` and RFC 3986 unreserved characters.
