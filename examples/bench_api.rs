@@ -188,6 +188,7 @@ fn main() {
         value: Some(SecretBytes::copy_from(hex(&raw).as_bytes())),
         resolved_at: SystemTime::now(),
         dates: Default::default(),
+        lease: None,
     };
     let audit = if audit_on {
         Auditor::open(&dir.join("audit.jsonl"), Environment::Dev, None).expect("audit")

@@ -66,7 +66,14 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let config = config::load(common.registry.as_deref(), common.policy.as_deref())?;
     let plan = config::build_plan(&config, common.env, &process_env, &cwd)?;
-    let outcomes = resolve_plan(&plan, &common.store, &process_env, common.timeout, None)?;
+    let outcomes = resolve_plan(
+        &plan,
+        &common.store,
+        &process_env,
+        common.timeout,
+        None,
+        &crate::secret::providers::VaultSession::once(),
+    )?;
     let values: Vec<&SecretBytes> = outcomes
         .iter()
         .filter_map(|o| o.result.as_ref().ok())

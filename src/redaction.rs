@@ -165,8 +165,14 @@ pub fn redact_command(common: &crate::cli::Common, mask: &Mask) -> crate::error:
     let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
     let config = crate::config::load(common.registry.as_deref(), common.policy.as_deref())?;
     let plan = crate::config::build_plan(&config, common.env, &process_env, &cwd)?;
-    let outcomes =
-        crate::resolve::resolve_plan(&plan, &common.store, &process_env, common.timeout, None)?;
+    let outcomes = crate::resolve::resolve_plan(
+        &plan,
+        &common.store,
+        &process_env,
+        common.timeout,
+        None,
+        &crate::secret::providers::VaultSession::once(),
+    )?;
     let values = crate::resolve::require_all(outcomes)?;
     for id in too_short(&plan, &values) {
         tracing::warn!("secret '{id}' is too short to mask safely; it is not redacted");
@@ -224,8 +230,14 @@ pub fn scan_command(
     let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
     let config = crate::config::load(common.registry.as_deref(), common.policy.as_deref())?;
     let plan = crate::config::build_plan(&config, common.env, &process_env, &cwd)?;
-    let outcomes =
-        crate::resolve::resolve_plan(&plan, &common.store, &process_env, common.timeout, None)?;
+    let outcomes = crate::resolve::resolve_plan(
+        &plan,
+        &common.store,
+        &process_env,
+        common.timeout,
+        None,
+        &crate::secret::providers::VaultSession::once(),
+    )?;
     let values = crate::resolve::require_all(outcomes)?;
     for id in too_short(&plan, &values) {
         tracing::warn!("secret '{id}' is too short to be found safely; it is not scanned for");

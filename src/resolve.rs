@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::config::{KvBackendConfig, LaunchPlan};
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::providers::KvBackend;
-use crate::secret::providers::{scrub, Context, Outcome, Resolver};
+use crate::secret::providers::{scrub, Context, Outcome, Resolver, VaultSession};
 use crate::secret::Scheme;
 use crate::secret::SecretBytes;
 use crate::store::StoreOptions;
@@ -85,6 +85,7 @@ pub fn resolve_plan(
     process_env: &[(OsString, OsString)],
     timeout: Duration,
     signals: Option<&Signals>,
+    vault: &Arc<VaultSession>,
 ) -> Result<Vec<Outcome>> {
     if plan.secrets.is_empty() {
         return Ok(Vec::new());
@@ -101,7 +102,7 @@ pub fn resolve_plan(
     let context = Context {
         env: process_env.iter().cloned().collect(),
     };
-    let resolver = Resolver::new(context, timeout, kv);
+    let resolver = Resolver::new(context, timeout, kv).with_vault_session(Arc::clone(vault));
     let requests = plan.secrets.iter().map(|s| request_for(plan, s)).collect();
     let outcome = runtime.block_on(async {
         match signals {
@@ -114,7 +115,15 @@ pub fn resolve_plan(
     });
     runtime.shutdown_background();
     match outcome {
-        Ok(outcomes) => Ok(outcomes),
+        Ok(mut outcomes) => {
+            for o in outcomes.iter_mut() {
+                o.lease = vault
+                    .lease_of(o.request.reference.as_str())
+                    .map(|l| l.duration)
+                    .filter(|d| !d.is_zero());
+            }
+            Ok(outcomes)
+        }
         Err(Ok(sig)) => Err(Error::new(
             ErrorKind::Interrupted(sig as u8),
             format!(

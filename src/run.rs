@@ -26,6 +26,7 @@ use crate::redact::{Counts, Mask};
 use crate::redaction::{self, MatcherCell, RedactFilter};
 use crate::relay::{self, Filter, Relay, Source};
 use crate::resolve::{require_all, resolve_plan};
+use crate::secret::providers::{start_renewer, VaultOptions, VaultSession};
 use crate::secret::SecretBytes;
 use crate::supervise::{self, SpawnSpec, Supervisor, TerminalLink};
 use crate::sys;
@@ -182,6 +183,8 @@ struct Sources {
     plan: LaunchPlan,
     process_env: Vec<(OsString, OsString)>,
     rotation: Mutex<Rotation>,
+    /// The run's Vault token (renewed in the background) and leases.
+    vault: Arc<VaultSession>,
 }
 
 /// What a reload must update besides the API: the relay's matcher (new
@@ -264,7 +267,7 @@ impl Sources {
 impl Sources {
     /// Resolve one secret again (its TTL ran out). Runs on a thread of its
     /// own: the resolver starts its own runtime.
-    fn resolve_one(self: &Arc<Self>, id: &str) -> Result<SecretBytes> {
+    fn resolve_one(self: &Arc<Self>, id: &str) -> Result<api::Fresh> {
         let me = self.clone();
         let id = id.to_string();
         std::thread::spawn(move || {
@@ -279,10 +282,13 @@ impl Sources {
                 &me.process_env,
                 me.common.timeout,
                 None,
+                &me.vault,
             )?;
-            require_all(outcomes)?
+            let lease = outcomes.first().and_then(|o| o.lease);
+            let value = require_all(outcomes)?
                 .pop()
-                .ok_or_else(|| Error::new(ErrorKind::Software, "nothing resolved"))
+                .ok_or_else(|| Error::new(ErrorKind::Software, "nothing resolved"))?;
+            Ok(api::Fresh { value, lease })
         })
         .join()
         .map_err(|_| Error::new(ErrorKind::Software, "the resolver thread failed"))?
@@ -301,7 +307,9 @@ impl Sources {
                 &me.process_env,
                 me.common.timeout,
                 None,
+                &me.vault,
             )?;
+            let leases: Vec<_> = outcomes.iter().map(|o| o.lease).collect();
             let values = require_all(outcomes)?;
             me.rotated(&plan, &values);
             let now = SystemTime::now();
@@ -309,7 +317,11 @@ impl Sources {
                 .secrets
                 .iter()
                 .zip(values)
-                .map(|(p, v)| ServedSecret::from_planned(p, Some(v), now))
+                .zip(leases)
+                .map(|((p, v), lease)| ServedSecret {
+                    lease,
+                    ..ServedSecret::from_planned(p, Some(v), now)
+                })
                 .collect())
         })
         .join()
@@ -395,13 +407,16 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         ..plan
     };
 
+    let vault = VaultSession::for_run();
     let outcomes = resolve_plan(
         &plan,
         &common.store,
         &process_env,
         common.timeout,
         Some(&signals),
+        &vault,
     )?;
+    let leases: Vec<_> = outcomes.iter().map(|o| o.lease).collect();
     // Outcomes come back in plan order.
     for (p, o) in plan.secrets.iter().zip(&outcomes) {
         let e = Event::new(EventKind::Resolve).secret(&p.id, &p.reference, &p.scope);
@@ -416,6 +431,18 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         .map_err(|e| Error::new(e.kind(), format!("{e}; the command was not started")))?;
     for s in &plan.secrets {
         tracing::info!("resolved {} ({})", s.id, s.reference);
+    }
+    if plan
+        .secrets
+        .iter()
+        .any(|s| crate::resolve::backend_of(&plan, s) == "vault")
+    {
+        // Keeps the run's token alive for re-resolutions (a no-op thread
+        // end when the token does not expire).
+        let env = process_env.iter().cloned().collect();
+        if let Err(e) = start_renewer(Arc::clone(&vault), VaultOptions::default(), env) {
+            tracing::warn!("cannot start the Vault token renewer: {e}");
+        }
     }
 
     // The socket API starts before the child, which gets its address and a
@@ -445,6 +472,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             child: None,
             on_rotate: opts.on_rotate,
         }),
+        vault,
     });
     let mut api = if opts.no_socket {
         None
@@ -454,7 +482,11 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             .secrets
             .iter()
             .zip(&secrets)
-            .map(|(p, v)| ServedSecret::from_planned(p, Some(v.duplicate()), now))
+            .zip(&leases)
+            .map(|((p, v), lease)| ServedSecret {
+                lease: *lease,
+                ..ServedSecret::from_planned(p, Some(v.duplicate()), now)
+            })
             .collect();
         served.extend(
             revoked_plan

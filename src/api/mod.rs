@@ -73,6 +73,9 @@ pub struct ServedSecret {
     pub dates: SecretDates,
     /// When `value` was resolved (its TTL runs from then).
     pub resolved_at: SystemTime,
+    /// The lease the backend gave `value` (Vault): the cached value
+    /// expires at the earlier of the TTL and the lease.
+    pub lease: Option<std::time::Duration>,
 }
 
 impl ServedSecret {
@@ -92,6 +95,7 @@ impl ServedSecret {
             value,
             resolved_at,
             dates: SecretDates::default(),
+            lease: None,
         }
     }
 }
@@ -137,8 +141,17 @@ pub struct ApiOptions {
     pub audit: Auditor,
 }
 
+/// A value resolved again, with the lease its backend gave it.
+#[derive(Debug)]
+pub struct Fresh {
+    /// The value.
+    pub value: SecretBytes,
+    /// Its lease, if the backend has leases.
+    pub lease: Option<std::time::Duration>,
+}
+
 /// Re-resolve one secret by id (called on a blocking thread).
-pub type ResolveFn = dyn Fn(&str) -> Result<SecretBytes> + Send + Sync;
+pub type ResolveFn = dyn Fn(&str) -> Result<Fresh> + Send + Sync;
 /// Re-read registry and policy and resolve again (blocking thread).
 pub type ReloadFn = dyn Fn() -> Result<Vec<ServedSecret>> + Send + Sync;
 

@@ -659,9 +659,9 @@ async fn refresh(shared: &Shared, ids: &[String]) -> std::result::Result<(), Rep
         };
         let ev = Event::new(EventKind::Resolve).secret(&e.id, &e.reference, &e.scope);
         match result {
-            Ok(value) => {
-                let fp = shared.audit.fingerprint(value.expose());
-                st.install(id, value, Now::system());
+            Ok(fresh) => {
+                let fp = shared.audit.fingerprint(fresh.value.expose());
+                st.install_leased(id, fresh.value, fresh.lease, Now::system());
                 drop(st);
                 shared.audit.note(
                     ev.result(Outcome::Ok)

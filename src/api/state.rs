@@ -82,6 +82,8 @@ pub struct Entry {
     pub scope: Vec<String>,
     /// TTL of a cached value.
     pub ttl: Option<Duration>,
+    /// The lease of the cached value, from its backend.
+    pub lease: Option<Duration>,
     /// Approval.
     pub approval: Approval,
     /// Injected as.
@@ -97,7 +99,15 @@ pub struct Entry {
 impl Entry {
     /// When the cached value expires (monotonic).
     fn expiry(&self) -> Option<Instant> {
-        Some(self.resolved? + self.ttl?)
+        Some(self.resolved? + self.effective_ttl()?)
+    }
+
+    /// The TTL of the cached value: the smaller of the TTL and its lease.
+    pub fn effective_ttl(&self) -> Option<Duration> {
+        match (self.ttl, self.lease) {
+            (Some(t), Some(l)) => Some(t.min(l)),
+            (t, l) => t.or(l),
+        }
     }
 
     /// Whether a value is cached and still within its TTL.
@@ -203,6 +213,7 @@ impl State {
             reference: s.reference,
             scope: s.scope,
             ttl: ttl.map(Duration::from_secs),
+            lease: s.lease.filter(|_| s.value.is_some()),
             approval: s.approval,
             env_var: s.env_var,
             value: s.value,
@@ -257,10 +268,22 @@ impl State {
 
     /// Cache a value just resolved for `id` (ignored if revoked meanwhile).
     pub fn install(&mut self, id: &str, value: SecretBytes, now: Now) {
+        self.install_leased(id, value, None, now);
+    }
+
+    /// Cache a value with the lease its backend gave it.
+    pub fn install_leased(
+        &mut self,
+        id: &str,
+        value: SecretBytes,
+        lease: Option<Duration>,
+        now: Now,
+    ) {
         if let Some(e) = self.secrets.get_mut(id) {
             if e.revoked.is_none() {
                 e.value = Some(value);
                 e.resolved = Some(now.mono);
+                e.lease = lease;
             }
         }
     }
@@ -288,7 +311,7 @@ impl State {
                 vendor: vendor_of(&e.id).to_string(),
                 scope: e.scope.clone(),
                 env: self.settings.env.as_str().to_string(),
-                ttl_seconds: e.ttl.map(|t| t.as_secs()),
+                ttl_seconds: e.effective_ttl().map(|t| t.as_secs()),
                 resolved_at: e
                     .resolved
                     .filter(|_| e.value.is_some())
@@ -324,6 +347,7 @@ pub(crate) mod tests {
             value: Some(SecretBytes::copy_from(value.as_bytes())),
             resolved_at: SystemTime::now(),
             dates: Default::default(),
+            lease: None,
         }
     }
 

@@ -84,6 +84,7 @@ fn served_from(source: &Source) -> Vec<ServedSecret> {
             value: Some(SecretBytes::copy_from(source.values[*id].as_bytes())),
             resolved_at: SystemTime::now(),
             dates: Default::default(),
+            lease: None,
         })
         .collect()
 }
@@ -141,7 +142,10 @@ impl Fixture {
                 let mut s = src.lock().expect("lock");
                 s.resolves.push(id.to_string());
                 match s.values.get(id) {
-                    Some(v) => Ok(SecretBytes::copy_from(v.as_bytes())),
+                    Some(v) => Ok(kwapi::Fresh {
+                        value: SecretBytes::copy_from(v.as_bytes()),
+                        lease: None,
+                    }),
                     None => Err(Error::config(format!("no secret '{id}'"))),
                 }
             }),

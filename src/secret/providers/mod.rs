@@ -35,7 +35,10 @@ pub use dotenv::parse_dotenv;
 pub use kv::KvBackend;
 pub use op::OpProvider;
 pub use pass::PassProvider;
-pub use vault::{Lease, LeaseBook, VaultOptions, VaultProvider};
+pub use vault::{
+    start_renewer, Lease, LeaseBook, TokenLife, TokenSource, VaultOptions, VaultProvider,
+    VaultSession,
+};
 
 /// The future a provider returns.
 pub type ResolveFuture<'a> =
@@ -137,6 +140,9 @@ pub struct Outcome {
     pub result: Result<SecretBytes, ResolveError>,
     /// How long the provider took.
     pub elapsed: Duration,
+    /// The lease the server gave the value (`vault://`), when it has one:
+    /// a cached value must not outlive it.
+    pub lease: Option<Duration>,
 }
 
 /// The providers and how long each may take.
@@ -193,6 +199,18 @@ impl Resolver {
         (self.with_provider(Scheme::Vault, Box::new(vault)), leases)
     }
 
+    /// Use `session` for `vault://` refs (the default options): a run shares
+    /// one token, its renewals and the leases between resolutions.
+    pub fn with_vault_session(self, session: Arc<VaultSession>) -> Self {
+        self.with_provider(
+            Scheme::Vault,
+            Box::new(VaultProvider::with_session(
+                VaultOptions::default(),
+                session,
+            )),
+        )
+    }
+
     /// Add or replace the provider for `scheme`.
     pub fn with_provider(mut self, scheme: Scheme, provider: Box<dyn Provider>) -> Self {
         self.providers.insert(scheme, provider);
@@ -225,6 +243,7 @@ impl Resolver {
                 request,
                 result,
                 elapsed: started.elapsed(),
+                lease: None,
             }
         });
         join_all(futures.collect()).await

@@ -224,13 +224,18 @@ impl Bao {
 
     /// How many reads of `path` (e.g. `secret/data/app`) the server saw.
     pub fn requests_for(&self, path: &str) -> usize {
+        self.requests_for_op(path, "read")
+    }
+
+    /// How many `operation`s on `path` the server saw.
+    pub fn requests_for_op(&self, path: &str, operation: &str) -> usize {
         let log = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
         log.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|j| {
                 j["type"] == "request"
                     && j["request"]["path"] == path
-                    && j["request"]["operation"] == "read"
+                    && j["request"]["operation"] == operation
             })
             .inspect(|j| {
                 if std::env::var_os("KW_DEBUG_AUDIT").is_some() {

@@ -6,6 +6,7 @@
 //! Each test skips with a message when its tool is missing.
 
 mod harness;
+mod lifetimes;
 mod moto;
 mod pass;
 mod vault;

@@ -13,13 +13,22 @@
 //!   value (number, bool, object) as its JSON text.
 //! * Headers: `X-Vault-Token`, `X-Vault-Namespace` from `VAULT_NAMESPACE`.
 //! * Token, first found: `VAULT_TOKEN`; the file named by
-//!   `VAULT_TOKEN_FILE`; an AppRole login (`VAULT_ROLE_ID` +
-//!   `VAULT_SECRET_ID`, mount `VAULT_APPROLE_MOUNT`, default `approle`);
-//!   `$HOME/.vault-token`. `VAULT_SECRET_ID` may be a literal or a *local*
-//!   ref (`cred://`, `file://`, `env://`, `dotenv://`, `exec://`), resolved
-//!   by a private resolver holding keywarden's built-in providers (a
-//!   provider has no handle on the resolver that called it). The login
-//!   token is kept for the provider's life (one login per run).
+//!   `VAULT_TOKEN_FILE` (read on every use, so an agent that rotates it is
+//!   followed); an AppRole login (`VAULT_ROLE_ID` + `VAULT_SECRET_ID`,
+//!   mount `VAULT_APPROLE_MOUNT`, default `approle`); `$HOME/.vault-token`.
+//!   `VAULT_SECRET_ID` may be a literal or a *local* ref (`cred://`,
+//!   `file://`, `env://`, `dotenv://`, `exec://`), resolved by a private
+//!   resolver holding keywarden's built-in providers (a provider has no
+//!   handle on the resolver that called it).
+//! * A [`VaultSession`] holds the token between resolutions: `run` keeps
+//!   one for its life, so the AppRole login is reused; a background renewer
+//!   ([`start_renewer`]) renews it two thirds into each TTL and logs in
+//!   again when it reaches its maximum TTL; a `VAULT_TOKEN` is looked up
+//!   once (`lookup-self`) and renewed the same way. A login token refused
+//!   with 403 is replaced by a new login once.
+//! * `VAULT_ADDR` may list several addresses, separated by commas (the
+//!   nodes of a cluster): each attempt tries them in turn, starting with
+//!   the one that answered last.
 //! * Transport: `http://` or `https://` (rustls with ring) with one shared
 //!   hyper client (connection pool: sequential requests reuse one
 //!   connection; at most `max_in_flight` requests at once). CA roots:
@@ -34,12 +43,21 @@
 //! * Errors carry the server's reason (its `errors` list, scrubbed of the
 //!   token) but never a token or a value.
 //! * `lease_duration`/`renewable` and the KV version of each answer are
-//!   recorded in a [`LeaseBook`] for later use (the socket's expiry).
+//!   recorded in the session's [`LeaseBook`]; a non-zero lease caps how
+//!   long the socket API caches the value.
+
+mod renew;
+mod session;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use renew::start_renewer;
+use session::Held;
+pub use session::{Lease, LeaseBook, TokenLife, TokenSource, VaultSession};
 
 use super::https::{is_tls, pooled_client, transport, HttpClient};
 use super::{scrub, Context, Provider, Request, ResolveError, ResolveFuture, Resolver};
@@ -89,27 +107,12 @@ impl Default for VaultOptions {
     }
 }
 
-/// What the server said about the lifetime of one answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// `lease_duration` (0 for KV v2: no lease, the value does not expire).
-    pub duration: Duration,
-    /// `renewable`.
-    pub renewable: bool,
-    /// The KV v2 version that answered.
-    pub version: Option<u64>,
-}
-
-/// Leases by ref, filled as refs resolve.
-pub type LeaseBook = Arc<Mutex<HashMap<String, Lease>>>;
-
 /// The `vault://` provider.
 pub struct VaultProvider {
     /// Built on first use: its CA roots come from the resolver's context.
     client: std::sync::OnceLock<Result<HttpClient, ResolveError>>,
     options: VaultOptions,
-    login: tokio::sync::Mutex<Option<Arc<SecretBytes>>>,
-    leases: LeaseBook,
+    session: Arc<VaultSession>,
     in_flight: tokio::sync::Semaphore,
     kv_versions: tokio::sync::Mutex<HashMap<String, KvVersion>>,
 }
@@ -130,15 +133,20 @@ impl std::fmt::Debug for VaultProvider {
 }
 
 impl VaultProvider {
-    /// A provider with its own connection pool.
+    /// A provider with its own connection pool and a session of its own.
     pub fn new(options: VaultOptions) -> Self {
+        Self::with_session(options, VaultSession::once())
+    }
+
+    /// A provider with its own connection pool, sharing `session` (the
+    /// token and leases of a run) with other providers.
+    pub fn with_session(options: VaultOptions, session: Arc<VaultSession>) -> Self {
         VaultProvider {
             client: std::sync::OnceLock::new(),
             in_flight: tokio::sync::Semaphore::new(options.max_in_flight.max(1)),
             kv_versions: tokio::sync::Mutex::default(),
             options,
-            login: tokio::sync::Mutex::new(None),
-            leases: Arc::default(),
+            session,
         }
     }
 
@@ -153,17 +161,50 @@ impl VaultProvider {
 
     /// The lease book this provider fills.
     pub fn leases(&self) -> LeaseBook {
-        Arc::clone(&self.leases)
+        self.session.leases()
     }
 
     async fn fetch(&self, req: &Request, ctx: &Context) -> Result<SecretBytes, ResolveError> {
         let target = KvTarget::parse(req.reference.path())?;
-        let addr = Addr::from_env(ctx)?;
+        let addrs = Addrs::from_env(ctx)?;
         self.client(ctx)?;
         let namespace = namespace(ctx)?;
-        let token = self.token(ctx, &addr, namespace.as_ref()).await?;
+        let (token, source) = self.token(ctx, &addrs, namespace.as_ref()).await?;
+        match self
+            .read(req, &target, &addrs, &token, namespace.as_ref())
+            .await
+        {
+            // A login token refused (expired, or revoked by an operator):
+            // log in again once.
+            Err(e) if e.kind == ErrorKind::Permission && source == Some(TokenSource::AppRole) => {
+                self.forget(&token).await;
+                let (token, _) = self.token(ctx, &addrs, namespace.as_ref()).await?;
+                self.read(req, &target, &addrs, &token, namespace.as_ref())
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Drop the held token if it is still `token`.
+    async fn forget(&self, token: &Arc<SecretBytes>) {
+        let mut held = self.session.held.lock().await;
+        if held.as_ref().is_some_and(|h| Arc::ptr_eq(&h.token, token)) {
+            *held = None;
+        }
+    }
+
+    /// Read the secret `target` with `token`.
+    async fn read(
+        &self,
+        req: &Request,
+        target: &KvTarget,
+        addrs: &Addrs,
+        token: &SecretBytes,
+        namespace: Option<&HeaderValue>,
+    ) -> Result<SecretBytes, ResolveError> {
         let kv = self
-            .kv_version(&addr, &token, namespace.as_ref(), &target.mount)
+            .kv_version(addrs, token, namespace, &target.mount)
             .await?;
         let pq = match (kv, target.version) {
             (KvVersion::V1, Some(_)) => {
@@ -189,18 +230,11 @@ impl VaultProvider {
             ),
         };
         let (status, mut body) = self
-            .call(
-                &addr,
-                Method::GET,
-                &pq,
-                Some(&token),
-                namespace.as_ref(),
-                None,
-            )
+            .call(addrs, Method::GET, &pq, Some(token), namespace, None)
             .await?;
         let result = match status {
-            StatusCode::OK => self.select(req, &target, kv, &body),
-            other => Err(status_error(other, &body, &token, &target.describe())),
+            StatusCode::OK => self.select(req, target, kv, &body),
+            other => Err(status_error(other, &body, token, &target.describe())),
         };
         body.zeroize();
         result
@@ -285,7 +319,7 @@ impl VaultProvider {
         } else {
             text.as_bytes().to_vec()
         };
-        if let Ok(mut book) = self.leases.lock() {
+        if let Ok(mut book) = self.session.leases.lock() {
             book.insert(req.reference.as_str().to_string(), lease);
         }
         super::non_empty(bytes, "the field's value")
@@ -297,23 +331,19 @@ impl VaultProvider {
     /// read itself then reports the server's reason.
     async fn kv_version(
         &self,
-        addr: &Addr,
+        addrs: &Addrs,
         token: &SecretBytes,
         namespace: Option<&HeaderValue>,
         mount: &str,
     ) -> Result<KvVersion, ResolveError> {
-        let key = format!(
-            "{}|{}|{mount}",
-            addr.base,
-            namespace.and_then(|n| n.to_str().ok()).unwrap_or("")
-        );
+        let key = format!("{}|{}|{mount}", addrs.key, ns_text(namespace));
         let mut cache = self.kv_versions.lock().await;
         if let Some(v) = cache.get(&key) {
             return Ok(*v);
         }
         let pq = format!("/v1/sys/internal/ui/mounts/{}", encode(mount));
         let (status, body) = self
-            .call(addr, Method::GET, &pq, Some(token), namespace, None)
+            .call(addrs, Method::GET, &pq, Some(token), namespace, None)
             .await?;
         if status != StatusCode::OK {
             return Ok(KvVersion::V2);
@@ -350,32 +380,70 @@ impl VaultProvider {
         Ok(version)
     }
 
-    /// The token to send: see the module documentation for the order.
+    /// The token to send (see the module documentation for the order),
+    /// and where it came from when the session holds it.
     async fn token(
         &self,
         ctx: &Context,
-        addr: &Addr,
+        addrs: &Addrs,
         namespace: Option<&HeaderValue>,
-    ) -> Result<Arc<SecretBytes>, ResolveError> {
+    ) -> Result<(Arc<SecretBytes>, Option<TokenSource>), ResolveError> {
         if let Some(t) = ctx.var("VAULT_TOKEN").filter(|t| !t.is_empty()) {
-            return checked_token(SecretBytes::copy_from(t.as_bytes()), "VAULT_TOKEN");
+            let token = checked_token(SecretBytes::copy_from(t.as_bytes()), "VAULT_TOKEN")?;
+            if !self.session.renew {
+                return Ok((token, None));
+            }
+            // A run learns the token's lifetime once, to renew it.
+            let key = format!("env|{}|{}", addrs.key, ns_text(namespace));
+            let mut held = self.session.held.lock().await;
+            if let Some(h) = held.as_ref().filter(|h| h.key == key) {
+                return Ok((Arc::clone(&h.token), Some(TokenSource::Env)));
+            }
+            let life = self.lookup_self(addrs, &token, namespace).await;
+            *held = Some(Held {
+                key,
+                token: Arc::clone(&token),
+                source: TokenSource::Env,
+                life,
+            });
+            return Ok((token, Some(TokenSource::Env)));
         }
         if let Some(path) = ctx.var("VAULT_TOKEN_FILE").filter(|t| !t.is_empty()) {
-            return token_file(std::path::Path::new(path), "VAULT_TOKEN_FILE");
+            // Read on every use: an agent that rotates the file is followed.
+            return Ok((
+                token_file(std::path::Path::new(path), "VAULT_TOKEN_FILE")?,
+                None,
+            ));
         }
-        if ctx.var("VAULT_ROLE_ID").is_some_and(|r| !r.is_empty()) {
-            let mut cached = self.login.lock().await;
-            if let Some(t) = cached.as_ref() {
-                return Ok(Arc::clone(t));
+        if let Some(role) = ctx.var("VAULT_ROLE_ID").filter(|r| !r.is_empty()) {
+            let key = format!(
+                "approle|{}|{}|{}",
+                addrs.key,
+                ns_text(namespace),
+                role.to_string_lossy()
+            );
+            let mut held = self.session.held.lock().await;
+            let now = Instant::now();
+            if let Some(h) = held
+                .as_ref()
+                .filter(|h| h.key == key && h.life.is_none_or(|l| !l.spent(now)))
+            {
+                return Ok((Arc::clone(&h.token), Some(TokenSource::AppRole)));
             }
-            let token = Arc::new(self.approle_login(ctx, addr, namespace).await?);
-            *cached = Some(Arc::clone(&token));
-            return Ok(token);
+            let (token, life) = self.approle_login(ctx, addrs, namespace).await?;
+            let token = Arc::new(token);
+            *held = Some(Held {
+                key,
+                token: Arc::clone(&token),
+                source: TokenSource::AppRole,
+                life,
+            });
+            return Ok((token, Some(TokenSource::AppRole)));
         }
         if let Some(home) = ctx.var("HOME").filter(|h| !h.is_empty()) {
             let path = std::path::Path::new(home).join(".vault-token");
             if path.exists() {
-                return token_file(&path, "~/.vault-token");
+                return Ok((token_file(&path, "~/.vault-token")?, None));
             }
         }
         Err(ResolveError::config(
@@ -384,12 +452,13 @@ impl VaultProvider {
         ))
     }
 
+    /// An AppRole login: the token and its lifetime (`None`: no expiry).
     async fn approle_login(
         &self,
         ctx: &Context,
-        addr: &Addr,
+        addrs: &Addrs,
         namespace: Option<&HeaderValue>,
-    ) -> Result<SecretBytes, ResolveError> {
+    ) -> Result<(SecretBytes, Option<TokenLife>), ResolveError> {
         let role_id = ctx
             .var("VAULT_ROLE_ID")
             .and_then(|r| r.to_str())
@@ -413,15 +482,9 @@ impl VaultProvider {
         })
         .map_err(|e| ResolveError::unavailable(format!("cannot encode the login: {e}")))?;
         let pq = format!("/v1/auth/{}/login", encode(mount));
+        let asked = Instant::now();
         let answer = self
-            .call(
-                &addr.clone(),
-                Method::POST,
-                &pq,
-                None,
-                namespace,
-                Some(&body),
-            )
+            .call(addrs, Method::POST, &pq, None, namespace, Some(&body))
             .await;
         body.zeroize();
         let (status, mut resp) = answer.map_err(|e| ResolveError {
@@ -438,13 +501,26 @@ impl VaultProvider {
             struct Auth<'a> {
                 #[serde(borrow)]
                 client_token: &'a str,
+                #[serde(default)]
+                lease_duration: u64,
+                #[serde(default)]
+                renewable: bool,
             }
             match serde_json::from_slice::<LoginResp<'_>>(&resp) {
                 Ok(LoginResp { auth: Some(a) }) => checked_token(
                     SecretBytes::copy_from(a.client_token.as_bytes()),
                     "the login",
                 )
-                .map(|t| Arc::try_unwrap(t).unwrap_or_else(|t| t.duplicate())),
+                .map(|t| {
+                    let ttl = Duration::from_secs(a.lease_duration);
+                    let life = (a.lease_duration > 0).then_some(TokenLife {
+                        ttl,
+                        renewable: a.renewable,
+                        normal: ttl,
+                        at: asked,
+                    });
+                    (Arc::try_unwrap(t).unwrap_or_else(|t| t.duplicate()), life)
+                }),
                 _ => Err(ResolveError::unavailable(
                     "AppRole login: the answer has no token",
                 )),
@@ -467,84 +543,136 @@ impl VaultProvider {
     }
 
     /// One request with retries; the body of the final answer, any status.
+    ///
+    /// With several addresses in `VAULT_ADDR`, each attempt tries them in
+    /// turn, starting with the one that answered last: a connection error,
+    /// a timeout or a 5xx moves on to the next address; any other answer is
+    /// the answer. After a full round without one, the next attempt waits
+    /// for the backoff.
     async fn call(
         &self,
-        addr: &Addr,
+        addrs: &Addrs,
         method: Method,
         path_and_query: &str,
         token: Option<&SecretBytes>,
         namespace: Option<&HeaderValue>,
         body: Option<&[u8]>,
     ) -> Result<(StatusCode, Vec<u8>), ResolveError> {
-        let uri: Uri = format!("{}{}", addr.base, path_and_query)
-            .parse()
-            .map_err(|_| ResolveError::config("the ref does not make a valid URL"))?;
         let client = match self.client.get() {
             Some(Ok(c)) => c,
             Some(Err(e)) => return Err(e.clone()),
             None => return Err(ResolveError::unavailable("the HTTP client is not built")),
         };
         let attempts = self.options.attempts.max(1);
-        let mut last = String::new();
+        let count = addrs.list.len();
+        let mut failures: Vec<Option<String>> = vec![None; count];
         for attempt in 1..=attempts {
             if attempt > 1 {
                 let wait =
                     (self.options.backoff * 2u32.saturating_pow(attempt - 2)).min(MAX_BACKOFF);
                 tokio::time::sleep(wait).await;
             }
-            let mut builder = hyper::Request::builder()
-                .method(method.clone())
-                .uri(uri.clone());
-            if let Some(t) = token {
-                let mut v = HeaderValue::from_bytes(t.expose())
-                    .map_err(|_| ResolveError::config("the Vault token is not a valid header"))?;
-                v.set_sensitive(true);
-                builder = builder.header("x-vault-token", v);
-            }
-            if let Some(ns) = namespace {
-                builder = builder.header("x-vault-namespace", ns.clone());
-            }
-            let payload = match body {
-                Some(b) => {
-                    builder = builder.header(CONTENT_TYPE, "application/json");
-                    Full::new(Bytes::copy_from_slice(b))
-                }
-                None => Full::new(Bytes::new()),
-            };
-            let request = builder
-                .body(payload)
-                .map_err(|_| ResolveError::config("cannot build the request"))?;
-            let exchange = async {
-                let resp = client.request(request).await?;
-                let status = resp.status();
-                let mut body = resp.into_body();
-                let mut out = Vec::new();
-                while let Some(frame) = body.frame().await {
-                    let frame = frame?;
-                    if let Ok(chunk) = frame.into_data() {
-                        if out.len() + chunk.len() > MAX_BODY {
-                            out.zeroize();
-                            return Ok(Err(status));
-                        }
-                        out.extend_from_slice(&chunk);
-                    }
-                }
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Ok((status, out)))
-            };
-            // Waiting for a turn is not part of the attempt's timeout (the
-            // resolver's timeout still bounds it).
-            let _permit =
-                self.in_flight.acquire().await.map_err(|_| {
-                    ResolveError::unavailable("the Vault provider is shutting down")
-                })?;
-            match tokio::time::timeout(self.options.request_timeout, exchange).await {
-                Err(_) => {
-                    last = format!(
-                        "no answer from {} within {} ms",
-                        addr.shown,
-                        self.options.request_timeout.as_millis()
+            let first = self.session.preferred.load(Ordering::Relaxed) % count;
+            for k in 0..count {
+                let index = (first + k) % count;
+                let addr = &addrs.list[index];
+                let outcome = self
+                    .exchange(
+                        client,
+                        addr,
+                        &method,
+                        path_and_query,
+                        token,
+                        namespace,
+                        body,
                     )
+                    .await?;
+                match outcome {
+                    Ok(answer) => {
+                        self.session.preferred.store(index, Ordering::Relaxed);
+                        return Ok(answer);
+                    }
+                    Err(why) => failures[index] = Some(why),
                 }
+            }
+        }
+        let tries = if attempts == 1 { "attempt" } else { "attempts" };
+        let last: Vec<String> = failures.into_iter().flatten().collect();
+        Err(ResolveError::unavailable(format!(
+            "{} ({attempts} {tries})",
+            last.join("; ")
+        )))
+    }
+
+    /// One HTTP exchange with `addr`: `Ok(Ok(answer))` for an answer,
+    /// `Ok(Err(why))` for what is worth another try (a connection error,
+    /// a timeout, a 5xx), `Err` for what is not (TLS, a request that cannot
+    /// be built, an oversized answer).
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        client: &HttpClient,
+        addr: &Addr,
+        method: &Method,
+        path_and_query: &str,
+        token: Option<&SecretBytes>,
+        namespace: Option<&HeaderValue>,
+        body: Option<&[u8]>,
+    ) -> Result<Result<(StatusCode, Vec<u8>), String>, ResolveError> {
+        let uri: Uri = format!("{}{}", addr.base, path_and_query)
+            .parse()
+            .map_err(|_| ResolveError::config("the ref does not make a valid URL"))?;
+        let mut builder = hyper::Request::builder().method(method.clone()).uri(uri);
+        if let Some(t) = token {
+            let mut v = HeaderValue::from_bytes(t.expose())
+                .map_err(|_| ResolveError::config("the Vault token is not a valid header"))?;
+            v.set_sensitive(true);
+            builder = builder.header("x-vault-token", v);
+        }
+        if let Some(ns) = namespace {
+            builder = builder.header("x-vault-namespace", ns.clone());
+        }
+        let payload = match body {
+            Some(b) => {
+                builder = builder.header(CONTENT_TYPE, "application/json");
+                Full::new(Bytes::copy_from_slice(b))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = builder
+            .body(payload)
+            .map_err(|_| ResolveError::config("cannot build the request"))?;
+        let exchange = async {
+            let resp = client.request(request).await?;
+            let status = resp.status();
+            let mut body = resp.into_body();
+            let mut out = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame?;
+                if let Ok(chunk) = frame.into_data() {
+                    if out.len() + chunk.len() > MAX_BODY {
+                        out.zeroize();
+                        return Ok(Err(status));
+                    }
+                    out.extend_from_slice(&chunk);
+                }
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Ok((status, out)))
+        };
+        // Waiting for a turn is not part of the attempt's timeout (the
+        // resolver's timeout still bounds it).
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| ResolveError::unavailable("the Vault provider is shutting down"))?;
+        Ok(
+            match tokio::time::timeout(self.options.request_timeout, exchange).await {
+                Err(_) => Err(format!(
+                    "no answer from {} within {} ms",
+                    addr.shown,
+                    self.options.request_timeout.as_millis()
+                )),
                 Ok(Err(e)) if is_tls(&*e) => {
                     // A certificate problem does not go away on retry.
                     return Err(ResolveError::unavailable(format!(
@@ -553,29 +681,28 @@ impl VaultProvider {
                         transport(&*e)
                     )));
                 }
-                Ok(Err(e)) => last = format!("cannot reach {}: {}", addr.shown, transport(&*e)),
+                Ok(Err(e)) => Err(format!("cannot reach {}: {}", addr.shown, transport(&*e))),
                 Ok(Ok(Err(status))) => {
                     return Err(ResolveError::unavailable(format!(
-                        "the server's answer ({status}) is larger than {MAX_BODY} bytes"
+                        "the answer of {} ({status}) is larger than {MAX_BODY} bytes",
+                        addr.shown
                     )))
                 }
                 Ok(Ok(Ok((status, mut out)))) if status.is_server_error() => {
-                    last = format!(
-                        "server error {}{}",
+                    let why = format!(
+                        "server error {} from {}{}",
                         status.as_u16(),
+                        addr.shown,
                         server_reason(&out, token)
                             .map(|r| format!(": {r}"))
                             .unwrap_or_default()
                     );
                     out.zeroize();
+                    Err(why)
                 }
-                Ok(Ok(Ok(answer))) => return Ok(answer),
-            }
-        }
-        let tries = if attempts == 1 { "attempt" } else { "attempts" };
-        Err(ResolveError::unavailable(format!(
-            "{last} ({attempts} {tries})"
-        )))
+                Ok(Ok(Ok(answer))) => Ok(answer),
+            },
+        )
     }
 }
 
@@ -641,7 +768,7 @@ impl KvTarget {
     }
 }
 
-/// `VAULT_ADDR`, checked.
+/// One address of `VAULT_ADDR`, checked.
 #[derive(Debug, Clone)]
 struct Addr {
     /// `http://host:port[/prefix]` without a trailing `/`.
@@ -650,14 +777,49 @@ struct Addr {
     shown: String,
 }
 
-impl Addr {
-    fn from_env(ctx: &Context) -> Result<Addr, ResolveError> {
+/// `VAULT_ADDR`: one address, or several separated by commas (the nodes of
+/// a cluster, tried in turn).
+#[derive(Debug, Clone)]
+struct Addrs {
+    list: Vec<Addr>,
+    /// The whole list, as a cache key.
+    key: String,
+}
+
+impl Addrs {
+    fn from_env(ctx: &Context) -> Result<Addrs, ResolveError> {
         let raw = ctx
             .var("VAULT_ADDR")
             .filter(|a| !a.is_empty())
             .ok_or_else(|| ResolveError::config("VAULT_ADDR is not set"))?
             .to_str()
             .ok_or_else(|| ResolveError::config("VAULT_ADDR is not valid UTF-8"))?;
+        Self::parse(raw)
+    }
+
+    fn parse(raw: &str) -> Result<Addrs, ResolveError> {
+        let list = raw
+            .split(',')
+            .map(|a| Addr::parse(a.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Addrs {
+            key: list
+                .iter()
+                .map(|a| a.base.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            list,
+        })
+    }
+}
+
+impl Addr {
+    fn parse(raw: &str) -> Result<Addr, ResolveError> {
+        if raw.is_empty() {
+            return Err(ResolveError::config(
+                "VAULT_ADDR has an empty entry in its list of addresses",
+            ));
+        }
         let base = raw.trim_end_matches('/');
         let uri: Uri = base
             .parse()
@@ -685,6 +847,11 @@ impl Addr {
             shown,
         })
     }
+}
+
+/// The namespace, for cache keys.
+fn ns_text(namespace: Option<&HeaderValue>) -> &str {
+    namespace.and_then(|n| n.to_str().ok()).unwrap_or("")
 }
 
 fn namespace(ctx: &Context) -> Result<Option<HeaderValue>, ResolveError> {
@@ -932,6 +1099,25 @@ mod tests {
             "/a",
         ] {
             assert!(KvTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_address_lists() {
+        let a = Addrs::parse("http://a:1/, https://b:2/prefix ,http://c").expect("parses");
+        let bases: Vec<_> = a.list.iter().map(|x| x.base.as_str()).collect();
+        assert_eq!(bases, ["http://a:1", "https://b:2/prefix", "http://c"]);
+        assert_eq!(a.key, "http://a:1,https://b:2/prefix,http://c");
+        assert_eq!(a.list[1].shown, "b:2");
+        for bad in [
+            "http://a,",
+            ",http://a",
+            "http://a,,http://b",
+            "http://a,ftp://b",
+            "http://a,b",
+            "http://u:p@a",
+        ] {
+            assert!(Addrs::parse(bad).is_err(), "{bad}");
         }
     }
 
