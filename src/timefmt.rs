@@ -22,6 +22,69 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
     format!("{date}T{time}.{millis:03}Z")
 }
 
+/// Parse an RFC 3339 UTC timestamp (`2025-01-31T12:00:00Z`, with or
+/// without fractional seconds, `Z` or `+00:00`) into unix seconds (the
+/// fraction is dropped). Other offsets are applied. `None` if malformed.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = text.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let o = rest.get(1..)?;
+            if o.len() != 5 || o.as_bytes()[2] != b':' {
+                return None;
+            }
+            let oh: i64 = o[..2].parse().ok()?;
+            let om: i64 = o[3..].parse().ok()?;
+            sign * (oh * 3600 + om * 60)
+        }
+    };
+    let days = days_from_civil(y, mo as u32, d as u32);
+    Some(days * 86_400 + h * 3600 + mi * 60 + se - offset)
+}
+
+/// (year, month, day) → days since 1970-01-01; the inverse of
+/// [`civil_from_days`].
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 fn split(secs: i64) -> (String, String) {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
@@ -50,6 +113,34 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn parses_what_it_prints_and_common_forms() {
+        for secs in [0, 951_782_400, 1_735_689_599, 4_102_444_800, 1_800_000_123] {
+            assert_eq!(parse_rfc3339(&rfc3339_secs(secs)), Some(secs), "{secs}");
+        }
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00.250Z"), Some(951_782_400));
+        assert_eq!(
+            parse_rfc3339("2000-02-29T02:00:00+02:00"),
+            Some(951_782_400)
+        );
+        assert_eq!(
+            parse_rfc3339("2000-02-28T23:00:00-01:00"),
+            Some(951_782_400)
+        );
+        for bad in [
+            "",
+            "2000-02-29",
+            "2000-02-29T00:00:00",
+            "2000-13-01T00:00:00Z",
+            "2000-02-29T24:00:00Z",
+            "2000-02-29T00:00:00.Z",
+            "2000-02-29T00:00:00+0200",
+            "x000-02-29T00:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn known_dates() {

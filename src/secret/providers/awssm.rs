@@ -72,8 +72,9 @@ impl Default for AwsSmOptions {
 pub struct AwsSmProvider {
     options: AwsSmOptions,
     client: OnceLock<Result<HttpClient, ResolveError>>,
-    /// Credentials from a web identity login, kept for the provider's life.
-    web_identity: tokio::sync::Mutex<Option<Arc<Creds>>>,
+    /// Credentials from a web identity login and when they expire (unix
+    /// seconds), kept until shortly before that.
+    web_identity: tokio::sync::Mutex<Option<(Arc<Creds>, Option<i64>)>>,
 }
 
 impl std::fmt::Debug for AwsSmProvider {
@@ -162,8 +163,10 @@ impl AwsSmProvider {
             ));
         };
         let mut cached = self.web_identity.lock().await;
-        if let Some(c) = cached.as_ref() {
-            return Ok(Arc::clone(c));
+        if let Some((c, expires)) = cached.as_ref() {
+            if still_valid(*expires, unix_now()) {
+                return Ok(Arc::clone(c));
+            }
         }
         let mut token = std::fs::read(token_file)
             .map_err(|e| ResolveError::io("AWS_WEB_IDENTITY_TOKEN_FILE", &e))?;
@@ -225,8 +228,9 @@ impl AwsSmProvider {
         };
         form.zeroize();
         token.zeroize();
-        let creds = Arc::new(result?);
-        *cached = Some(Arc::clone(&creds));
+        let (creds, expires) = result?;
+        let creds = Arc::new(creds);
+        *cached = Some((Arc::clone(&creds), expires));
         Ok(creds)
     }
 
@@ -367,8 +371,26 @@ fn static_credentials(ctx: &Context) -> Result<Option<Creds>, ResolveError> {
     )))
 }
 
-/// The temporary credentials of an `AssumeRoleWithWebIdentity` answer.
-fn assumed_credentials(body: &[u8]) -> Result<Creds, ResolveError> {
+/// Temporary credentials are used until this long before their
+/// `<Expiration>`, then a new login is made (as the AWS SDKs do).
+const REFRESH_BEFORE: i64 = 5 * 60;
+
+/// Whether credentials expiring at `expires` (unix seconds; `None`: not
+/// said) may still be used at `now`.
+fn still_valid(expires: Option<i64>, now: i64) -> bool {
+    expires.is_none_or(|e| now + REFRESH_BEFORE < e)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The temporary credentials of an `AssumeRoleWithWebIdentity` answer, and
+/// their `<Expiration>` (unix seconds).
+fn assumed_credentials(body: &[u8]) -> Result<(Creds, Option<i64>), ResolveError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ResolveError::unavailable("the STS answer is not text"))?;
     let field = |tag| {
@@ -381,7 +403,8 @@ fn assumed_credentials(body: &[u8]) -> Result<Creds, ResolveError> {
     let creds = Creds::new(&key_id, &secret, Some(&token));
     secret.zeroize();
     token.zeroize();
-    Ok(creds)
+    let expires = xml_text(text, "Expiration").and_then(|t| crate::timefmt::parse_rfc3339(&t));
+    Ok((creds, expires))
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.
@@ -660,4 +683,38 @@ fn status_error(status: StatusCode, body: &[u8], secrets: &[&[u8]], what: &str) 
 /// The shared client, trusting the system's roots.
 fn build_client(options: &AwsSmOptions) -> Result<HttpClient, ResolveError> {
     pooled_client(native_roots(), options.request_timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_credentials_are_refreshed_before_they_expire() {
+        let now = 1_800_000_000;
+        assert!(still_valid(None, now));
+        assert!(still_valid(Some(now + 3600), now));
+        assert!(still_valid(Some(now + REFRESH_BEFORE + 1), now));
+        assert!(!still_valid(Some(now + REFRESH_BEFORE), now));
+        assert!(!still_valid(Some(now - 1), now));
+    }
+
+    #[test]
+    fn reads_the_expiration_of_an_sts_answer() {
+        let (key, secret, token) = ("test-key-id", "test-secret-part", "test-session-part");
+        let body = format!(
+            "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>\
+             <AccessKeyId>{key}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey>\
+             <SessionToken>{token}</SessionToken><Expiration>2027-01-01T00:00:00Z</Expiration>\
+             </Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"
+        );
+        let (creds, expires) = assumed_credentials(body.as_bytes()).expect("parses");
+        assert_eq!(expires, Some(1_798_761_600));
+        assert_eq!(creds.key_id, key);
+        let no_expiry = body.replace("<Expiration>2027-01-01T00:00:00Z</Expiration>", "");
+        assert_eq!(
+            assumed_credentials(no_expiry.as_bytes()).expect("parses").1,
+            None
+        );
+    }
 }

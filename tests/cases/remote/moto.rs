@@ -496,3 +496,135 @@ async fn retries_until_the_server_is_up() {
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
     assert!(e.reason.contains("not found"), "{e}");
 }
+
+/// `aws-sm://` through `run` and `check`, against moto with signatures
+/// checked from the fifth call on: the child gets the value, a 503 in
+/// front of moto is retried, a wrong key is 77 and a dead endpoint 69 —
+/// both before the child starts.
+#[test]
+fn aws_refs_through_run_and_check() {
+    use crate::util::{kw, output, stderr, stdout, Dir};
+    // CreateUser, CreateAccessKey, PutUserPolicy, CreateSecret.
+    let moto = start_moto_on(free_port(), Some(4));
+    let port = moto.port;
+    iam(port, &[("Action", "CreateUser"), ("UserName", "agent")]);
+    let key = iam(
+        port,
+        &[("Action", "CreateAccessKey"), ("UserName", "agent")],
+    );
+    iam(
+        port,
+        &[
+            ("Action", "PutUserPolicy"),
+            ("UserName", "agent"),
+            ("PolicyName", "read"),
+            (
+                "PolicyDocument",
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"secretsmanager:GetSecretValue","Resource":"*"}]}"#,
+            ),
+        ],
+    );
+    let password = unique("pw");
+    create_secret(
+        port,
+        &serde_json::json!({"Name": "agent/db",
+            "SecretString": serde_json::json!({"user": "svc", "password": password}).to_string()}),
+    );
+    let (key_id, secret_key) = (
+        xml_tag(&key, "AccessKeyId"),
+        xml_tag(&key, "SecretAccessKey"),
+    );
+    let dir = Dir::new();
+    dir.write(
+        "reg.yaml",
+        "db:\n  dev:\n    secret_ref: aws-sm://agent/db#password\n    env: DB_PASSWORD\n",
+    );
+    let kw_with = |endpoint: &str, secret: &str, args: &[&str]| {
+        let mut cmd = kw(&dir, args);
+        cmd.env("AWS_ACCESS_KEY_ID", &key_id)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_REGION", REGION)
+            .env("AWS_ENDPOINT_URL_SECRETSMANAGER", endpoint);
+        output(&mut cmd)
+    };
+    let run_args = |check: &str| -> Vec<String> {
+        [
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--resolve-timeout",
+            "5s",
+            "--",
+            "sh",
+            "-c",
+            check,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let same = format!("[ \"$DB_PASSWORD\" = {password} ] && echo same; touch ran");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let assert_clean = |text: &str| {
+        for hidden in [&secret_key, &password] {
+            assert!(!text.contains(hidden.as_str()), "{text}");
+        }
+    };
+
+    // check: resolved, by the aws-sm backend, no value shown.
+    let out = kw_with(
+        &endpoint,
+        &secret_key,
+        &[
+            "check",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let row = &report["secrets"][0];
+    assert_eq!(row["status"], "ok", "{report}");
+    assert_eq!(row["backend"], "aws-sm", "{report}");
+    assert_clean(&stdout(&out));
+
+    // run: the child gets the value.
+    let args = run_args(&same);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = kw_with(&endpoint, &secret_key, &args);
+    assert_eq!(stdout(&out), "same\n", "{}", stderr(&out));
+
+    // A 503 in front of moto is retried.
+    let proxy = super::harness::Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], port)), 1);
+    let out = kw_with(&proxy.addr, &secret_key, &args);
+    assert_eq!(stdout(&out), "same\n", "{}", stderr(&out));
+    assert!(proxy.count() >= 2, "{} connections", proxy.count());
+
+    // A wrong secret key: 77, the child never starts.
+    std::fs::remove_file(dir.join("ran")).expect("marker");
+    let wrong: String = secret_key.chars().rev().collect();
+    let out = kw_with(&endpoint, &wrong, &args);
+    assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
+    assert!(!dir.join("ran").exists());
+    let err = stderr(&out);
+    assert!(
+        err.contains("aws-sm://agent/db#password") && !err.contains(&wrong),
+        "{err}"
+    );
+    assert_clean(&err);
+
+    // The endpoint down: 69 within the timeout, the child never starts.
+    drop(moto);
+    let started = Instant::now();
+    let out = kw_with(&endpoint, &secret_key, &args);
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(!dir.join("ran").exists());
+    assert_clean(&stderr(&out));
+}
