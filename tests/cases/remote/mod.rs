@@ -5,6 +5,7 @@
 //! `aws-sm://` against moto with signature checking on.
 //! Each test skips with a message when its tool is missing.
 
+mod cluster;
 mod harness;
 mod moto;
 mod pass;
