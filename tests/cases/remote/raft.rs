@@ -230,20 +230,29 @@ fn through_a_standby(test: &str, reads: Reads) {
     );
     let active = cluster.active().expect("active");
     let standby = cluster.standbys()[0];
-    let password = write_secret(&cluster);
-    let first = cluster.raw(standby, "GET", PATH, None);
-    let caught_up = wait_replicated(&cluster, standby);
-    eprintln!(
-        "{test}: node {} active, node {} standby; standby read right after the write: {}; 200 after {} ms",
-        active + 1,
-        standby + 1,
-        first
-            .map(|a| describe(&a, &password))
-            .unwrap_or_else(|e| e),
-        caught_up.as_millis()
-    );
     let dir = registry();
     let addr = cluster.addr(standby);
+    let password = write_secret(&cluster);
+    let first = cluster.raw(standby, "GET", PATH, None);
+    let early = run(&dir, addr, cluster.token(), &password, "10s");
+    let caught_up = wait_replicated(&cluster, standby);
+    eprintln!(
+        "{test}: node {} active, node {} standby; standby read right after the write: {}; \
+         200 after {} ms; keywarden run right after the write: {early}",
+        active + 1,
+        standby + 1,
+        first.map(|a| describe(&a, &password)).unwrap_or_else(|e| e),
+        caught_up.as_millis()
+    );
+    // A reading standby may not have applied the write yet: its 404 is
+    // reported as "not found" (69), never a wrong value or a started child.
+    if !early.out.status.success() {
+        assert_eq!(early.out.status.code(), Some(69), "{early}");
+        assert!(!early.child_started, "{early}");
+        assert!(stderr(&early.out).contains("not found"), "{early}");
+    } else {
+        assert_resolved(&early);
+    }
     let out = check(&dir, addr, cluster.token());
     eprintln!("{test}: check via standby: exit {:?}", out.status.code());
     assert!(out.status.success(), "{}", stderr(&out));
