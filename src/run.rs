@@ -439,8 +439,11 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     {
         // Keeps the run's token alive for re-resolutions (a no-op thread
         // end when the token does not expire).
-        let env = process_env.iter().cloned().collect();
-        if let Err(e) = start_renewer(Arc::clone(&vault), VaultOptions::default(), env) {
+        let ctx = crate::secret::providers::Context {
+            env: process_env.iter().cloned().collect(),
+        };
+        let options = VaultOptions::from_env(&ctx);
+        if let Err(e) = start_renewer(Arc::clone(&vault), options, ctx.env) {
             tracing::warn!("cannot start the Vault token renewer: {e}");
         }
     }

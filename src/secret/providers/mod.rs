@@ -182,7 +182,7 @@ impl Resolver {
         providers.insert(Scheme::AwsSm, Box::new(AwsSmProvider::new()));
         providers.insert(
             Scheme::Vault,
-            Box::new(VaultProvider::new(VaultOptions::default())),
+            Box::new(VaultProvider::new(VaultOptions::from_env(&context))),
         );
         Resolver {
             providers,

@@ -426,7 +426,6 @@ fn raft_killed_node_address_fails_closed() {
 /// `VAULT_ADDR=killed,survivor,survivor`: the first address that answers
 /// wins, at once after the kill and after the election.
 #[test]
-#[ignore = "needs VAULT_ADDR lists"]
 fn raft_vault_addr_list_skips_the_killed_node() {
     let test = "raft_vault_addr_list_skips_the_killed_node";
     let Some(mut cluster) = Cluster::start(test) else {
@@ -458,7 +457,6 @@ fn raft_vault_addr_list_skips_the_killed_node() {
 
 /// A list of only dead addresses fails closed naming every one of them.
 #[test]
-#[ignore = "needs VAULT_ADDR lists"]
 fn raft_vault_addr_list_of_dead_nodes_fails_closed_naming_each() {
     let test = "raft_vault_addr_list_of_dead_nodes_fails_closed_naming_each";
     let Some(mut cluster) = Cluster::start(test) else {
@@ -480,7 +478,6 @@ fn raft_vault_addr_list_of_dead_nodes_fails_closed_naming_each() {
 /// resolves once the new leader is elected (a 307 from a leaderless standby
 /// is retried, like a 5xx, until `--resolve-timeout`).
 #[test]
-#[ignore = "needs retries across a leader election"]
 fn raft_forwarding_survivor_resolves_across_the_election() {
     let test = "raft_forwarding_survivor_resolves_across_the_election";
     let Some(f) = failover(test, Reads::Forwarded) else {

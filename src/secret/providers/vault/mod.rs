@@ -36,8 +36,9 @@
 //!   files), else the system store. `VAULT_SKIP_VERIFY` is refused (78).
 //!   A TLS failure is not retried.
 //! * Each HTTP attempt is bounded by `request_timeout`; connection errors,
-//!   timeouts and 5xx are retried (`attempts` in all, exponential backoff
-//!   from `backoff`); 4xx never. 403 → 77 "permission denied by the
+//!   timeouts, 5xx and redirects (a standby whose active node is gone) are
+//!   retried (`attempts` in all, default 5 or `VAULT_MAX_RETRIES` + 1,
+//!   exponential backoff from `backoff`); 4xx never. 403 → 77 "permission denied by the
 //!   server", 404 → 69 "not found", unreachable → 69. The resolver's own
 //!   timeout still bounds the whole resolution.
 //! * Errors carry the server's reason (its `errors` list, scrubbed of the
@@ -100,10 +101,27 @@ impl Default for VaultOptions {
     fn default() -> Self {
         VaultOptions {
             request_timeout: Duration::from_secs(5),
-            attempts: 3,
+            // 0.2 + 0.4 + 0.8 + 1.6 s of backoff: enough to ride out a
+            // raft leader election (1.5–2.5 s measured on OpenBao).
+            attempts: 5,
             backoff: Duration::from_millis(200),
             max_in_flight: 8,
         }
+    }
+}
+
+impl VaultOptions {
+    /// The defaults, with `VAULT_MAX_RETRIES` (retries after the first
+    /// attempt, as the Vault CLI reads it; at most 10) applied.
+    pub fn from_env(ctx: &Context) -> Self {
+        let mut options = VaultOptions::default();
+        if let Some(raw) = ctx.var("VAULT_MAX_RETRIES").filter(|v| !v.is_empty()) {
+            match raw.to_str().and_then(|r| r.trim().parse::<u32>().ok()) {
+                Some(n) => options.attempts = n.min(10) + 1,
+                None => tracing::warn!("VAULT_MAX_RETRIES is not a number: ignored"),
+            }
+        }
+        options
     }
 }
 
@@ -399,7 +417,7 @@ impl VaultProvider {
             if let Some(h) = held.as_ref().filter(|h| h.key == key) {
                 return Ok((Arc::clone(&h.token), Some(TokenSource::Env)));
             }
-            let life = self.lookup_self(addrs, &token, namespace).await;
+            let life = self.lookup_self(addrs, &token, namespace).await?;
             *held = Some(Held {
                 key,
                 token: Arc::clone(&token),
@@ -687,6 +705,17 @@ impl VaultProvider {
                         "the answer of {} ({status}) is larger than {MAX_BODY} bytes",
                         addr.shown
                     )))
+                }
+                Ok(Ok(Ok((status, mut out)))) if status.is_redirection() => {
+                    // A standby that cannot forward to the active node (it
+                    // is gone, and no new one is elected yet) redirects to
+                    // it. The token is not sent elsewhere: try again.
+                    out.zeroize();
+                    Err(format!(
+                        "redirect {} from {} (a standby without a reachable active node)",
+                        status.as_u16(),
+                        addr.shown
+                    ))
                 }
                 Ok(Ok(Ok((status, mut out)))) if status.is_server_error() => {
                     let why = format!(

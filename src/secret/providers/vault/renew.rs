@@ -28,13 +28,14 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 impl VaultProvider {
     /// `GET auth/token/lookup-self`: the token's lifetime, or `None` when
     /// it never expires or cannot be looked up (its policy may not allow
-    /// it; it is then simply not renewed).
+    /// it; it is then simply not renewed). An error only when the server
+    /// cannot be reached (the read would fail the same way).
     pub(super) async fn lookup_self(
         &self,
         addrs: &Addrs,
         token: &SecretBytes,
         namespace: Option<&HeaderValue>,
-    ) -> Option<TokenLife> {
+    ) -> Result<Option<TokenLife>, ResolveError> {
         #[derive(Deserialize)]
         struct Lookup {
             data: Option<LookupData>,
@@ -59,18 +60,12 @@ impl VaultProvider {
                 None,
             )
             .await;
-        let (status, mut body) = match answer {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::debug!("cannot look up the Vault token's lifetime: {e}");
-                return None;
-            }
-        };
+        let (status, mut body) = answer?;
         let parsed = serde_json::from_slice::<Lookup>(&body)
             .ok()
             .and_then(|l| l.data);
         body.zeroize();
-        match (status, parsed) {
+        Ok(match (status, parsed) {
             (StatusCode::OK, Some(d)) if d.ttl > 0 => Some(TokenLife {
                 ttl: Duration::from_secs(d.ttl),
                 renewable: d.renewable,
@@ -85,7 +80,7 @@ impl VaultProvider {
                 );
                 None
             }
-        }
+        })
     }
 
     /// `POST auth/token/renew-self`: the TTL granted and whether it stays
