@@ -520,7 +520,7 @@ fn aws_refs_through_run_and_check() {
             ("PolicyName", "read"),
             (
                 "PolicyDocument",
-                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"secretsmanager:GetSecretValue","Resource":"*"}]}"#,
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["secretsmanager:GetSecretValue","secretsmanager:PutSecretValue"],"Resource":"*"}]}"#,
             ),
         ],
     );
@@ -618,6 +618,54 @@ fn aws_refs_through_run_and_check() {
         "{err}"
     );
     assert_clean(&err);
+
+    // The socket's TTL is honoured: the value is rotated in Secrets Manager
+    // (a signed PutSecretValue through boto3, which moto ships with) while
+    // the child runs; after the 1 s TTL the child reads the new one.
+    dir.write(
+        "ttl.yaml",
+        "db:\n  dev:\n    secret_ref: aws-sm://agent/db#password\n    scope: [pool]\n    max_ttl_seconds: 1\n",
+    );
+    let rotated = unique("pw2");
+    let rotate = format!(
+        "import boto3, json, sys\n\
+         c = boto3.client('secretsmanager', endpoint_url='{endpoint}', region_name='{REGION}',\n\
+             aws_access_key_id=sys.argv[1], aws_secret_access_key=sys.argv[2])\n\
+         c.put_secret_value(SecretId='agent/db', SecretString=json.dumps({{'password': sys.argv[3]}}))\n"
+    );
+    let python = format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR"));
+    let script = format!(
+        "{kw} get db > first; {python} -c \"$1\" \"$2\" \"$3\" \"$4\" || echo rotate-failed; sleep 1.5; {kw} get db > second",
+        kw = crate::util::bin()
+    );
+    let out = kw_with(
+        &endpoint,
+        &secret_key,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "ttl.yaml",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            &rotate,
+            &key_id,
+            &secret_key,
+            &rotated,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "", "{}", stderr(&out));
+    assert_eq!(dir.read("first").trim(), password);
+    assert_eq!(
+        dir.read("second").trim(),
+        rotated,
+        "the TTL was not honoured"
+    );
 
     // The endpoint down: 69 within the timeout, the child never starts.
     drop(moto);

@@ -207,3 +207,91 @@ printf '%s\n' "$KW_FAKE_VALUE""#,
     );
     assert_eq!(e.kind.exit_code(), 78);
 }
+
+/// `pass://` through `run` and `check`; a GPG home without the key fails
+/// closed before the child starts, and never shows the value.
+#[test]
+fn pass_refs_through_run_and_check() {
+    use crate::util::{kw, output, stderr, stdout, Dir};
+    let Some(store) = PassStore::new("pass_refs_through_run_and_check") else {
+        return;
+    };
+    let value = rand_hex(16);
+    store.cmd(
+        "pass",
+        &["insert", "-m", "agent/api"],
+        Some(&format!("{value}\n")),
+    );
+    let dir = Dir::new();
+    dir.write(
+        "reg.yaml",
+        "api:\n  dev:\n    secret_ref: pass://agent/api\n    env: API_KEY\n",
+    );
+    let with_store = |env: &[(String, String)], args: &[&str]| {
+        let mut cmd = kw(&dir, args);
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        output(&mut cmd)
+    };
+    let out = with_store(
+        &store.env(),
+        &[
+            "check",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(report["secrets"][0]["backend"], "pass", "{report}");
+    assert!(!stdout(&out).contains(&value));
+
+    let script = format!("[ \"$API_KEY\" = {value} ] && echo same; touch ran");
+    let run = [
+        "run",
+        "--env",
+        "dev",
+        "--registry",
+        "reg.yaml",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let out = with_store(&store.env(), &run);
+    assert_eq!(stdout(&out), "same\n", "{}", stderr(&out));
+
+    // The store without its GPG key: pass fails, keywarden fails closed.
+    std::fs::remove_file(dir.join("ran")).expect("marker");
+    let empty = tempfile::Builder::new()
+        .prefix("kwg")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(empty.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let env: Vec<(String, String)> = store
+        .env()
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "GNUPGHOME" {
+                (k, empty.path().display().to_string())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let out = with_store(&env, &run);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(!dir.join("ran").exists(), "the child ran");
+    assert!(
+        err.contains("pass://agent/api") && !err.contains(&value),
+        "{err}"
+    );
+    let _ = Command::new("gpgconf")
+        .args(["--kill", "gpg-agent"])
+        .env("GNUPGHOME", empty.path())
+        .status();
+}
