@@ -207,6 +207,7 @@ fn main() {
         slack_secret_id: None,
         revocation_list: dir.join("revocations.json"),
         audit,
+        approval_key: None,
     };
     let callbacks = Callbacks {
         resolve: Arc::new(|_| Err(Error::config("bench: no provider"))),

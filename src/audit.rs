@@ -64,6 +64,10 @@ pub enum EventKind {
     Reload,
     /// How many replacements the redactor made, per secret id.
     RedactionCounts,
+    /// A human-in-the-loop challenge was opened (never its code).
+    Challenge,
+    /// The operator answered a challenge (never the code).
+    Approve,
 }
 
 impl EventKind {
@@ -82,6 +86,8 @@ impl EventKind {
             EventKind::Revoke => "revoke",
             EventKind::Reload => "reload",
             EventKind::RedactionCounts => "redaction_counts",
+            EventKind::Challenge => "challenge",
+            EventKind::Approve => "approve",
         }
     }
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::api::cli::{GetArgs, InventoryArgs, RevokeArgs};
+use crate::api::cli::{ApproveArgs, GetArgs, InventoryArgs, RevokeArgs};
 use crate::check::{self, Format};
 use crate::config::Environment;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::logging::{self, LogFormat};
 use crate::redact::Mask;
 use crate::run::{self, OnRotate, PtyMode, RunOptions};
@@ -86,6 +86,8 @@ enum Command {
     Revoke(RevokeArgs),
     /// Metadata of every secret served by the running sidecar (never values)
     Inventory(InventoryArgs),
+    /// Answer a human-in-the-loop challenge (the code is read without echo)
+    Approve(ApproveArgs),
     /// The embedded encrypted store (the default kv:// backend)
     Store {
         #[command(subcommand)]
@@ -288,6 +290,30 @@ fn dispatch(cli: &Cli) -> Result<u8> {
             &mut std::io::stdout(),
         ),
         Command::Inventory(a) => crate::api::cli::inventory(a, &mut std::io::stdout()),
+        Command::Approve(a) => {
+            let read_code = || {
+                use std::io::IsTerminal;
+                use std::os::fd::AsFd;
+                let stdin = std::io::stdin();
+                let code = if stdin.is_terminal() {
+                    crate::store::input::prompt_value(
+                        stdin.as_fd(),
+                        &mut std::io::stderr(),
+                        &format!("Code for challenge {}: ", a.challenge_id),
+                    )
+                } else {
+                    crate::store::input::read_value(&mut stdin.lock())
+                };
+                code.map_err(|e| match e.kind() {
+                    ErrorKind::Data => Error::new(
+                        ErrorKind::Data,
+                        "no code given: type it at the prompt or pipe it on stdin",
+                    ),
+                    _ => e,
+                })
+            };
+            crate::api::cli::approve(a, read_code, &mut std::io::stdout())
+        }
         Command::Store { command } => {
             let env: Vec<_> = std::env::vars_os().collect();
             crate::store::run_store(command, &common.store, &env)

@@ -527,6 +527,9 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
                 slack_secret_id: plan.policy.slack_signing_secret.clone(),
                 revocation_list: revocation_list.clone(),
                 audit: audit.clone(),
+                approval_key: var("HITL_CHALLENGE_HMAC_KEY")
+                    .filter(|k| !k.is_empty())
+                    .map(|k| Arc::new(SecretBytes::copy_from(k.as_bytes()))),
             },
             served,
             Callbacks {

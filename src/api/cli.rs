@@ -4,10 +4,16 @@
 //! socket).
 //!
 //! `keywarden get ID` exit codes: 0 the value was printed; 77 the token
-//! was refused, the secret is out of scope, needs approval or is revoked
-//! (401, 403, 410); 65 no such secret (404); 69 no sidecar (no
-//! `KEYWARDEN_SOCKET`, nothing listening), rate-limited (429) or it failed
-//! (5xx). The token is read from `KEYWARDEN_TOKEN` only, never from argv.
+//! was refused, the secret is out of scope, is revoked or awaits approval
+//! (401, 403, 410, 202 — the challenge id is printed on stderr); 65 no such
+//! secret (404); 69 no sidecar (no `KEYWARDEN_SOCKET`, nothing listening),
+//! rate-limited (429) or it failed (5xx). The token is read from
+//! `KEYWARDEN_TOKEN` only, never from argv.
+//!
+//! `keywarden approve CHALLENGE_ID` reads the code without echo from the
+//! terminal (or one line from stdin) and answers on the admin socket: 0
+//! approved; 77 wrong code (the challenge locks after the third); 65 no
+//! such open challenge; 69 no sidecar.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +32,7 @@ use super::revocations::{self, Revocation, RevocationList};
 use super::{socket, ADMIN_SOCKET_VAR, SOCKET_VAR, TOKEN_VAR};
 use crate::audit::rfc3339;
 use crate::error::{Error, ErrorKind, Result};
+use crate::secret::SecretBytes;
 
 /// `keywarden get ID`
 #[derive(Debug, Clone, Args)]
@@ -55,6 +62,16 @@ pub struct RevokeArgs {
     /// The revocation list [default: $XDG_STATE_HOME/keywarden/revocations.json]
     #[arg(long, env = revocations::REVOCATION_LIST_VAR, value_name = "FILE")]
     pub revocation_list: Option<PathBuf>,
+}
+
+/// `keywarden approve CHALLENGE_ID`
+#[derive(Debug, Clone, Args)]
+pub struct ApproveArgs {
+    /// The challenge id (from the 202 answer, or shown with the code)
+    pub challenge_id: String,
+    /// The running sidecar's admin socket [default: the only one running]
+    #[arg(long, env = ADMIN_SOCKET_VAR, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
 }
 
 /// Output format of `inventory`.
@@ -111,6 +128,19 @@ pub fn get(args: &GetArgs, token: Option<OsString>, out: &mut dyn Write) -> Resu
     let answer = client::call(socket, Method::GET, &path, Some(&token), None)
         .map_err(|e| unreachable(socket, &e))?;
     let what = format!("secret '{}'", args.id);
+    if answer.status == 202 {
+        let v = answer.json();
+        return Err(Error::new(
+            ErrorKind::Permission,
+            format!(
+                "{what} needs approval: challenge {} (expires {}); the operator answers it with \
+                 `keywarden approve {}`, then ask again",
+                v["challenge_id"].as_str().unwrap_or("?"),
+                v["expires_at"].as_str().unwrap_or("?"),
+                v["challenge_id"].as_str().unwrap_or("?"),
+            ),
+        ));
+    }
     let kind = match answer.status {
         200 => None,
         401 | 403 | 410 => Some(ErrorKind::Permission),
@@ -301,6 +331,63 @@ pub fn revoke(
             Err(e.context("recorded in the revocation list, but the sidecar did not revoke it"))
         }
         None => Ok(0),
+    }
+}
+
+/// `keywarden approve CHALLENGE_ID`: answer a challenge with the code that
+/// `read_code` reads (without echo), once the sidecar is found. The code is
+/// sent to the admin socket only.
+pub fn approve(
+    args: &ApproveArgs,
+    read_code: impl FnOnce() -> Result<SecretBytes>,
+    out: &mut dyn Write,
+) -> Result<u8> {
+    let id = args.challenge_id.trim();
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Error::usage(format!(
+            "'{}' is not a challenge id",
+            args.challenge_id
+        )));
+    }
+    let Some(sock) = admin_socket(args.admin_socket.as_deref())? else {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("no running keywarden sidecar found; name its admin socket with --admin-socket or {ADMIN_SOCKET_VAR}"),
+        ));
+    };
+    let code = read_code()?;
+    let text = std::str::from_utf8(code.expose())
+        .map_err(|_| Error::new(ErrorKind::Data, "the code is not text"))?;
+    let body = Zeroizing::new(serde_json::json!({ "code": text }).to_string().into_bytes());
+    let answer = client::call(
+        &sock,
+        Method::POST,
+        &format!("/v1/admin/approvals/{id}"),
+        None,
+        Some(body.to_vec()),
+    )
+    .map_err(|e| unreachable(&sock, &e))?;
+    let what = format!("challenge {id}");
+    match answer.status {
+        200 => {
+            let v = answer.json();
+            let _ = writeln!(
+                out,
+                "approved: one read of '{}' by token {}",
+                v["secret_id"].as_str().unwrap_or("?"),
+                v["token_id"].as_str().unwrap_or("?")
+            );
+            Ok(0)
+        }
+        403 => Err(Error::new(
+            ErrorKind::Permission,
+            server_error(&what, &answer),
+        )),
+        404 => Err(Error::new(ErrorKind::Data, server_error(&what, &answer))),
+        _ => Err(Error::new(
+            ErrorKind::Unavailable,
+            server_error(&what, &answer),
+        )),
     }
 }
 

@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 pub mod cli;
 pub mod client;
 pub mod json;
@@ -139,6 +140,9 @@ pub struct ApiOptions {
     pub revocation_list: PathBuf,
     /// Where events go.
     pub audit: Auditor,
+    /// The key challenge codes are kept under (`HITL_CHALLENGE_HMAC_KEY`);
+    /// `None`: a random key for this run.
+    pub approval_key: Option<Arc<SecretBytes>>,
 }
 
 /// A value resolved again, with the lease its backend gave it.

@@ -2,7 +2,8 @@
 //! [`State`]: status, JSON body, what to audit. Values that need resolving
 //! again come back as [`Handled::Refresh`]; the server resolves them and
 //! asks again. Order of checks for a secret: token (401) → id (404) → scope
-//! (403) → revocation (410) → approval (403) → value.
+//! (403) → revocation (410) → approval (202 with a challenge, until the
+//! operator answers it) → value.
 
 #![forbid(unsafe_code)]
 
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use hyper::Method;
 use serde::Deserialize;
 
+use super::approvals::{Answer, Approvals, CHALLENGE_RANDOM_BYTES};
 use super::json::{self, Body, Part};
 use super::revocations::Revocation;
 use super::slack;
@@ -82,6 +84,9 @@ pub struct Reply {
     /// Whether the body holds a value or a token: such a reply is only
     /// sent once its call is in the audit log.
     pub carries_secret: bool,
+    /// A challenge just opened, for the operator's eyes only (the server
+    /// shows its code on keywarden's stderr; it is never logged).
+    pub challenge: Option<Box<super::approvals::Opened>>,
 }
 
 impl Reply {
@@ -95,6 +100,7 @@ impl Reply {
             reason: None,
             events: Vec::new(),
             carries_secret: false,
+            challenge: None,
         }
     }
 
@@ -208,7 +214,15 @@ pub fn handle(state: &mut State, call: &Call<'_>, now: Now, random: Random<'_>) 
         Route::Health => Handled::Reply(health()),
         // Reads borrow the grant from the token store while changing only
         // the secrets; minting changes the store, so it takes a copy.
-        Route::Secret(id) => get_secret(&mut state.secrets, id, grant, auth, now),
+        Route::Secret(id) => get_secret(
+            &mut state.secrets,
+            state.approvals.as_mut(),
+            id,
+            grant,
+            auth,
+            now,
+            random,
+        ),
         Route::Skill(skill) => get_skill(&mut state.secrets, skill, grant, auth, now),
         Route::Mint => {
             let grant = grant.clone();
@@ -227,10 +241,12 @@ pub fn handle(state: &mut State, call: &Call<'_>, now: Now, random: Random<'_>) 
 
 fn get_secret(
     secrets: &mut BTreeMap<String, Entry>,
+    approvals: Option<&mut Approvals>,
     id: &str,
     grant: &super::tokens::Grant,
     auth: Auth,
     now: Now,
+    random: Random<'_>,
 ) -> Handled {
     let Some(e) = secrets.get_mut(id) else {
         return Handled::Reply(
@@ -255,19 +271,31 @@ fn get_secret(
     if e.revoked.is_some() {
         return refuse(410, format!("secret '{id}' is revoked"));
     }
+    let mut approvals = approvals;
     if e.approval == Approval::Required {
-        return refuse(
-            403,
-            format!(
-                "secret '{id}' requires approval; human-in-the-loop approval is not available in this build"
-            ),
-        );
+        let Some(a) = approvals.as_deref_mut() else {
+            return refuse(
+                403,
+                format!("secret '{id}' requires approval, and approvals are not set up"),
+            );
+        };
+        a.prune(now);
+        if !a.is_approved(id, &grant.id, now) {
+            return challenge(a, id, grant, auth, subject, now, random);
+        }
     }
     let expires_at = e.expires_at(now);
     let scope = json::fragment(&e.scope);
+    let gated = e.approval == Approval::Required;
     let Some(value) = e.fresh_value(now) else {
         return Handled::Refresh(vec![id.to_string()]);
     };
+    if gated {
+        // One approved read, used up now that the value is at hand.
+        if let Some(a) = approvals {
+            a.consume(id, &grant.id, now);
+        }
+    }
     let Ok(text) = std::str::from_utf8(value.expose()) else {
         return refuse(
             500,
@@ -288,6 +316,54 @@ fn get_secret(
     ]);
     let mut reply = Reply::ok(200, body, auth).about(subject);
     reply.carries_secret = true;
+    Handled::Reply(reply)
+}
+
+/// 202 with the open challenge for (secret, token), or a new one.
+fn challenge(
+    approvals: &mut Approvals,
+    id: &str,
+    grant: &super::tokens::Grant,
+    auth: Auth,
+    subject: Subject,
+    now: Now,
+    random: Random<'_>,
+) -> Handled {
+    let (challenge_id, expires_at, opened) = match approvals.pending(id, &grant.id, now) {
+        Some((cid, expires)) => (cid, expires, None),
+        None => {
+            let Some(bytes) = random() else {
+                return Handled::Reply(
+                    Reply::error(500, "no randomness for a challenge", auth).about(subject),
+                );
+            };
+            let mut r = [0u8; CHALLENGE_RANDOM_BYTES];
+            r.copy_from_slice(&bytes[..CHALLENGE_RANDOM_BYTES]);
+            let opened = approvals.open(id, &grant.id, &r, now);
+            r.fill(0);
+            (opened.id.clone(), opened.expires_at.clone(), Some(opened))
+        }
+    };
+    let body = json::to_body(&serde_json::json!({
+        "challenge_id": challenge_id,
+        "expires_at": expires_at,
+    }));
+    let mut reply = Reply::ok(202, body, auth).about(subject.clone());
+    reply.reason = Some(format!(
+        "approval pending: challenge {challenge_id} expires at {expires_at}"
+    ));
+    if let Some(o) = opened {
+        let mut ev = Event::new(EventKind::Challenge)
+            .result(Outcome::Ok)
+            .reason(format!(
+                "challenge {challenge_id} opened, expires at {expires_at}"
+            ));
+        if let Some(r) = &subject.reference {
+            ev = ev.secret(&subject.id, r, &subject.scope);
+        }
+        reply.events.push(ev);
+        reply.challenge = Some(Box::new(o));
+    }
     Handled::Reply(reply)
 }
 
@@ -529,11 +605,17 @@ pub fn handle_admin(state: &mut State, call: &Call<'_>, now: Now) -> AdminHandle
         .strip_prefix("/v1/")
         .map(|r| r.split('/').collect())
         .unwrap_or_default();
+    let mut challenge_id = "";
     let (want, which) = match segments.as_slice() {
         ["health"] => (Method::GET, 0),
         ["admin", "inventory"] => (Method::GET, 1),
         ["admin", "revoke"] => (Method::POST, 2),
         ["admin", "reload"] => (Method::POST, 3),
+        ["admin", "approvals"] => (Method::GET, 4),
+        ["admin", "approvals", id] if !id.is_empty() => {
+            challenge_id = id;
+            (Method::POST, 5)
+        }
         _ => {
             return AdminHandled::Reply(Reply::error(404, "no such endpoint", Auth::Open));
         }
@@ -555,7 +637,104 @@ pub fn handle_admin(state: &mut State, call: &Call<'_>, now: Now) -> AdminHandle
             AdminHandled::Reply(Reply::ok(200, body, Auth::Open))
         }
         2 => revoke(state, call.body, now),
-        _ => AdminHandled::Reload,
+        3 => AdminHandled::Reload,
+        4 => {
+            let pending = state
+                .approvals
+                .as_mut()
+                .map(|a| {
+                    a.prune(now);
+                    a.list(now)
+                })
+                .unwrap_or_default();
+            let body = json::to_body(&serde_json::json!({ "challenges": pending }));
+            AdminHandled::Reply(Reply::ok(200, body, Auth::Open))
+        }
+        _ => AdminHandled::Reply(approve(state, challenge_id, call.body, now)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    code: String,
+}
+
+/// The operator's answer to a challenge. The code is never echoed, logged
+/// or audited.
+fn approve(state: &mut State, challenge_id: &str, body: &[u8], now: Now) -> Reply {
+    let mut req: ApproveBody = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(_) => return Reply::error(400, "expected {\"code\": \"...\"}", Auth::Open),
+    };
+    let answer = match state.approvals.as_mut() {
+        Some(a) => a.answer(challenge_id, req.code.as_bytes(), now),
+        None => Answer::Unknown,
+    };
+    zeroize::Zeroize::zeroize(&mut req.code);
+    let about = |secret_id: &str| {
+        let (reference, scope) = state
+            .secrets
+            .get(secret_id)
+            .map(|e| (Some(e.reference.clone()), e.scope.clone()))
+            .unwrap_or_default();
+        Subject {
+            id: secret_id.to_string(),
+            reference,
+            scope,
+        }
+    };
+    let event = |subject: &Subject, outcome, reason: String| {
+        let mut ev = Event::new(EventKind::Approve)
+            .result(outcome)
+            .reason(reason);
+        if let Some(r) = &subject.reference {
+            ev = ev.secret(&subject.id, r, &subject.scope);
+        }
+        ev
+    };
+    match answer {
+        Answer::Approved {
+            secret_id,
+            token_id,
+        } => {
+            let subject = about(&secret_id);
+            let body = json::to_body(&serde_json::json!({
+                "challenge_id": challenge_id,
+                "approved": true,
+                "secret_id": secret_id,
+                "token_id": token_id,
+            }));
+            let mut reply = Reply::ok(200, body, Auth::Open).about(subject.clone());
+            reply.events.push(event(
+                &subject,
+                Outcome::Ok,
+                format!("challenge {challenge_id} approved: one read by token {token_id}"),
+            ));
+            reply
+        }
+        Answer::Wrong { secret_id, left } => {
+            let subject = about(&secret_id);
+            let why = format!(
+                "wrong code for challenge {challenge_id}; {left} attempt{} left",
+                if left == 1 { "" } else { "s" }
+            );
+            let mut reply = Reply::error(403, why.clone(), Auth::Open).about(subject.clone());
+            reply.events.push(event(&subject, Outcome::Denied, why));
+            reply
+        }
+        Answer::Locked { secret_id } => {
+            let subject = about(&secret_id);
+            let why = format!("wrong code for challenge {challenge_id}; the challenge is locked");
+            let mut reply = Reply::error(403, why.clone(), Auth::Open).about(subject.clone());
+            reply.events.push(event(&subject, Outcome::Denied, why));
+            reply
+        }
+        Answer::Unknown => Reply::error(
+            404,
+            format!("no open challenge '{challenge_id}' (answered, expired, locked or unknown)"),
+            Auth::Open,
+        ),
     }
 }
 
@@ -790,6 +969,96 @@ mod tests {
         assert!(body(&r)["error"]
             .as_str()
             .is_some_and(|e| e.contains("approval")));
+    }
+
+    #[test]
+    fn approval_required_secrets_need_an_answered_challenge_per_read() {
+        let mut f = Fixture::new(None);
+        f.state.approvals = Some(Approvals::new(crate::secret::SecretBytes::copy_from(
+            b"route test key",
+        )));
+        let root = f.root();
+        let r = f.reply(Method::GET, "/v1/secrets/gated", Some(&root), "");
+        assert_eq!(r.status, 202);
+        let cid = body(&r)["challenge_id"].as_str().expect("id").to_string();
+        assert!(body(&r)["expires_at"].is_string());
+        assert!(!r.carries_secret);
+        let code = r
+            .challenge
+            .as_ref()
+            .expect("a new challenge")
+            .code
+            .to_string();
+        assert!(!String::from_utf8_lossy(&r.body).contains(&code));
+        assert_eq!(r.events[0].kind(), EventKind::Challenge);
+        // Asking again: the same challenge, no new code.
+        let again = f.reply(Method::GET, "/v1/secrets/gated", Some(&root), "");
+        assert_eq!(
+            (again.status, body(&again)["challenge_id"].as_str()),
+            (202, Some(cid.as_str()))
+        );
+        assert!(again.challenge.is_none());
+        // The skill route never serves it.
+        let skill = f.reply(Method::GET, "/v1/skills/x/secrets", Some(&root), "");
+        assert!(body(&skill)["secrets"].get("gated").is_none());
+
+        let admin = |f: &mut Fixture, method: Method, path: &str, body: &str| {
+            let call = Call {
+                method: &method,
+                path,
+                bearer: None,
+                body: body.as_bytes(),
+            };
+            match handle_admin(&mut f.state, &call, Now::system()) {
+                AdminHandled::Reply(r) => r,
+                _ => panic!("not a reply"),
+            }
+        };
+        let listed = admin(&mut f, Method::GET, "/v1/admin/approvals", "");
+        let text = String::from_utf8_lossy(&listed.body).to_string();
+        assert!(text.contains(&cid) && !text.contains(&code), "{text}");
+        let path = format!("/v1/admin/approvals/{cid}");
+        let wrong = admin(&mut f, Method::POST, &path, r#"{"code":"not-it"}"#);
+        assert_eq!(wrong.status, 403);
+        assert!(body(&wrong)["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("2 attempts left")));
+        let bad = admin(&mut f, Method::POST, &path, "{}");
+        assert_eq!(bad.status, 400);
+        let ok = admin(
+            &mut f,
+            Method::POST,
+            &path,
+            &format!(r#"{{"code":"{code}"}}"#),
+        );
+        assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+        assert_eq!(ok.events[0].kind(), EventKind::Approve);
+        let used = admin(
+            &mut f,
+            Method::POST,
+            &path,
+            &format!(r#"{{"code":"{code}"}}"#),
+        );
+        assert_eq!(used.status, 404);
+
+        // One read is served, the next needs a new challenge.
+        let r = f.reply(Method::GET, "/v1/secrets/gated", Some(&root), "");
+        assert_eq!(r.status, 200);
+        assert_eq!(body(&r)["value"], "vg");
+        let r = f.reply(Method::GET, "/v1/secrets/gated", Some(&root), "");
+        assert_eq!(r.status, 202);
+        assert_ne!(body(&r)["challenge_id"].as_str(), Some(cid.as_str()));
+        // Revocation ends the challenge.
+        let cid2 = body(&r)["challenge_id"].as_str().expect("id").to_string();
+        let code2 = r.challenge.as_ref().expect("new").code.to_string();
+        f.state.revoke("gated", "test");
+        let gone = admin(
+            &mut f,
+            Method::POST,
+            &format!("/v1/admin/approvals/{cid2}"),
+            &format!(r#"{{"code":"{code2}"}}"#),
+        );
+        assert_eq!(gone.status, 404);
     }
 
     #[test]

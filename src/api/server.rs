@@ -320,6 +320,21 @@ pub fn start(
         now,
     );
     state.apply_revocations(&revoked);
+    let key = match &opts.approval_key {
+        Some(k) => k.duplicate(),
+        None => {
+            let mut k = random_token_bytes().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Os,
+                    "no randomness available for the approval key",
+                )
+            })?;
+            let key = SecretBytes::copy_from(&k);
+            k.fill(0);
+            key
+        }
+    };
+    state.approvals = Some(super::approvals::Approvals::new(key));
     let bytes = random_token_bytes().ok_or_else(|| {
         Error::new(
             ErrorKind::Os,
@@ -617,6 +632,23 @@ async fn child_call(
             }
         }
     };
+    if let Some(opened) = &reply.challenge {
+        // The operator's eyes only: keywarden's own stderr, not the log
+        // (whose format and destination may be a file or a collector).
+        let who = match (peer.pid, peer.uid) {
+            (Some(pid), Some(uid)) => format!(" by pid {pid} (uid {uid})"),
+            _ => String::new(),
+        };
+        let secret = reply.subject.as_ref().map(|s| s.id.as_str()).unwrap_or("?");
+        let notice = zeroize::Zeroizing::new(format!(
+            "keywarden: approval needed: secret '{secret}' requested{who}; challenge {id}, code {code} (valid until {until}); answer with: keywarden approve {id}\n",
+            id = opened.id,
+            code = opened.code.as_str(),
+            until = opened.expires_at,
+        ));
+        use std::io::Write;
+        let _ = std::io::stderr().lock().write_all(notice.as_bytes());
+    }
     match &reply.auth {
         Auth::Failed(e) => {
             let lock = shared.limiter().failure(uid, now.mono);

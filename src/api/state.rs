@@ -185,6 +185,9 @@ pub struct State {
     pub tokens: TokenStore,
     /// Fixed settings.
     pub settings: Settings,
+    /// Human-in-the-loop challenges; `None` until a key is set, and then
+    /// approval-required secrets are refused.
+    pub approvals: Option<super::approvals::Approvals>,
 }
 
 impl State {
@@ -194,6 +197,7 @@ impl State {
             secrets: BTreeMap::new(),
             tokens: TokenStore::new(),
             settings,
+            approvals: None,
         };
         state.replace(secrets, now);
         state
@@ -238,6 +242,10 @@ impl State {
             next.insert(e.id.clone(), e);
         }
         self.secrets = next;
+        // A reload ends every challenge and approval.
+        if let Some(a) = self.approvals.as_mut() {
+            a.clear();
+        }
     }
 
     /// Mark every secret whose (id, ref) is on `list` as revoked.
@@ -252,6 +260,9 @@ impl State {
 
     /// Revoke `id`: wipe its value, refuse it from now on. Returns the entry.
     pub fn revoke(&mut self, id: &str, reason: &str) -> Option<&Entry> {
+        if let Some(a) = self.approvals.as_mut() {
+            a.forget_secret(id);
+        }
         let e = self.secrets.get_mut(id)?;
         e.value = None;
         e.resolved = None;

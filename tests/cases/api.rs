@@ -134,6 +134,7 @@ impl Fixture {
             slack_secret_id: Some("slack_signing".into()),
             revocation_list: self.list_path.clone(),
             audit,
+            approval_key: None,
         };
         let (src, src2) = (self.source.clone(), self.source.clone());
         let reloads = self.reloads.clone();
@@ -354,7 +355,7 @@ fn every_status_code_with_curl() {
         ("GET", "/v1/secrets/openai", Some(&wrong), None, 401),
         ("GET", "/v1/secrets/openai", Some(&pool), None, 403),
         ("GET", "/v1/secrets/nope", Some(&t), None, 404),
-        ("GET", "/v1/secrets/gated", Some(&t), None, 403),
+        ("GET", "/v1/secrets/gated", Some(&t), None, 202),
         ("DELETE", "/v1/secrets/openai", Some(&t), None, 405),
         ("GET", "/v1/elsewhere", Some(&t), None, 404),
         ("POST", "/v1/tokens", Some(&t), Some("{\"scopes\":[]}"), 400),
@@ -383,9 +384,7 @@ fn every_status_code_with_curl() {
     }
     let (_, v) = curl(&s, "GET", "/v1/secrets/gated", Some(&t), None);
     assert!(
-        v["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("approval") && e.contains("not available in this build")),
+        v["challenge_id"].as_str().is_some_and(|c| c.len() == 32) && v["expires_at"].is_string(),
         "{v}"
     );
     let (st, _) = curl(

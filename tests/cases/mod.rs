@@ -1,6 +1,7 @@
 //! Test cases by area.
 
 mod api;
+mod approvals;
 mod check;
 mod config_errors;
 mod env;
