@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use super::https::{is_tls, native_roots, pooled_client, transport, HttpClient};
+use super::https::{
+    attempts as attempts_word, backoff, exchange, native_roots, pooled_client, HttpClient,
+};
 use super::{scrub, Context, Provider, Request, ResolveError, ResolveFuture};
 use crate::error::ErrorKind;
 use crate::secret::SecretBytes;
@@ -32,16 +34,12 @@ use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::{StatusCode, Uri};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use zeroize::Zeroize;
 
-/// Largest answer read (a secret is at most 64 KiB, base64 makes it 4/3).
-const MAX_BODY: usize = 1 << 20;
-/// Longest wait between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest server message quoted in an error.
 const REASON_SHOWN: usize = 200;
 /// The SigV4 service name.
@@ -247,51 +245,20 @@ impl AwsSmProvider {
         let mut last = String::new();
         for attempt in 1..=attempts {
             if attempt > 1 {
-                let wait =
-                    (self.options.backoff * 2u32.saturating_pow(attempt - 2)).min(MAX_BACKOFF);
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(backoff(self.options.backoff, attempt)).await;
             }
             // Signed anew for each attempt: the signature holds the time.
             let request = build()?;
-            let exchange = async {
-                let resp = client.request(request).await?;
-                let status = resp.status();
-                let mut body = resp.into_body();
-                let mut out = Vec::new();
-                while let Some(frame) = body.frame().await {
-                    let frame = frame?;
-                    if let Ok(chunk) = frame.into_data() {
-                        if out.len() + chunk.len() > MAX_BODY {
-                            out.zeroize();
-                            return Ok(Err(status));
-                        }
-                        out.extend_from_slice(&chunk);
-                    }
-                }
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Ok((status, out)))
-            };
-            match tokio::time::timeout(self.options.request_timeout, exchange).await {
-                Err(_) => {
-                    last = format!(
-                        "no answer from {} within {} ms",
-                        endpoint.shown,
-                        self.options.request_timeout.as_millis()
-                    )
-                }
-                Ok(Err(e)) if is_tls(&*e) => {
-                    return Err(ResolveError::unavailable(format!(
-                        "TLS with {} failed: {}",
-                        endpoint.shown,
-                        transport(&*e)
-                    )));
-                }
-                Ok(Err(e)) => last = format!("cannot reach {}: {}", endpoint.shown, transport(&*e)),
-                Ok(Ok(Err(status))) => {
-                    return Err(ResolveError::unavailable(format!(
-                        "the server's answer ({status}) is larger than {MAX_BODY} bytes"
-                    )))
-                }
-                Ok(Ok(Ok((status, mut out)))) if status.is_server_error() => {
+            match exchange(
+                client,
+                request,
+                self.options.request_timeout,
+                &endpoint.shown,
+            )
+            .await?
+            {
+                Err(why) => last = why,
+                Ok((status, mut out)) if status.is_server_error() => {
                     let (kind, msg) = aws_error(&out, secrets);
                     last = format!(
                         "server error {}{}",
@@ -300,12 +267,12 @@ impl AwsSmProvider {
                     );
                     out.zeroize();
                 }
-                Ok(Ok(Ok(answer))) => return Ok(answer),
+                Ok(answer) => return Ok(answer),
             }
         }
-        let tries = if attempts == 1 { "attempt" } else { "attempts" };
         Err(ResolveError::unavailable(format!(
-            "{last} ({attempts} {tries})"
+            "{last} ({})",
+            attempts_word(attempts)
         )))
     }
 }

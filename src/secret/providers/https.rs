@@ -81,3 +81,80 @@ pub(super) fn transport(e: &(dyn std::error::Error + 'static)) -> String {
     }
     last
 }
+
+/// Largest answer body read (a secret's answer is small).
+pub(super) const MAX_BODY: usize = 1 << 20;
+/// Longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The wait before attempt `attempt` (2, 3, …): `base`, doubled for each
+/// later attempt, at most 5 s.
+pub(super) fn backoff(base: Duration, attempt: u32) -> Duration {
+    (base * 2u32.saturating_pow(attempt.saturating_sub(2))).min(MAX_BACKOFF)
+}
+
+/// "N attempt(s)".
+pub(super) fn attempts(n: u32) -> String {
+    format!("{n} {}", if n == 1 { "attempt" } else { "attempts" })
+}
+
+/// Send `request` and read its answer (at most [`MAX_BODY`] bytes) within
+/// `timeout`. `Ok(Ok(answer))` for any answer; `Ok(Err(why))` for what is
+/// worth another try (no answer in time, a connection error); `Err` for
+/// what is not (TLS, an oversized answer). `shown` names the server.
+pub(super) async fn exchange(
+    client: &HttpClient,
+    request: hyper::Request<Full<Bytes>>,
+    timeout: Duration,
+    shown: &str,
+) -> Result<Result<(hyper::StatusCode, Vec<u8>), String>, ResolveError> {
+    use http_body_util::BodyExt;
+    use zeroize::Zeroize;
+    let exchange = async {
+        let resp = client.request(request).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame?;
+            if let Ok(chunk) = frame.into_data() {
+                if out.len() + chunk.len() > MAX_BODY {
+                    out.zeroize();
+                    return Ok(Err(status));
+                }
+                out.extend_from_slice(&chunk);
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Ok((status, out)))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Ok(Err(format!(
+            "no answer from {shown} within {} ms",
+            timeout.as_millis()
+        ))),
+        // A certificate problem does not go away on retry.
+        Ok(Err(e)) if is_tls(&*e) => Err(ResolveError::unavailable(format!(
+            "TLS with {shown} failed: {}",
+            transport(&*e)
+        ))),
+        Ok(Err(e)) => Ok(Err(format!("cannot reach {shown}: {}", transport(&*e)))),
+        Ok(Ok(Err(status))) => Err(ResolveError::unavailable(format!(
+            "the answer of {shown} ({status}) is larger than {MAX_BODY} bytes"
+        ))),
+        Ok(Ok(Ok(answer))) => Ok(Ok(answer)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_seconds() {
+        let base = Duration::from_millis(200);
+        let waits: Vec<u128> = (2..=8).map(|a| backoff(base, a).as_millis()).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(attempts(1), "1 attempt");
+        assert_eq!(attempts(3), "3 attempts");
+    }
+}

@@ -60,12 +60,12 @@ pub use renew::start_renewer;
 use session::Held;
 pub use session::{Lease, LeaseBook, TokenLife, TokenSource, VaultSession};
 
-use super::https::{is_tls, pooled_client, transport, HttpClient};
+use super::https::{attempts as attempts_word, backoff, exchange, pooled_client, HttpClient};
 use super::{scrub, Context, Provider, Request, ResolveError, ResolveFuture, Resolver};
 use crate::error::ErrorKind;
 use crate::secret::{Scheme, SecretBytes, SecretRef};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, StatusCode, Uri};
 use rustls_pki_types::pem::PemObject;
@@ -74,10 +74,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use zeroize::Zeroize;
 
-/// Largest response body read (a KV secret is small).
-const MAX_BODY: usize = 1 << 20;
-/// Longest wait between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest server reason quoted in an error.
 const REASON_SHOWN: usize = 200;
 
@@ -586,9 +582,7 @@ impl VaultProvider {
         let mut failures: Vec<Option<String>> = vec![None; count];
         for attempt in 1..=attempts {
             if attempt > 1 {
-                let wait =
-                    (self.options.backoff * 2u32.saturating_pow(attempt - 2)).min(MAX_BACKOFF);
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(backoff(self.options.backoff, attempt)).await;
             }
             let first = self.session.preferred.load(Ordering::Relaxed) % count;
             for k in 0..count {
@@ -614,11 +608,11 @@ impl VaultProvider {
                 }
             }
         }
-        let tries = if attempts == 1 { "attempt" } else { "attempts" };
         let last: Vec<String> = failures.into_iter().flatten().collect();
         Err(ResolveError::unavailable(format!(
-            "{} ({attempts} {tries})",
-            last.join("; ")
+            "{} ({})",
+            last.join("; "),
+            attempts_word(attempts)
         )))
     }
 
@@ -660,23 +654,6 @@ impl VaultProvider {
         let request = builder
             .body(payload)
             .map_err(|_| ResolveError::config("cannot build the request"))?;
-        let exchange = async {
-            let resp = client.request(request).await?;
-            let status = resp.status();
-            let mut body = resp.into_body();
-            let mut out = Vec::new();
-            while let Some(frame) = body.frame().await {
-                let frame = frame?;
-                if let Ok(chunk) = frame.into_data() {
-                    if out.len() + chunk.len() > MAX_BODY {
-                        out.zeroize();
-                        return Ok(Err(status));
-                    }
-                    out.extend_from_slice(&chunk);
-                }
-            }
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Ok((status, out)))
-        };
         // Waiting for a turn is not part of the attempt's timeout (the
         // resolver's timeout still bounds it).
         let _permit = self
@@ -685,31 +662,11 @@ impl VaultProvider {
             .await
             .map_err(|_| ResolveError::unavailable("the Vault provider is shutting down"))?;
         Ok(
-            match tokio::time::timeout(self.options.request_timeout, exchange).await {
-                Err(_) => Err(format!(
-                    "no answer from {} within {} ms",
-                    addr.shown,
-                    self.options.request_timeout.as_millis()
-                )),
-                Ok(Err(e)) if is_tls(&*e) => {
-                    // A certificate problem does not go away on retry.
-                    return Err(ResolveError::unavailable(format!(
-                        "TLS with {} failed: {}",
-                        addr.shown,
-                        transport(&*e)
-                    )));
-                }
-                Ok(Err(e)) => Err(format!("cannot reach {}: {}", addr.shown, transport(&*e))),
-                Ok(Ok(Err(status))) => {
-                    return Err(ResolveError::unavailable(format!(
-                        "the answer of {} ({status}) is larger than {MAX_BODY} bytes",
-                        addr.shown
-                    )))
-                }
-                Ok(Ok(Ok((status, mut out)))) if status.is_redirection() => {
-                    // A standby that cannot forward to the active node (it
-                    // is gone, and no new one is elected yet) redirects to
-                    // it. The token is not sent elsewhere: try again.
+            match exchange(client, request, self.options.request_timeout, &addr.shown).await? {
+                // A standby that cannot forward to the active node (it is
+                // gone, and no new one is elected yet) redirects to it. The
+                // token is not sent elsewhere: try again.
+                Ok((status, mut out)) if status.is_redirection() => {
                     out.zeroize();
                     Err(format!(
                         "redirect {} from {} (a standby without a reachable active node)",
@@ -717,7 +674,7 @@ impl VaultProvider {
                         addr.shown
                     ))
                 }
-                Ok(Ok(Ok((status, mut out)))) if status.is_server_error() => {
+                Ok((status, mut out)) if status.is_server_error() => {
                     let why = format!(
                         "server error {} from {}{}",
                         status.as_u16(),
@@ -729,7 +686,7 @@ impl VaultProvider {
                     out.zeroize();
                     Err(why)
                 }
-                Ok(Ok(Ok(answer))) => Ok(answer),
+                other => other,
             },
         )
     }
