@@ -222,6 +222,44 @@ impl Bao {
             .to_string()
     }
 
+    /// Write `key=value` at `path` of the KV v2 mount `secret/`.
+    pub fn kv_put(&self, path: &str, key: &str, value: &str) {
+        self.cli(
+            &[
+                "kv",
+                "put",
+                "-mount=secret",
+                path,
+                &format!("{key}={value}"),
+            ],
+            None,
+        );
+    }
+
+    /// Enable AppRole and create `role` with `settings` (`token_policies=…`,
+    /// `token_ttl=…`); its role id and a fresh secret id.
+    pub fn approle(&self, role: &str, settings: &[&str]) -> (String, String) {
+        self.cli(&["auth", "enable", "approle"], None);
+        let path = format!("auth/approle/role/{role}");
+        let mut args = vec!["write", path.as_str()];
+        args.extend_from_slice(settings);
+        self.cli(&args, None);
+        let role_id = self.cli(
+            &["read", "-field=role_id", &format!("{path}/role-id")],
+            None,
+        );
+        let secret_id = self.cli(
+            &[
+                "write",
+                "-f",
+                "-field=secret_id",
+                &format!("{path}/secret-id"),
+            ],
+            None,
+        );
+        (role_id, secret_id)
+    }
+
     /// How many reads of `path` (e.g. `secret/data/app`) the server saw.
     pub fn requests_for(&self, path: &str) -> usize {
         self.requests_for_op(path, "read")

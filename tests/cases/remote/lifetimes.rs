@@ -60,16 +60,7 @@ fn vault_token_is_renewed_while_the_run_lasts() {
         return;
     };
     let password = rand_hex(16);
-    bao.cli(
-        &[
-            "kv",
-            "put",
-            "-mount=secret",
-            "agent/renew",
-            &format!("password={password}"),
-        ],
-        None,
-    );
+    bao.kv_put("agent/renew", "password", &password);
     bao.cli(&["policy", "write", "reader", "-"], Some(READER));
     let dir = Dir::new();
     registry(&dir, "vault://secret/agent/renew#password", 1);
@@ -126,40 +117,11 @@ fn approle_login_is_done_again_at_its_maximum_ttl() {
         return;
     };
     let password = rand_hex(16);
-    bao.cli(
-        &[
-            "kv",
-            "put",
-            "-mount=secret",
-            "agent/login",
-            &format!("password={password}"),
-        ],
-        None,
-    );
+    bao.kv_put("agent/login", "password", &password);
     bao.cli(&["policy", "write", "reader", "-"], Some(READER));
-    bao.cli(&["auth", "enable", "approle"], None);
-    bao.cli(
-        &[
-            "write",
-            "auth/approle/role/agent",
-            "token_policies=reader",
-            "token_ttl=2s",
-            "token_max_ttl=3s",
-        ],
-        None,
-    );
-    let role_id = bao.cli(
-        &["read", "-field=role_id", "auth/approle/role/agent/role-id"],
-        None,
-    );
-    let secret_id = bao.cli(
-        &[
-            "write",
-            "-f",
-            "-field=secret_id",
-            "auth/approle/role/agent/secret-id",
-        ],
-        None,
+    let (role_id, secret_id) = bao.approle(
+        "agent",
+        &["token_policies=reader", "token_ttl=2s", "token_max_ttl=3s"],
     );
     let dir = Dir::new();
     dir.write("secret-id", &secret_id);
@@ -248,16 +210,7 @@ fn vault_addr_lists_fail_over_and_remember_the_node_that_answered() {
         return;
     };
     let password = rand_hex(16);
-    bao.cli(
-        &[
-            "kv",
-            "put",
-            "-mount=secret",
-            "agent/list",
-            &format!("password={password}"),
-        ],
-        None,
-    );
+    bao.kv_put("agent/list", "password", &password);
     // A node that always answers 503, then the real one.
     let sick = Proxy::start(bao.socket(), usize::MAX);
     let list = format!("{}, {}", sick.addr, bao.addr);

@@ -386,29 +386,7 @@ fn approle_with_secret_id_from_a_cred_ref() {
         &["policy", "write", "ci", "-"],
         Some("path \"secret/data/ci/*\" { capabilities = [\"read\"] }\n"),
     );
-    bao.cli(&["auth", "enable", "approle"], None);
-    bao.cli(
-        &[
-            "write",
-            "auth/approle/role/ci",
-            "token_policies=ci",
-            "token_ttl=10m",
-        ],
-        None,
-    );
-    let role_id = bao.cli(
-        &["read", "-field=role_id", "auth/approle/role/ci/role-id"],
-        None,
-    );
-    let secret_id = bao.cli(
-        &[
-            "write",
-            "-f",
-            "-field=secret_id",
-            "auth/approle/role/ci/secret-id",
-        ],
-        None,
-    );
+    let (role_id, secret_id) = bao.approle("ci", &["token_policies=ci", "token_ttl=10m"]);
     let creds = tempfile::tempdir().expect("tempdir");
     std::fs::write(creds.path().join("approle-secret-id"), &secret_id).expect("write");
     let home = tempfile::tempdir().expect("tempdir");
