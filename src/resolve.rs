@@ -192,6 +192,7 @@ pub fn secret_dates(
                 .map(|m| crate::api::SecretDates {
                     created: Some(m.created),
                     rotated: Some(m.updated),
+                    rotate_every_days: s.rotate_every_days,
                 }),
             Scheme::File => std::fs::metadata(s.base_dir.join(s.reference.path()))
                 .and_then(|m| m.modified())
@@ -200,6 +201,7 @@ pub fn secret_dates(
                 .map(|d| crate::api::SecretDates {
                     created: None,
                     rotated: Some(d.as_secs() as i64),
+                    rotate_every_days: s.rotate_every_days,
                 }),
             _ => None,
         };

@@ -95,20 +95,26 @@ impl ServedSecret {
             env_var: planned.env_var.clone(),
             value,
             resolved_at,
-            dates: SecretDates::default(),
+            dates: SecretDates {
+                rotate_every_days: planned.rotate_every_days,
+                ..SecretDates::default()
+            },
             lease: None,
         }
     }
 }
 
 /// How to serve.
-/// Creation and rotation dates of a secret, as unix seconds.
+/// Creation and rotation dates of a secret, as unix seconds, and how
+/// often it should be rotated.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SecretDates {
     /// First stored.
     pub created: Option<i64>,
     /// Value last changed.
     pub rotated: Option<i64>,
+    /// The registry's `rotate_every_days`.
+    pub rotate_every_days: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

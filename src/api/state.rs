@@ -174,6 +174,24 @@ pub struct InventoryItem {
     /// When its value last changed (RFC 3339), where the backend knows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotated: Option<String>,
+    /// The policy that applies to it.
+    pub policy: InventoryPolicy,
+}
+
+/// The rules a secret is served under (inventory).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InventoryPolicy {
+    /// `none` or `required`.
+    pub approval: &'static str,
+    /// TTL of a served value: min(entry, policy for the env); `null`: none.
+    pub max_ttl_seconds: Option<u64>,
+    /// How often it should be rotated (registry `rotate_every_days`).
+    pub rotate_every_days: Option<u64>,
+    /// When the next rotation is due (RFC 3339), when the last rotation
+    /// date and the period are known.
+    pub rotation_due: Option<String>,
+    /// Whether that date has passed.
+    pub rotation_overdue: bool,
 }
 
 /// Everything the routes read and change.
@@ -337,6 +355,24 @@ impl State {
                 revoked: e.revoked.clone(),
                 created: e.dates.created.map(crate::timefmt::rfc3339_secs),
                 rotated: e.dates.rotated.map(crate::timefmt::rfc3339_secs),
+                policy: {
+                    let due = e
+                        .dates
+                        .rotated
+                        .or(e.dates.created)
+                        .zip(e.dates.rotate_every_days)
+                        .map(|(at, days)| at.saturating_add((days as i64).saturating_mul(86_400)));
+                    InventoryPolicy {
+                        approval: match e.approval {
+                            Approval::None => "none",
+                            Approval::Required => "required",
+                        },
+                        max_ttl_seconds: e.ttl.map(|t| t.as_secs()),
+                        rotate_every_days: e.dates.rotate_every_days,
+                        rotation_due: due.map(crate::timefmt::rfc3339_secs),
+                        rotation_overdue: due.is_some_and(|d| d <= now.unix()),
+                    }
+                },
             })
             .collect()
     }
@@ -459,5 +495,35 @@ pub(crate) mod tests {
         assert!(inv[0].cached && inv[0].resolved_at.is_some());
         let text = serde_json::to_string(&inv).expect("json");
         assert!(!text.contains(&value));
+        assert_eq!(inv[0].policy.max_ttl_seconds, Some(30));
+        assert_eq!(inv[0].policy.rotation_due, None);
+    }
+
+    #[test]
+    fn inventory_policy_says_when_rotation_is_due() {
+        let now = Now::system();
+        let mut old = served("old", &["pool"], Some(60), "v-old");
+        old.dates = crate::api::SecretDates {
+            created: Some(now.unix() - 40 * 86_400),
+            rotated: Some(now.unix() - 31 * 86_400),
+            rotate_every_days: Some(30),
+        };
+        let mut fresh = served("fresh", &["pool"], None, "v-fresh");
+        fresh.dates.rotated = Some(now.unix() - 86_400);
+        fresh.dates.rotate_every_days = Some(30);
+        fresh.approval = Approval::Required;
+        let st = State::new(settings(None), vec![old, fresh], now);
+        let inv = st.inventory(now);
+        let (fresh, old) = (&inv[0].policy, &inv[1].policy);
+        assert!(old.rotation_overdue);
+        assert_eq!(
+            old.rotation_due,
+            Some(crate::timefmt::rfc3339_secs(now.unix() - 86_400))
+        );
+        assert_eq!((old.max_ttl_seconds, old.approval), (Some(60), "none"));
+        assert!(!fresh.rotation_overdue);
+        assert_eq!(fresh.approval, "required");
+        let json = serde_json::to_value(&inv[1]).expect("json");
+        assert_eq!(json["policy"]["rotate_every_days"], 30);
     }
 }
