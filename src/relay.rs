@@ -184,8 +184,21 @@ pub fn pump_stdin(master: OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// The read buffer, allocated on the first read that has data to fetch: a
+/// child that writes nothing (or a relay that only sees end-of-file) never
+/// pays for it. 1 MiB, so bulk output moves in few, large reads.
+fn buffer(buf: &mut Vec<u8>) -> &mut [u8] {
+    if buf.is_empty() {
+        *buf = vec![0u8; BUF];
+    }
+    buf
+}
+
 fn run(mut streams: Vec<Stream>, stop: &EventFd) {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = Vec::new();
+    // Enough to see end-of-file (the usual event of a silent child) or a
+    // few bytes that raced in after poll.
+    let mut small = [0u8; 512];
     loop {
         let open: Vec<usize> = (0..streams.len())
             .filter(|&i| streams[i].src.is_some())
@@ -207,11 +220,21 @@ fn run(mut streams: Vec<Stream>, stop: &EventFd) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => break,
         }
-        let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(true)).collect();
+        let ready: Vec<Option<PollFlags>> = fds.iter().map(PollFd::revents).collect();
         drop(fds);
-        let stopping = ready.last().copied().unwrap_or(false);
+        // Unknown flags (None) count as ready, as everywhere below.
+        let stopping = ready
+            .last()
+            .is_some_and(|r| r.is_none_or(|r| !r.is_empty()));
         for (k, &i) in open.iter().enumerate() {
-            if ready[k] && streams[i].pump(&mut buf).is_err() {
+            let pumped = match ready[k] {
+                Some(r) if r.is_empty() => continue,
+                // Data waiting: the full-size buffer.
+                Some(r) if r.contains(PollFlags::POLLIN) => streams[i].pump(buffer(&mut buf)),
+                // Hang-up or error only: a read sees end-of-file.
+                _ => streams[i].pump(&mut small),
+            };
+            if pumped.is_err() {
                 streams[i].close();
             }
         }
@@ -225,7 +248,7 @@ fn run(mut streams: Vec<Stream>, stop: &EventFd) {
             let _ = fcntl(src, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
         }
         while s.src.is_some() {
-            match s.pump(&mut buf) {
+            match s.pump(buffer(&mut buf)) {
                 Ok(true) => {}
                 _ => break,
             }
