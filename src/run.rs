@@ -173,7 +173,7 @@ fn start_io(
         };
         terminal = Some(TerminalLink { master, raw });
     }
-    let relay = Relay::start(sources).map_err(|e| os("cannot start the output relay", e))?;
+    let relay = Relay::new(sources).map_err(|e| os("cannot start the output relay", e))?;
     Ok((relay, terminal))
 }
 
@@ -665,7 +665,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         stdin_tty,
         filters(matcher.as_ref(), &counts),
     );
-    let (relay, mut terminal) = match started {
+    let (mut relay, mut terminal) = match started {
         Ok(io) => io,
         Err(e) => {
             let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
@@ -703,7 +703,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         &signals,
         terminal.as_mut(),
         on_reload,
-        &mut [&mut ApiWatch(&mut api)],
+        &mut [&mut ApiWatch(&mut api), &mut relay],
     );
     relay.finish();
     drop(terminal); // restores the user's terminal mode
