@@ -1,18 +1,23 @@
 //! The relay: the child's stdout and stderr arrive on pipes and are copied
 //! to keywarden's own stdout and stderr as soon as they are read, each
 //! stream in order, through an optional [`Filter`] stage (where redaction
-//! plugs in). One thread polls both pipes; when the main child has exited,
-//! [`Relay::finish`] drains what is left in the pipes without waiting for
-//! grandchildren that may still hold them open.
+//! plugs in). Until the first output the supervisor's loop polls the pipes
+//! (a [`Watch`]): a child that writes nothing costs no thread. The first
+//! data starts one thread that polls both pipes from then on, so a slow
+//! reader of keywarden's output never holds up signal forwarding. When the
+//! main child has exited, [`Relay::finish`] drains what is left in the
+//! pipes without waiting for grandchildren that may still hold them open.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::supervise::Watch;
 
 /// A transformation applied to one output stream.
 pub trait Filter: Send {
@@ -113,11 +118,37 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// A running relay.
+/// The relay: idle (its pipes polled by the supervisor, see
+/// [`Watch`]) until the first output arrives, then a thread of its own.
 #[derive(Debug)]
 pub struct Relay {
-    stop: std::sync::Arc<EventFd>,
-    thread: JoinHandle<()>,
+    state: State,
+}
+
+enum State {
+    /// Nothing read yet: the supervisor polls the sources. `inline`: the
+    /// thread could not start, the supervisor's loop relays.
+    Idle {
+        streams: Vec<Stream>,
+        buf: Vec<u8>,
+        inline: bool,
+    },
+    /// The relay thread runs; `stop` tells it the main child is gone.
+    Running {
+        stop: std::sync::Arc<EventFd>,
+        thread: JoinHandle<()>,
+    },
+    Done,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Idle { .. } => "Idle",
+            State::Running { .. } => "Running",
+            State::Done => "Done",
+        })
+    }
 }
 
 /// A close-on-exec duplicate of keywarden's fd 1 or 2.
@@ -128,11 +159,36 @@ fn stdio(fd: i32) -> io::Result<OwnedFd> {
     }
 }
 
+/// Start the relay thread on `streams`; on failure they come back.
+fn spawn(streams: Vec<Stream>) -> std::result::Result<State, (io::Error, Vec<Stream>)> {
+    let stop = match EventFd::from_flags(EfdFlags::EFD_CLOEXEC) {
+        Ok(fd) => std::sync::Arc::new(fd),
+        Err(e) => return Err((e.into(), streams)),
+    };
+    let stop2 = stop.clone();
+    // Handed over once the thread exists, so a failed start loses nothing.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Stream>>(1);
+    let started = std::thread::Builder::new()
+        .name("relay".into())
+        .spawn(move || {
+            if let Ok(streams) = rx.recv() {
+                run(streams, &stop2);
+            }
+        });
+    match started {
+        Ok(thread) => {
+            let _ = tx.send(streams);
+            Ok(State::Running { stop, thread })
+        }
+        Err(e) => Err((e, streams)),
+    }
+}
+
 impl Relay {
-    /// Start relaying every source to its destination.
-    pub fn start(sources: Vec<Source>) -> io::Result<Relay> {
-        let stop = std::sync::Arc::new(EventFd::from_flags(EfdFlags::EFD_CLOEXEC)?);
-        let stop2 = stop.clone();
+    /// Prepare to relay every source to its destination. Nothing is read
+    /// and no thread runs until the first output: poll [`Relay`] as a
+    /// [`Watch`] in the supervisor's loop.
+    pub fn new(sources: Vec<Source>) -> io::Result<Relay> {
         let mut streams = Vec::with_capacity(sources.len());
         for s in sources {
             // Fewer, larger reads when the child writes in bulk; a pty
@@ -145,16 +201,95 @@ impl Relay {
                 out: Vec::new(),
             });
         }
-        let thread = std::thread::Builder::new()
-            .name("relay".into())
-            .spawn(move || run(streams, &stop2))?;
-        Ok(Relay { stop, thread })
+        Ok(Relay {
+            state: State::Idle {
+                streams,
+                buf: Vec::new(),
+                inline: false,
+            },
+        })
+    }
+
+    /// Start relaying every source to its destination on a thread at once.
+    pub fn start(sources: Vec<Source>) -> io::Result<Relay> {
+        let mut relay = Relay::new(sources)?;
+        if let State::Idle { streams, .. } = std::mem::replace(&mut relay.state, State::Done) {
+            relay.state = spawn(streams).map_err(|(e, _)| e)?;
+        }
+        Ok(relay)
     }
 
     /// The main child has exited: drain what is buffered and stop.
     pub fn finish(self) {
-        let _ = self.stop.write(1);
-        let _ = self.thread.join();
+        match self.state {
+            State::Running { stop, thread } => {
+                let _ = stop.write(1);
+                let _ = thread.join();
+            }
+            State::Idle {
+                mut streams,
+                mut buf,
+                ..
+            } => drain(&mut streams, &mut buf),
+            State::Done => {}
+        }
+    }
+}
+
+impl Watch for Relay {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        match &self.state {
+            State::Idle { streams, .. } => streams
+                .iter()
+                .filter_map(|s| s.src.as_ref().map(AsFd::as_fd))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn ready(&mut self, events: &[PollFlags]) {
+        let State::Idle {
+            streams,
+            buf,
+            inline,
+        } = &mut self.state
+        else {
+            return;
+        };
+        let open: Vec<usize> = (0..streams.len())
+            .filter(|&i| streams[i].src.is_some())
+            .collect();
+        let data = events.iter().any(|e| e.contains(PollFlags::POLLIN));
+        if data && !*inline {
+            // Output: from here on the relay thread copies it, so a slow
+            // reader of keywarden's output never holds up the supervisor.
+            match spawn(std::mem::take(streams)) {
+                Ok(running) => {
+                    self.state = running;
+                    return;
+                }
+                Err((e, back)) => {
+                    // Relay from the supervisor's loop instead.
+                    tracing::warn!("cannot start the output relay thread: {e}");
+                    *streams = back;
+                    *inline = true;
+                }
+            }
+        }
+        let mut small = [0u8; 512];
+        for (&i, e) in open.iter().zip(events) {
+            let pumped = if e.is_empty() {
+                continue;
+            } else if e.contains(PollFlags::POLLIN) {
+                streams[i].pump(buffer(buf))
+            } else {
+                // Hang-up (the child closed its end): a read sees the end.
+                streams[i].pump(&mut small)
+            };
+            if pumped.is_err() {
+                streams[i].close();
+            }
+        }
     }
 }
 
@@ -184,8 +319,21 @@ pub fn pump_stdin(master: OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// The read buffer, allocated on the first read that has data to fetch: a
+/// child that writes nothing (or a relay that only sees end-of-file) never
+/// pays for it. 1 MiB, so bulk output moves in few, large reads.
+fn buffer(buf: &mut Vec<u8>) -> &mut [u8] {
+    if buf.is_empty() {
+        *buf = vec![0u8; BUF];
+    }
+    buf
+}
+
 fn run(mut streams: Vec<Stream>, stop: &EventFd) {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = Vec::new();
+    // Enough to see end-of-file (the usual event of a silent child) or a
+    // few bytes that raced in after poll.
+    let mut small = [0u8; 512];
     loop {
         let open: Vec<usize> = (0..streams.len())
             .filter(|&i| streams[i].src.is_some())
@@ -207,11 +355,21 @@ fn run(mut streams: Vec<Stream>, stop: &EventFd) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => break,
         }
-        let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(true)).collect();
+        let ready: Vec<Option<PollFlags>> = fds.iter().map(PollFd::revents).collect();
         drop(fds);
-        let stopping = ready.last().copied().unwrap_or(false);
+        // Unknown flags (None) count as ready, as everywhere below.
+        let stopping = ready
+            .last()
+            .is_some_and(|r| r.is_none_or(|r| !r.is_empty()));
         for (k, &i) in open.iter().enumerate() {
-            if ready[k] && streams[i].pump(&mut buf).is_err() {
+            let pumped = match ready[k] {
+                Some(r) if r.is_empty() => continue,
+                // Data waiting: the full-size buffer.
+                Some(r) if r.contains(PollFlags::POLLIN) => streams[i].pump(buffer(&mut buf)),
+                // Hang-up or error only: a read sees end-of-file.
+                _ => streams[i].pump(&mut small),
+            };
+            if pumped.is_err() {
                 streams[i].close();
             }
         }
@@ -219,13 +377,19 @@ fn run(mut streams: Vec<Stream>, stop: &EventFd) {
             break;
         }
     }
-    // Drain: everything the child wrote before it exited is in the pipes.
+    drain(&mut streams, &mut buf);
+}
+
+/// The main child has exited: everything it wrote is in the pipes. Read
+/// what is there without waiting for grandchildren that may still hold them
+/// open, then close every stream.
+fn drain(streams: &mut [Stream], buf: &mut Vec<u8>) {
     for s in streams.iter_mut() {
         if let Some(src) = &s.src {
             let _ = fcntl(src, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
         }
         while s.src.is_some() {
-            match s.pump(&mut buf) {
+            match s.pump(buffer(buf)) {
                 Ok(true) => {}
                 _ => break,
             }
@@ -269,5 +433,67 @@ mod tests {
         let n = nix::unistd::read(&out_r, &mut got).expect("read");
         assert_eq!(&got[..n], b"ABC<eof>");
         drop((r2, w2));
+    }
+
+    fn poll_watch(relay: &Relay) -> Vec<PollFlags> {
+        let mut fds: Vec<PollFd<'_>> = relay
+            .fds()
+            .into_iter()
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+            .collect();
+        poll(&mut fds, PollTimeout::from(1000u16)).expect("poll");
+        fds.iter()
+            .map(|f| f.revents().expect("known flags"))
+            .collect()
+    }
+
+    fn read_all(fd: &OwnedFd) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match nix::unistd::read(fd, &mut buf).expect("read") {
+                0 => return got,
+                n => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    #[test]
+    fn an_idle_relay_closes_on_hang_up_and_starts_its_thread_on_data() {
+        let (silent_r, silent_w) = nix::unistd::pipe().expect("pipe");
+        let (talk_r, talk_w) = nix::unistd::pipe().expect("pipe");
+        let (out1_r, out1_w) = nix::unistd::pipe().expect("pipe");
+        let (out2_r, out2_w) = nix::unistd::pipe().expect("pipe");
+        let stream = |src, dst| Stream {
+            src: Some(src),
+            dst,
+            filter: Some(Box::new(Upper) as Box<dyn Filter>),
+            out: Vec::new(),
+        };
+        let mut relay = Relay {
+            state: State::Idle {
+                streams: vec![stream(silent_r, out1_w), stream(talk_r, out2_w)],
+                buf: Vec::new(),
+                inline: false,
+            },
+        };
+        // A hang-up alone is handled in place: no thread, no big buffer.
+        drop(silent_w);
+        let events = poll_watch(&relay);
+        relay.ready(&events);
+        assert!(matches!(&relay.state, State::Idle { buf, .. } if buf.is_empty()));
+        assert_eq!(relay.fds().len(), 1, "the silent stream is closed");
+        let mut got = [0u8; 16];
+        let n = nix::unistd::read(&out1_r, &mut got).expect("read");
+        assert_eq!(&got[..n], b"<eof>");
+        // Data starts the thread, which relays from then on.
+        nix::unistd::write(&talk_w, b"abc").expect("write");
+        let events = poll_watch(&relay);
+        relay.ready(&events);
+        assert!(matches!(relay.state, State::Running { .. }));
+        assert!(relay.fds().is_empty());
+        drop(talk_w);
+        relay.finish();
+        assert_eq!(read_all(&out2_r), b"ABC<eof>");
     }
 }

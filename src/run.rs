@@ -3,13 +3,14 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use nix::poll::PollFlags;
 use nix::sys::signal::Signal;
 
 use zeroize::Zeroize;
@@ -28,7 +29,7 @@ use crate::relay::{self, Filter, Relay, Source};
 use crate::resolve::{require_all, resolve_plan};
 use crate::secret::providers::{start_renewer, VaultOptions, VaultSession};
 use crate::secret::SecretBytes;
-use crate::supervise::{self, SpawnSpec, Supervisor, TerminalLink};
+use crate::supervise::{self, SpawnSpec, Supervisor, TerminalLink, Watch};
 use crate::sys;
 
 /// Options of `run`.
@@ -173,8 +174,35 @@ fn start_io(
         };
         terminal = Some(TerminalLink { master, raw });
     }
-    let relay = Relay::start(sources).map_err(|e| os("cannot start the output relay", e))?;
+    let relay = Relay::new(sources).map_err(|e| os("cannot start the output relay", e))?;
     Ok((relay, terminal))
+}
+
+/// Start the API's server thread if it is not running; on failure its
+/// listeners are closed (clients are refused) and the command runs on.
+fn serve_api(api: &mut Option<RunningApi>) {
+    if let Some(a) = api {
+        if let Err(e) = a.serve() {
+            tracing::error!("{e}; the socket API refuses connections");
+        }
+    }
+}
+
+/// The API's listening sockets, polled by the supervisor until a
+/// connection starts the server thread.
+struct ApiWatch<'a>(&'a mut Option<RunningApi>);
+
+impl Watch for ApiWatch<'_> {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.0
+            .as_ref()
+            .map(RunningApi::idle_listeners)
+            .unwrap_or_default()
+    }
+
+    fn ready(&mut self, _: &[PollFlags]) {
+        serve_api(self.0);
+    }
 }
 
 /// What the API's callbacks need to resolve again, shared with its thread.
@@ -448,8 +476,9 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         }
     }
 
-    // The socket API starts before the child, which gets its address and a
-    // token (never a secret) in its environment.
+    // The socket API's sockets are bound (and listen) before the child
+    // starts, which gets their address and a token (never a secret) in its
+    // environment; the server thread starts after the spawn (see below).
     let (child_uid, child_gid) = match &user {
         Some(u) => (u.credentials.uid.as_raw(), u.credentials.gid.as_raw()),
         None => (
@@ -509,7 +538,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
                 .find(|(n, _)| n == k)
                 .map(|(_, v)| v.clone())
         };
-        Some(api::start(
+        Some(api::bind(
             ApiOptions {
                 socket: opts.socket.clone(),
                 admin_socket: opts.admin_socket.clone(),
@@ -674,20 +703,31 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         stdin_tty,
         filters(matcher.as_ref(), &counts),
     );
-    let (relay, mut terminal) = match started {
+    let (mut relay, mut terminal) = match started {
         Ok(io) => io,
         Err(e) => {
             let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = supervisor.wait(&signals, None, None);
+            let _ = supervisor.wait(&signals, None, None, &mut []);
             return Err(e);
         }
     };
     if let Ok(mut r) = sources.rotation.lock() {
         r.child = Some(spawned.pid);
     }
+    // The server thread: at once when held values expire (its sweep wipes
+    // them) or a reload signal may call the admin socket; otherwise on the
+    // first connection, which waits in the listen backlog meanwhile (a child
+    // that never calls the API costs no thread and no runtime).
+    if api
+        .as_ref()
+        .is_some_and(|a| a.must_serve_now() || opts.reload_signal.is_some())
+    {
+        serve_api(&mut api);
+    }
+    let admin_path = api.as_ref().map(|a| a.admin_path().to_path_buf());
     let reload = |_: Signal| {
-        let done = match &api {
-            Some(a) => a.reload(),
+        let done = match &admin_path {
+            Some(path) => api::reload_at(path),
             None => sources.reload().map(drop),
         };
         match done {
@@ -697,7 +737,12 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     };
     let on_reload: Option<(Signal, &dyn Fn(Signal))> =
         opts.reload_signal.map(|s| (s, &reload as &dyn Fn(Signal)));
-    let exit = supervisor.wait(&signals, terminal.as_mut(), on_reload);
+    let exit = supervisor.wait(
+        &signals,
+        terminal.as_mut(),
+        on_reload,
+        &mut [&mut ApiWatch(&mut api), &mut relay],
+    );
     relay.finish();
     drop(terminal); // restores the user's terminal mode
     let counts = counts.lock().map(|c| c.clone()).unwrap_or_default();

@@ -8,10 +8,13 @@
 //! [`revocations`] (the revocation list file), [`client`] (the HTTP client
 //! the CLI and tests use) and [`cli`] (`get`, `revoke`, `inventory`).
 //!
-//! What `run` does with it, in order: [`start`] before spawning the child
-//! (the socket exists when it returns); give the child
-//! [`RunningApi::child_env`]; [`RunningApi::shutdown`] after the child
-//! ended (dropping the handle does the same).
+//! What `run` does with it, in order: [`bind`] before spawning the child
+//! (the socket exists and listens when it returns); give the child
+//! [`RunningApi::child_env`]; once the child runs, [`RunningApi::serve`]
+//! (starts the server thread) at once when held values expire, else when a
+//! connection waits on one of [`RunningApi::idle_listeners`];
+//! [`RunningApi::shutdown`] after the child ended (dropping the handle does
+//! the same). [`start`] is [`bind`] and [`RunningApi::serve`] in one.
 
 #![forbid(unsafe_code)]
 
@@ -37,7 +40,7 @@ use crate::config::{Approval, Environment, PlannedSecret};
 use crate::error::Result;
 use crate::secret::{SecretBytes, SecretRef};
 
-pub use server::{start, RunningApi};
+pub use server::{bind, reload_at, start, RunningApi};
 pub use state::Now;
 
 /// The variable that tells the child where the socket is.

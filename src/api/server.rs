@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -191,14 +192,38 @@ impl http_body::Body for OutBody {
     }
 }
 
-/// The running API. Dropping it shuts it down, like [`RunningApi::shutdown`].
+/// The API: both sockets bound and listening, served by a thread of its
+/// own once [`RunningApi::serve`] ran. Dropping it shuts it down, like
+/// [`RunningApi::shutdown`].
 #[derive(Debug)]
 pub struct RunningApi {
     socket: SocketGuard,
     admin: SocketGuard,
     child_token: Option<SecretBytes>,
     stop: Option<watch::Sender<bool>>,
+    /// Before [`RunningApi::serve`]: the listeners (connections wait in
+    /// their backlog) and what the server thread will need.
+    idle: Option<Idle>,
+    /// Values expire, so the sweep must run: serve at once.
+    expiring: bool,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the server thread gets when it starts.
+struct Idle {
+    child: std::os::unix::net::UnixListener,
+    admin: std::os::unix::net::UnixListener,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle")
+            .field("child", &self.child)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunningApi {
@@ -235,25 +260,46 @@ impl RunningApi {
     }
 
     /// Reload as the admin socket's `POST /v1/admin/reload` does (for
-    /// `--reload-signal`): same path, same audit events. Blocks until done.
+    /// `--reload-signal`): same path, same audit events. Blocks until done;
+    /// the API must be serving ([`RunningApi::serve`]).
     pub fn reload(&self) -> Result<()> {
-        let answer = super::client::call(
-            self.admin_path(),
-            hyper::Method::POST,
-            "/v1/admin/reload",
-            None,
-            None,
-        )
-        .map_err(|e| Error::new(ErrorKind::Software, format!("reload: {e}")))?;
-        match answer.status {
-            200 => Ok(()),
-            _ => Err(Error::new(
-                ErrorKind::Unavailable,
-                answer
-                    .error()
-                    .unwrap_or_else(|| format!("reload: HTTP {}", answer.status)),
-            )),
+        if self.idle.is_some() {
+            return Err(Error::new(
+                ErrorKind::Software,
+                "reload: the socket API is not serving yet",
+            ));
         }
+        reload_at(self.admin_path())
+    }
+
+    /// Whether the server thread must start right away rather than on the
+    /// first connection: held values expire, and the sweep that wipes them
+    /// runs on that thread.
+    pub fn must_serve_now(&self) -> bool {
+        self.expiring && self.idle.is_some()
+    }
+
+    /// The listening sockets while nothing serves them: when one of them
+    /// becomes readable (a connection waits), call [`RunningApi::serve`].
+    /// Empty once serving.
+    pub fn idle_listeners(&self) -> Vec<BorrowedFd<'_>> {
+        match &self.idle {
+            Some(i) => vec![i.child.as_fd(), i.admin.as_fd()],
+            None => Vec::new(),
+        }
+    }
+
+    /// Start the server thread (once; later calls do nothing). Until then
+    /// connections wait in the listen backlog. On failure the listeners
+    /// are closed, so clients are refused rather than left waiting.
+    pub fn serve(&mut self) -> Result<()> {
+        let Some(idle) = self.idle.take() else {
+            return Ok(());
+        };
+        let thread = spawn_server(idle)
+            .map_err(|e| Error::new(ErrorKind::Os, format!("cannot start the socket API: {e}")))?;
+        self.thread = Some(thread);
+        Ok(())
     }
 
     /// Stop serving, wait for the server thread, remove both sockets.
@@ -265,12 +311,64 @@ impl RunningApi {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(true);
         }
+        self.idle = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
         self.socket.remove();
         self.admin.remove();
     }
+}
+
+/// `POST /v1/admin/reload` on the admin socket at `admin`, as
+/// [`RunningApi::reload`] does.
+pub fn reload_at(admin: &Path) -> Result<()> {
+    let answer = super::client::call(admin, hyper::Method::POST, "/v1/admin/reload", None, None)
+        .map_err(|e| Error::new(ErrorKind::Software, format!("reload: {e}")))?;
+    match answer.status {
+        200 => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::Unavailable,
+            answer
+                .error()
+                .unwrap_or_else(|| format!("reload: HTTP {}", answer.status)),
+        )),
+    }
+}
+
+/// The server thread: a current-thread runtime accepting on both sockets,
+/// and the sweep.
+fn spawn_server(idle: Idle) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let Idle {
+        child,
+        admin,
+        shared,
+        stop,
+    } = idle;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let (child_l, admin_l) = {
+        let _in_runtime = runtime.enter();
+        (
+            tokio::net::UnixListener::from_std(child)?,
+            tokio::net::UnixListener::from_std(admin)?,
+        )
+    };
+    std::thread::Builder::new()
+        .name("keywarden-api".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let sweeper = tokio::spawn(sweep(shared.clone(), stop.clone()));
+                tokio::join!(
+                    accept_loop(child_l, Kind::Child, shared.clone(), stop.clone()),
+                    accept_loop(admin_l, Kind::Admin, shared.clone(), stop.clone()),
+                );
+                sweeper.abort();
+            });
+            runtime.shutdown_timeout(Duration::from_millis(200));
+        })
 }
 
 impl Drop for RunningApi {
@@ -288,6 +386,20 @@ fn random_token_bytes() -> Option<[u8; TOKEN_RANDOM_BYTES]> {
 /// Bind both sockets, mint the child's token and start serving on a new
 /// thread. Both sockets accept connections when this returns.
 pub fn start(
+    opts: ApiOptions,
+    secrets: Vec<ServedSecret>,
+    callbacks: Callbacks,
+) -> Result<RunningApi> {
+    let mut api = bind(opts, secrets, callbacks)?;
+    api.serve()?;
+    Ok(api)
+}
+
+/// Bind both sockets (listening: a client's `connect` succeeds and waits
+/// in the backlog) and mint the child's token, without starting the server
+/// thread yet: [`RunningApi::serve`] does, e.g. once the child runs, or on
+/// the first connection ([`RunningApi::idle_listeners`]).
+pub fn bind(
     opts: ApiOptions,
     secrets: Vec<ServedSecret>,
     callbacks: Callbacks,
@@ -335,6 +447,7 @@ pub fn start(
         }
     };
     state.approvals = Some(super::approvals::Approvals::new(key));
+    let expiring = state.holds_expiring_values();
     let bytes = random_token_bytes().ok_or_else(|| {
         Error::new(
             ErrorKind::Os,
@@ -368,45 +481,19 @@ pub fn start(
             .map_err(|e| Error::new(ErrorKind::Os, format!("cannot set up the socket: {e}")))?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    // The runtime and the listeners' registration are made here, so any
-    // failure is reported before the child starts, without waiting for the
-    // server thread: connections queue in the listen backlog meanwhile.
-    let setup = || -> std::io::Result<_> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()?;
-        let listeners = {
-            let _in_runtime = runtime.enter();
-            (
-                tokio::net::UnixListener::from_std(child_listener)?,
-                tokio::net::UnixListener::from_std(admin_listener)?,
-            )
-        };
-        Ok((runtime, listeners))
-    };
-    let (runtime, (child_l, admin_l)) = setup()
-        .map_err(|e| Error::new(ErrorKind::Os, format!("cannot start the socket API: {e}")))?;
-    let thread = std::thread::Builder::new()
-        .name("keywarden-api".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let sweeper = tokio::spawn(sweep(shared.clone(), stop_rx.clone()));
-                tokio::join!(
-                    accept_loop(child_l, Kind::Child, shared.clone(), stop_rx.clone()),
-                    accept_loop(admin_l, Kind::Admin, shared.clone(), stop_rx.clone()),
-                );
-                sweeper.abort();
-            });
-            runtime.shutdown_timeout(Duration::from_millis(200));
-        })
-        .map_err(|e| Error::new(ErrorKind::Os, format!("cannot start the API thread: {e}")))?;
     let api = RunningApi {
         socket,
         admin,
         child_token: Some(root.text),
         stop: Some(stop_tx),
-        thread: Some(thread),
+        idle: Some(Idle {
+            child: child_listener,
+            admin: admin_listener,
+            shared,
+            stop: stop_rx,
+        }),
+        expiring,
+        thread: None,
     };
     tracing::info!(
         "socket API on {} (admin: {})",

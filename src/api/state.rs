@@ -221,6 +221,14 @@ impl State {
         state
     }
 
+    /// Whether a value held now will expire: then the sweep that wipes it
+    /// must run even when nobody asks for it.
+    pub fn holds_expiring_values(&self) -> bool {
+        self.secrets
+            .values()
+            .any(|e| e.value.is_some() && e.effective_ttl().is_some())
+    }
+
     fn entry_of(&self, s: ServedSecret, now: Now) -> Entry {
         let ttl = match (s.ttl_seconds, self.settings.max_ttl_seconds) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -404,6 +412,35 @@ pub(crate) mod tests {
             max_ttl_seconds: max,
             slack_secret_id: None,
         }
+    }
+
+    #[test]
+    fn expiring_values_are_noticed_for_the_sweep() {
+        let now = Now::system();
+        let forever = State::new(
+            settings(None),
+            vec![served("a", &["pool"], None, "va")],
+            now,
+        );
+        assert!(!forever.holds_expiring_values());
+        let by_entry = State::new(
+            settings(None),
+            vec![
+                served("a", &["pool"], None, "va"),
+                served("b", &["pool"], Some(30), "vb"),
+            ],
+            now,
+        );
+        assert!(by_entry.holds_expiring_values());
+        let by_policy = State::new(
+            settings(Some(60)),
+            vec![served("a", &["pool"], None, "va")],
+            now,
+        );
+        assert!(by_policy.holds_expiring_values());
+        let mut unresolved = served("a", &["pool"], Some(30), "va");
+        unresolved.value = None;
+        assert!(!State::new(settings(None), vec![unresolved], now).holds_expiring_values());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 mod spawn;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -98,6 +98,18 @@ impl TerminalLink {
     }
 }
 
+/// Work the supervisor's loop waits on besides signals, so it needs no
+/// thread of its own until there is something to do: descriptors to poll
+/// for input, and what to do when they are ready.
+pub trait Watch {
+    /// The descriptors to poll (for input) now; none when done.
+    fn fds(&self) -> Vec<BorrowedFd<'_>>;
+    /// The events of the last poll, one per descriptor [`Watch::fds`]
+    /// returned, in that order (some are ready). Must consume what made
+    /// them ready (read, close or hand off), as the poll is level-triggered.
+    fn ready(&mut self, events: &[PollFlags]);
+}
+
 /// Supervision settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Supervisor {
@@ -113,12 +125,14 @@ impl Supervisor {
     /// Forward signals and reap until the main child is gone.
     ///
     /// `on_reload` is the reload signal and what to do on it: that signal is
-    /// handled here, not forwarded.
+    /// handled here, not forwarded. `watches` are polled alongside the
+    /// signals.
     pub fn wait(
         &self,
         signals: &Signals,
         mut terminal: Option<&mut TerminalLink>,
         on_reload: Option<(Signal, &dyn Fn(Signal))>,
+        watches: &mut [&mut dyn Watch],
     ) -> Result<ChildExit> {
         let mut deadline: Option<Instant> = None;
         loop {
@@ -139,9 +153,37 @@ impl Supervisor {
                         .unwrap_or(PollTimeout::MAX)
                 }
             };
-            let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(Errno::EINTR) => {}
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            let mut counts = Vec::with_capacity(watches.len());
+            for w in watches.iter() {
+                let theirs = w.fds();
+                counts.push(theirs.len());
+                fds.extend(
+                    theirs
+                        .into_iter()
+                        .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+                );
+            }
+            let polled = poll(&mut fds, timeout);
+            // Flags nix does not know count as ready: the watch reads and
+            // finds out.
+            let events: Vec<PollFlags> = fds[1..]
+                .iter()
+                .map(|f| f.revents().unwrap_or(PollFlags::POLLERR))
+                .collect();
+            drop(fds);
+            match polled {
+                Ok(_) => {
+                    let mut rest = &events[..];
+                    for (w, n) in watches.iter_mut().zip(counts) {
+                        let (mine, others) = rest.split_at(n);
+                        rest = others;
+                        if mine.iter().any(|e| !e.is_empty()) {
+                            w.ready(mine);
+                        }
+                    }
+                }
+                Err(Errno::EINTR) => {}
                 Err(e) => return Err(Error::new(ErrorKind::Os, format!("poll: {e}"))),
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
