@@ -138,7 +138,7 @@ struct RunArgs {
     /// Re-read registry and policy and re-resolve on this signal (e.g. SIGHUP)
     #[arg(long, value_name = "SIG", value_parser = parse_signal)]
     reload_signal: Option<Signal>,
-    /// When a reload changes a value injected into the command: none, or signal:SIG (e.g. signal:HUP)
+    /// When a reload changes a value injected into the command: none, restart (stop it, start it again with the new values), or signal:SIG (e.g. signal:HUP)
     #[arg(long, value_name = "ACTION", default_value = "none", value_parser = OnRotate::parse)]
     on_rotate: OnRotate,
     /// The command and its arguments, passed verbatim

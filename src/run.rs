@@ -78,20 +78,20 @@ pub enum OnRotate {
     None,
     /// Send this signal to the child.
     Signal(Signal),
+    /// Stop the child (SIGTERM, SIGKILL after `--grace`) and start it again
+    /// with the new values.
+    Restart,
 }
 
 impl OnRotate {
-    /// Parse `none` or `signal:SIG`.
+    /// Parse `none`, `restart` or `signal:SIG`.
     pub fn parse(text: &str) -> std::result::Result<OnRotate, String> {
         match text {
             "none" => Ok(OnRotate::None),
-            "restart" => Err(
-                "--on-rotate restart is not available in this build (use signal:SIG or none)"
-                    .into(),
-            ),
+            "restart" => Ok(OnRotate::Restart),
             _ => match text.strip_prefix("signal:") {
                 Some(sig) => crate::cli::parse_signal(sig).map(OnRotate::Signal),
-                None => Err(format!("'{text}': expected none or signal:SIG")),
+                None => Err(format!("'{text}': expected none, restart or signal:SIG")),
             },
         }
     }
@@ -205,6 +205,89 @@ impl Watch for ApiWatch<'_> {
     }
 }
 
+/// `--on-rotate restart`: a rotation writes to a pipe; the supervisor,
+/// polling its other end, stops the child.
+struct RestartWatch {
+    reader: std::fs::File,
+    asked: bool,
+    /// keywarden itself is stopping: no restart.
+    cancelled: bool,
+}
+
+impl Watch for RestartWatch {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        vec![self.reader.as_fd()]
+    }
+
+    fn ready(&mut self, _: &[PollFlags]) {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        let _ = self.reader.read(&mut buf);
+        self.asked = true;
+    }
+
+    fn wants_stop(&mut self) -> bool {
+        std::mem::take(&mut self.asked) && !self.cancelled
+    }
+
+    fn stopping(&mut self) {
+        self.cancelled = true;
+    }
+}
+
+/// The child's environment for `plan` with `values` (in plan order), and
+/// the variables injected (name, index in the plan).
+#[allow(clippy::type_complexity)]
+fn child_env(
+    plan: &LaunchPlan,
+    values: &[SecretBytes],
+    process_env: &[(OsString, OsString)],
+    opts: &RunOptions,
+    user: Option<&sys::TargetUser>,
+    api_env: &[(String, SecretBytes)],
+) -> (Vec<(OsString, OsString)>, Vec<(String, usize)>) {
+    let mut keep = plan.policy.keep_env();
+    keep.extend(opts.keep_env.iter().cloned());
+    let mut extras: Vec<(String, OsString)> = api_env
+        .iter()
+        .map(|(k, v)| (k.clone(), OsString::from_vec(v.expose().to_vec())))
+        .collect();
+    if let Some(u) = user {
+        extras.push(("HOME".to_string(), u.home.clone().into_os_string()));
+        extras.push(("USER".to_string(), OsString::from(&u.name)));
+        extras.push(("LOGNAME".to_string(), OsString::from(&u.name)));
+    }
+    let mut spec = EnvSpec {
+        deny: plan.policy.deny_env.clone(),
+        clean: opts.clean_env || plan.policy.clean_env,
+        keep,
+        env_sources: plan.env_sources(),
+        inject: plan
+            .secrets
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.approval == config::Approval::None)
+            .filter_map(|(i, s)| s.env_var.clone().map(|v| (v, i)))
+            .collect(),
+        extras,
+    };
+    let exposed: Vec<&[u8]> = values.iter().map(SecretBytes::expose).collect();
+    let env = envfilter::build(process_env, &spec, &exposed)
+        .into_iter()
+        .map(|(k, v)| match v {
+            EnvValue::Plain(v) => (k, v),
+            EnvValue::Secret(i) => (k, OsString::from_vec(exposed[i].to_vec())),
+        })
+        .collect();
+    for (k, v) in spec.extras.iter_mut() {
+        if k == api::TOKEN_VAR {
+            let mut bytes = std::mem::take(v).into_vec();
+            bytes.zeroize();
+        }
+    }
+    (env, std::mem::take(&mut spec.inject))
+}
+
 /// What the API's callbacks need to resolve again, shared with its thread.
 struct Sources {
     common: Common,
@@ -230,6 +313,11 @@ struct Rotation {
     /// The running child.
     child: Option<nix::unistd::Pid>,
     on_rotate: OnRotate,
+    /// `--on-rotate restart`: the plan and values to start the child with
+    /// once it has stopped.
+    restart: Option<(LaunchPlan, Vec<SecretBytes>)>,
+    /// Wakes the supervisor for a restart.
+    wake: Option<std::fs::File>,
 }
 
 impl Sources {
@@ -280,6 +368,17 @@ impl Sources {
             return;
         }
         match (r.on_rotate, r.child) {
+            (OnRotate::Restart, _) => {
+                tracing::info!(
+                    "injected {} changed: restarting the command",
+                    changed.join(", ")
+                );
+                r.restart = Some((plan.clone(), values.iter().map(SecretBytes::duplicate).collect()));
+                if let Some(w) = r.wake.as_mut() {
+                    use std::io::Write;
+                    let _ = w.write_all(b"r");
+                }
+            }
             (OnRotate::Signal(sig), Some(child)) => {
                 tracing::info!("injected {} changed: sending {} to the command", changed.join(", "), sig.as_str());
                 let _ = nix::sys::signal::kill(child, sig);
@@ -503,6 +602,8 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             injected: Vec::new(),
             child: None,
             on_rotate: opts.on_rotate,
+            restart: None,
+            wake: None,
         }),
         vault,
     });
@@ -601,129 +702,40 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             .iter()
             .find(|(k, _)| k == api::TOKEN_VAR)
             .map(|(_, v)| SecretBytes::copy_from(v.as_bytes()));
-        r.injected = plan
-            .secrets
-            .iter()
-            .zip(&secrets)
-            .filter_map(|(p, v)| p.env_var.clone().map(|var| (var, v.duplicate())))
-            .collect();
     }
     let counts = Arc::new(Mutex::new(Counts::default()));
-
-    let mut keep = plan.policy.keep_env();
-    keep.extend(opts.keep_env.iter().cloned());
-    let mut extras = api_env;
-    if let Some(u) = &user {
-        extras.push(("HOME".to_string(), u.home.clone().into_os_string()));
-        extras.push(("USER".to_string(), OsString::from(&u.name)));
-        extras.push(("LOGNAME".to_string(), OsString::from(&u.name)));
-    }
-    let mut spec = EnvSpec {
-        deny: plan.policy.deny_env.clone(),
-        clean: opts.clean_env || plan.policy.clean_env,
-        keep,
-        env_sources: plan.env_sources(),
-        inject: plan
-            .secrets
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.approval == config::Approval::None)
-            .filter_map(|(i, s)| s.env_var.clone().map(|v| (v, i)))
-            .collect(),
-        extras,
-    };
-    let values: Vec<&[u8]> = secrets.iter().map(SecretBytes::expose).collect();
-    let mut env: Vec<(OsString, OsString)> = envfilter::build(&process_env, &spec, &values)
+    // The child's API variables, kept (the token as a secret) for restarts.
+    let api_env: Vec<(String, SecretBytes)> = api_env
         .into_iter()
-        .map(|(k, v)| match v {
-            EnvValue::Plain(v) => (k, v),
-            EnvValue::Secret(i) => (k, OsString::from_vec(values[i].to_vec())),
+        .map(|(k, v)| {
+            let mut bytes = v.into_vec();
+            let kept = SecretBytes::copy_from(&bytes);
+            bytes.zeroize();
+            (k, kept)
         })
         .collect();
-    for (k, v) in spec.extras.iter_mut() {
-        if k == api::TOKEN_VAR {
-            let mut bytes = std::mem::take(v).into_vec();
-            bytes.zeroize();
-        }
-    }
-
-    let path_var = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone());
-    let program = supervise::locate(&opts.command[0], path_var.as_deref(), &cwd)?;
     let pid1 = std::process::id() == 1;
     if opts.subreaper && !pid1 {
         sys::set_child_subreaper()?;
     }
     let stdin_tty = std::io::stdin().is_terminal();
     let stdout_tty = std::io::stdout().is_terminal();
-    let pty = if opts.pty.wanted(stdin_tty, stdout_tty) {
-        let size = sys::window_size(std::io::stdout().as_fd())
-            .or_else(|| sys::window_size(std::io::stdin().as_fd()));
-        Some(sys::open_pty(size)?)
-    } else {
-        None
-    };
-    let (master, slave) = match pty {
-        Some(p) => (Some(p.master), Some(p.slave)),
-        None => (None, None),
-    };
-    let spawned = supervise::spawn(SpawnSpec {
-        program,
-        argv: &opts.command,
-        env: &env,
-        credentials: user.map(|u| u.credentials),
-        pty_slave: slave,
-    });
-    for (_, v) in env.iter_mut() {
-        let mut bytes = std::mem::take(v).into_vec();
-        bytes.zeroize();
-    }
-    let spawned = spawned?;
-    tracing::info!("started pid {}", spawned.pid);
-    for (name, i) in &spec.inject {
-        let p = &plan.secrets[*i];
-        audit.note(
-            Event::new(EventKind::Inject)
-                .secret(&p.id, &p.reference, &p.scope)
-                .reason(format!("as {name}")),
-        );
-    }
-    audit.note(Event::new(EventKind::ChildStart).child_pid(spawned.pid.as_raw()));
-
-    let supervisor = Supervisor {
-        child: spawned.pid,
-        reap_all: opts.subreaper || pid1,
-        grace: opts.grace,
-    };
-    let started = start_io(
-        spawned.outputs,
-        master,
-        stdin_tty,
-        filters(matcher.as_ref(), &counts),
-    );
-    let (mut relay, mut terminal) = match started {
-        Ok(io) => io,
-        Err(e) => {
-            let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = supervisor.wait(&signals, None, None, &mut []);
-            return Err(e);
+    let mut restarts = match opts.on_rotate {
+        OnRotate::Restart => {
+            let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| Error::new(ErrorKind::Os, format!("cannot create a pipe: {e}")))?;
+            let (reader, writer) = (std::fs::File::from(reader), std::fs::File::from(writer));
+            if let Ok(mut r) = sources.rotation.lock() {
+                r.wake = Some(writer);
+            }
+            Some(RestartWatch {
+                reader,
+                asked: false,
+                cancelled: false,
+            })
         }
+        _ => None,
     };
-    if let Ok(mut r) = sources.rotation.lock() {
-        r.child = Some(spawned.pid);
-    }
-    // The server thread: at once when held values expire (its sweep wipes
-    // them) or a reload signal may call the admin socket; otherwise on the
-    // first connection, which waits in the listen backlog meanwhile (a child
-    // that never calls the API costs no thread and no runtime).
-    if api
-        .as_ref()
-        .is_some_and(|a| a.must_serve_now() || opts.reload_signal.is_some())
-    {
-        serve_api(&mut api);
-    }
     let admin_path = api.as_ref().map(|a| a.admin_path().to_path_buf());
     let reload = |_: Signal| {
         let done = match &admin_path {
@@ -737,26 +749,136 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     };
     let on_reload: Option<(Signal, &dyn Fn(Signal))> =
         opts.reload_signal.map(|s| (s, &reload as &dyn Fn(Signal)));
-    let exit = supervisor.wait(
-        &signals,
-        terminal.as_mut(),
-        on_reload,
-        &mut [&mut ApiWatch(&mut api), &mut relay],
-    );
-    relay.finish();
-    drop(terminal); // restores the user's terminal mode
+
+    let mut current = plan.clone();
+    let mut current_values: Vec<SecretBytes> = secrets.iter().map(SecretBytes::duplicate).collect();
+    let mut first = true;
+    let exit = loop {
+        let (mut env, inject) = child_env(
+            &current,
+            &current_values,
+            &process_env,
+            opts,
+            user.as_ref(),
+            &api_env,
+        );
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone());
+        let program = supervise::locate(&opts.command[0], path_var.as_deref(), &cwd)?;
+        let pty = if opts.pty.wanted(stdin_tty, stdout_tty) {
+            let size = sys::window_size(std::io::stdout().as_fd())
+                .or_else(|| sys::window_size(std::io::stdin().as_fd()));
+            Some(sys::open_pty(size)?)
+        } else {
+            None
+        };
+        let (master, slave) = match pty {
+            Some(p) => (Some(p.master), Some(p.slave)),
+            None => (None, None),
+        };
+        let spawned = supervise::spawn(SpawnSpec {
+            program,
+            argv: &opts.command,
+            env: &env,
+            credentials: user.as_ref().map(|u| u.credentials.clone()),
+            pty_slave: slave,
+        });
+        for (_, v) in env.iter_mut() {
+            let mut bytes = std::mem::take(v).into_vec();
+            bytes.zeroize();
+        }
+        let spawned = spawned?;
+        tracing::info!("started pid {}", spawned.pid);
+        for (name, i) in &inject {
+            let p = &current.secrets[*i];
+            audit.note(
+                Event::new(EventKind::Inject)
+                    .secret(&p.id, &p.reference, &p.scope)
+                    .reason(format!("as {name}")),
+            );
+        }
+        audit.note(Event::new(EventKind::ChildStart).child_pid(spawned.pid.as_raw()));
+
+        let supervisor = Supervisor {
+            child: spawned.pid,
+            reap_all: opts.subreaper || pid1,
+            grace: opts.grace,
+        };
+        let started = start_io(
+            spawned.outputs,
+            master,
+            stdin_tty,
+            filters(matcher.as_ref(), &counts),
+        );
+        let (mut relay, mut terminal) = match started {
+            Ok(io) => io,
+            Err(e) => {
+                let _ = nix::sys::signal::kill(spawned.pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = supervisor.wait(&signals, None, None, &mut []);
+                return Err(e);
+            }
+        };
+        if let Ok(mut r) = sources.rotation.lock() {
+            r.child = Some(spawned.pid);
+            r.injected = inject
+                .iter()
+                .map(|(var, i)| (var.clone(), current_values[*i].duplicate()))
+                .collect();
+        }
+        // The server thread: at once when held values expire (its sweep
+        // wipes them) or a reload signal may call the admin socket;
+        // otherwise on the first connection, which waits in the listen
+        // backlog meanwhile (a child that never calls the API costs no
+        // thread and no runtime).
+        if first
+            && api
+                .as_ref()
+                .is_some_and(|a| a.must_serve_now() || opts.reload_signal.is_some())
+        {
+            serve_api(&mut api);
+        }
+        first = false;
+        let exit = {
+            let mut api_watch = ApiWatch(&mut api);
+            let mut watches: Vec<&mut dyn Watch> = vec![&mut api_watch, &mut relay];
+            if let Some(w) = restarts.as_mut() {
+                watches.push(w);
+            }
+            supervisor.wait(&signals, terminal.as_mut(), on_reload, &mut watches)
+        };
+        relay.finish();
+        drop(terminal); // restores the user's terminal mode
+        if let Ok(mut r) = sources.rotation.lock() {
+            r.child = None;
+        }
+        let exit = exit?;
+        tracing::info!("{}", supervise::describe(exit));
+        let mut e = Event::new(EventKind::ChildExit).child_pid(spawned.pid.as_raw());
+        e = match exit {
+            supervise::ChildExit::Exited(code) => e.status(i64::from(code)),
+            supervise::ChildExit::Signaled(sig) => e
+                .status(i64::from(exit.exit_code()))
+                .signal(sys::signal_name(sig)),
+        };
+        audit.note(e);
+        let next = sources
+            .rotation
+            .lock()
+            .ok()
+            .and_then(|mut r| r.restart.take());
+        match next {
+            Some((plan, values)) if restarts.as_ref().is_some_and(|w| !w.cancelled) => {
+                tracing::info!("starting the command again with the rotated values");
+                current = plan;
+                current_values = values;
+            }
+            _ => break exit,
+        }
+    };
     let counts = counts.lock().map(|c| c.clone()).unwrap_or_default();
     redaction::log_counts(&counts);
-    let exit = exit?;
-    tracing::info!("{}", supervise::describe(exit));
-    let mut e = Event::new(EventKind::ChildExit).child_pid(spawned.pid.as_raw());
-    e = match exit {
-        supervise::ChildExit::Exited(code) => e.status(i64::from(code)),
-        supervise::ChildExit::Signaled(sig) => e
-            .status(i64::from(exit.exit_code()))
-            .signal(sys::signal_name(sig)),
-    };
-    audit.note(e);
     audit.note(
         Event::new(EventKind::RedactionCounts)
             .counts(counts.iter().map(|(k, v)| (k.to_string(), v)).collect()),

@@ -108,6 +108,14 @@ pub trait Watch {
     /// returned, in that order (some are ready). Must consume what made
     /// them ready (read, close or hand off), as the poll is level-triggered.
     fn ready(&mut self, events: &[PollFlags]);
+    /// Checked after each poll: whether the watch asks for the child to be
+    /// stopped (SIGTERM now, SIGKILL after the grace period).
+    fn wants_stop(&mut self) -> bool {
+        false
+    }
+    /// Told when keywarden itself is being stopped (a stop signal was
+    /// forwarded to the child).
+    fn stopping(&mut self) {}
 }
 
 /// Supervision settings.
@@ -186,6 +194,15 @@ impl Supervisor {
                 Err(Errno::EINTR) => {}
                 Err(e) => return Err(Error::new(ErrorKind::Os, format!("poll: {e}"))),
             }
+            let mut stop = false;
+            for w in watches.iter_mut() {
+                stop |= w.wants_stop();
+            }
+            if stop && deadline.is_none() {
+                tracing::debug!("stopping pid {} (SIGTERM)", self.child);
+                let _ = kill(self.child, Signal::SIGTERM);
+                deadline = Some(Instant::now() + self.grace);
+            }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 tracing::warn!(
                     "the command did not exit within the {} grace period; sending SIGKILL",
@@ -219,11 +236,13 @@ impl Supervisor {
                     tracing::debug!("forwarding {} to pid {}", d.signal.as_str(), self.child);
                     let _ = kill(self.child, d.signal);
                 }
-                if STOP_SIGNALS.contains(&d.signal)
-                    && d.sender != self.child.as_raw()
-                    && deadline.is_none()
-                {
-                    deadline = Some(Instant::now() + self.grace);
+                if STOP_SIGNALS.contains(&d.signal) && d.sender != self.child.as_raw() {
+                    for w in watches.iter_mut() {
+                        w.stopping();
+                    }
+                    if deadline.is_none() {
+                        deadline = Some(Instant::now() + self.grace);
+                    }
                 }
             }
         }

@@ -416,17 +416,95 @@ fn after_a_reload_new_values_are_masked_and_on_rotate_signals_the_child() {
     assert_eq!(text, "rotated\n[REDACTED:openai]\n", "{}", stderr(&out));
 }
 
+/// `--on-rotate restart`: a reload that changes an injected value stops
+/// the child (SIGTERM; SIGKILL after `--grace` when it ignores it) and
+/// starts it again with the new value; stopping keywarden does not restart.
 #[test]
-fn on_rotate_restart_is_refused_clearly() {
-    let dir = Dir::new();
-    let out = output(&mut kw(
-        &dir,
-        &["run", "--on-rotate", "restart", "--", "true"],
-    ));
-    assert_eq!(out.status.code(), Some(64));
-    assert!(
-        stderr(&out).contains("not available in this build"),
-        "{}",
-        stderr(&out)
-    );
+fn on_rotate_restart_starts_the_child_again_with_the_new_value() {
+    for ignores_term in [false, true] {
+        let dir = Dir::new();
+        let first = setup(&dir);
+        let second = secret(40);
+        // Each start appends its value; the first one may ignore SIGTERM.
+        let trap = if ignores_term {
+            "[ -f started ] || trap '' TERM"
+        } else {
+            "trap 'exit 0' TERM"
+        };
+        let script = format!(
+            "{trap}; touch started; printf '%s\\n' \"$OPENAI_API_KEY\" >> seen; \
+             while :; do sleep 0.05; done"
+        );
+        let mut child = kw(
+            &dir,
+            &[
+                "run",
+                "--env",
+                "dev",
+                "--registry",
+                "reg.yaml",
+                "--reload-signal",
+                "HUP",
+                "-v",
+                "--on-rotate",
+                "restart",
+                "--grace",
+                "1s",
+                "--audit",
+                "audit.jsonl",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+        assert!(eventually(Duration::from_secs(10), || dir
+            .read("seen")
+            .lines()
+            .count()
+            == 1));
+        // A reload that changes nothing does not restart.
+        signal(child.id(), "HUP");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(dir.read("seen").lines().count(), 1);
+        dir.write("secrets/openai", &second);
+        let asked = std::time::Instant::now();
+        signal(child.id(), "HUP");
+        assert!(eventually(Duration::from_secs(10), || dir
+            .read("seen")
+            .lines()
+            .count()
+            == 2));
+        let took = asked.elapsed();
+        if ignores_term {
+            assert!(took >= Duration::from_millis(900), "no grace: {took:?}");
+        }
+        assert_eq!(dir.read("seen"), format!("{first}\n{second}\n"));
+        // Stopping keywarden stops the child and does not restart it.
+        signal(child.id(), "TERM");
+        let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("keywarden exits");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(dir.read("seen").lines().count(), 2);
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("stderr");
+        assert!(err.contains("restarting the command"), "{err}");
+        assert!(!err.contains(&second) && !err.contains(&first), "{err}");
+        let audit = dir.read("audit.jsonl");
+        assert_eq!(
+            audit.matches("\"event\":\"child_start\"").count(),
+            2,
+            "{audit}"
+        );
+        assert_eq!(
+            audit.matches("\"event\":\"child_exit\"").count(),
+            2,
+            "{audit}"
+        );
+        let _ = status;
+    }
 }
