@@ -18,7 +18,9 @@
 #   scripts/bench-startup.sh [ITERATIONS=2000] [WARMUP=100]
 #
 # Needs: python3, tini (Debian package `tini`), cargo. KEYWARDEN=/path/to/bin
-# skips the build and measures that binary instead.
+# skips the build and measures that binary instead; KEYWARDEN_ALT=/path adds
+# a second binary to the same alternating run (e.g. a static build from
+# scripts/build-static.sh), reported as "alt".
 set -euo pipefail
 iterations=${1:-2000}
 warmup=${2:-100}
@@ -45,18 +47,27 @@ echo "tini:      $tini ($("$tini" --version 2>&1 | head -1))"
 echo "kernel:    $(uname -r); cpus: $(nproc); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "iterations: $iterations (+$warmup warm-up), alternating"
 
+# BENCH_RUNTIME_DIR=/dev/shm measures with $XDG_RUNTIME_DIR on a tmpfs, as
+# on a systemd host (/run/user/UID); by default the sockets' folders go in
+# the temp folder.
 env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$work" LANG=C \
-    python3 - "$iterations" "$warmup" "$KEYWARDEN" "$tini" "$truebin" <<'PY'
+    ${BENCH_RUNTIME_DIR:+XDG_RUNTIME_DIR="$BENCH_RUNTIME_DIR"} \
+    python3 - "$iterations" "$warmup" "$KEYWARDEN" "$tini" "$truebin" "${KEYWARDEN_ALT:-}" <<'PY'
 import os, sys, time
 
 iterations, warmup = int(sys.argv[1]), int(sys.argv[2])
-keywarden, tini, true = sys.argv[3], sys.argv[4], sys.argv[5]
+keywarden, tini, true, alt = sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 commands = [
     ("keywarden", [keywarden, "run", "--", true]),
     ("no-socket", [keywarden, "run", "--no-socket", "--", true]),
     ("tini", [tini, "-s", "--", true]),
     ("true", [true]),
 ]
+if alt:
+    commands += [
+        ("alt", [alt, "run", "--", true]),
+        ("alt-no-sock", [alt, "run", "--no-socket", "--", true]),
+    ]
 null = [
     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
     (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
@@ -86,15 +97,18 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 stats = {}
-print(f"{'command':<10} {'median':>9} {'p90':>9} {'mean':>9} {'min':>9}   (microseconds)")
+print(f"{'command':<11} {'median':>9} {'p90':>9} {'mean':>9} {'min':>9}   (microseconds)")
 for name, _ in commands:
     xs = samples[name]
     stats[name] = (pct(xs, 50), pct(xs, 90), sum(xs) / len(xs), min(xs))
     m, p, a, lo = (v / 1000 for v in stats[name])
-    print(f"{name:<10} {m:>9.0f} {p:>9.0f} {a:>9.0f} {lo:>9.0f}")
+    print(f"{name:<11} {m:>9.0f} {p:>9.0f} {a:>9.0f} {lo:>9.0f}")
 kw, ti, tr = stats["keywarden"], stats["tini"], stats["true"]
 ns = stats["no-socket"]
 print(f"ratio keywarden/tini: median {kw[0] / ti[0]:.2f}x, p90 {kw[1] / ti[1]:.2f}x (goal: <= 1.10x)")
 print(f"ratio keywarden --no-socket/tini: median {ns[0] / ti[0]:.2f}x, p90 {ns[1] / ti[1]:.2f}x")
 print(f"over /bin/true (median): keywarden +{(kw[0] - tr[0]) / 1000:.0f} us, tini +{(ti[0] - tr[0]) / 1000:.0f} us")
+if alt:
+    a, an = stats["alt"], stats["alt-no-sock"]
+    print(f"ratio alt/tini: median {a[0] / ti[0]:.2f}x; alt --no-socket/tini: median {an[0] / ti[0]:.2f}x")
 PY
