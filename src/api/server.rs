@@ -668,6 +668,27 @@ async fn respond(
     response(reply.status, reply.body, retry_after)
 }
 
+/// Show `line` to the operator only: on keywarden's controlling terminal
+/// when it has one (not captured by any log; `\r\n` in case a pty child
+/// holds it in raw mode), else on keywarden's own stderr — never through
+/// the log (its format and destination may be a file or a collector) or
+/// the audit log.
+fn show_operator(line: &str) {
+    use std::io::Write;
+    if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/tty") {
+        if tty
+            .write_all(line.as_bytes())
+            .and_then(|_| tty.write_all(b"\r\n"))
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(line.as_bytes());
+    let _ = err.write_all(b"\n");
+}
+
 /// A call on the child's socket. `Err` is a refusal by the rate limiter,
 /// with its `Retry-After`.
 async fn child_call(
@@ -720,21 +741,17 @@ async fn child_call(
         }
     };
     if let Some(opened) = &reply.challenge {
-        // The operator's eyes only: keywarden's own stderr, not the log
-        // (whose format and destination may be a file or a collector).
         let who = match (peer.pid, peer.uid) {
             (Some(pid), Some(uid)) => format!(" by pid {pid} (uid {uid})"),
             _ => String::new(),
         };
         let secret = reply.subject.as_ref().map(|s| s.id.as_str()).unwrap_or("?");
-        let notice = zeroize::Zeroizing::new(format!(
-            "keywarden: approval needed: secret '{secret}' requested{who}; challenge {id}, code {code} (valid until {until}); answer with: keywarden approve {id}\n",
+        show_operator(&zeroize::Zeroizing::new(format!(
+            "keywarden: approval needed: secret '{secret}' requested{who}; challenge {id}, code {code} (valid until {until}); answer with: keywarden approve {id}",
             id = opened.id,
             code = opened.code.as_str(),
             until = opened.expires_at,
-        ));
-        use std::io::Write;
-        let _ = std::io::stderr().lock().write_all(notice.as_bytes());
+        )));
     }
     match &reply.auth {
         Auth::Failed(e) => {

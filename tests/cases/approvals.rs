@@ -66,7 +66,8 @@ fn an_approval_required_secret_is_served_once_per_answered_challenge() {
          while [ ! -f done ]; do sleep 0.05; done",
         kw = bin()
     );
-    let mut run = kw(
+    // Detached from any terminal, so the operator's line goes to stderr.
+    let mut run = kw_detached(
         &dir,
         &[
             "run",

@@ -65,7 +65,20 @@ impl Dir {
 /// so the environment is `dev` unless a test says otherwise.
 pub fn kw(dir: &Dir, args: &[&str]) -> Command {
     let mut c = Command::new(bin());
-    c.args(args).current_dir(dir.path());
+    c.args(args);
+    prepare(dir, c)
+}
+
+/// `kw` in a new session (`setsid`): keywarden has no controlling terminal,
+/// even when the tests run on one.
+pub fn kw_detached(dir: &Dir, args: &[&str]) -> Command {
+    let mut c = Command::new("setsid");
+    c.arg(bin()).args(args);
+    prepare(dir, c)
+}
+
+fn prepare(dir: &Dir, mut c: Command) -> Command {
+    c.current_dir(dir.path());
     for v in [
         "CI",
         "KEYWARDEN_ENV",
