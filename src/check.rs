@@ -2,7 +2,6 @@
 //! environment, and print a table (or JSON) of what was found — never a
 //! value. Exit 0 when every ref resolves, else the first failure's code.
 
-use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -11,7 +10,6 @@ use serde::Serialize;
 use crate::cli::Common;
 use crate::config::{self, Approval};
 use crate::error::{Error, ErrorKind, Result};
-use crate::resolve::resolve_plan;
 use crate::secret::providers::scrub;
 use crate::secret::SecretBytes;
 
@@ -62,18 +60,12 @@ struct Report {
 
 /// Run `check`; returns the exit code.
 pub fn check(common: &Common, format: Format) -> Result<u8> {
-    let process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let config = config::load(common.registry.as_deref(), common.policy.as_deref())?;
-    let plan = config::build_plan(&config, common.env, &process_env, &cwd)?;
-    let outcomes = resolve_plan(
-        &plan,
-        &common.store,
-        &process_env,
-        common.timeout,
-        None,
-        &crate::secret::providers::VaultSession::once(),
-    )?;
+    let crate::resolve::Resolved {
+        process_env,
+        config,
+        plan,
+        outcomes,
+    } = crate::resolve::load_and_resolve(common)?;
     let values: Vec<&SecretBytes> = outcomes
         .iter()
         .filter_map(|o| o.result.as_ref().ok())

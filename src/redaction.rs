@@ -161,18 +161,12 @@ pub fn redact_command(common: &crate::cli::Common, mask: &Mask) -> crate::error:
 
     use crate::error::{Error, ErrorKind};
 
-    let process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
-    let config = crate::config::load(common.registry.as_deref(), common.policy.as_deref())?;
-    let plan = crate::config::build_plan(&config, common.env, &process_env, &cwd)?;
-    let outcomes = crate::resolve::resolve_plan(
-        &plan,
-        &common.store,
-        &process_env,
-        common.timeout,
-        None,
-        &crate::secret::providers::VaultSession::once(),
-    )?;
+    let crate::resolve::Resolved {
+        process_env,
+        plan,
+        outcomes,
+        ..
+    } = crate::resolve::load_and_resolve(common)?;
     let values = crate::resolve::require_all(outcomes)?;
     for id in too_short(&plan, &values) {
         tracing::warn!("secret '{id}' is too short to mask safely; it is not redacted");
@@ -226,18 +220,12 @@ pub fn scan_command(
 ) -> crate::error::Result<u8> {
     use std::io::Write;
 
-    let process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
-    let config = crate::config::load(common.registry.as_deref(), common.policy.as_deref())?;
-    let plan = crate::config::build_plan(&config, common.env, &process_env, &cwd)?;
-    let outcomes = crate::resolve::resolve_plan(
-        &plan,
-        &common.store,
-        &process_env,
-        common.timeout,
-        None,
-        &crate::secret::providers::VaultSession::once(),
-    )?;
+    let crate::resolve::Resolved {
+        process_env,
+        plan,
+        outcomes,
+        ..
+    } = crate::resolve::load_and_resolve(common)?;
     let values = crate::resolve::require_all(outcomes)?;
     for id in too_short(&plan, &values) {
         tracing::warn!("secret '{id}' is too short to be found safely; it is not scanned for");

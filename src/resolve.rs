@@ -135,6 +135,43 @@ pub fn resolve_plan(
     }
 }
 
+/// What `check`, `redact` and `scan` start from.
+#[derive(Debug)]
+pub struct Resolved {
+    /// keywarden's environment.
+    pub process_env: Vec<(OsString, OsString)>,
+    /// The registry and policy as loaded.
+    pub config: crate::config::Config,
+    /// The plan for `--env`.
+    pub plan: LaunchPlan,
+    /// Every ref's outcome, in plan order.
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Load the configuration, plan `--env` and resolve every ref once (no
+/// signals watched, no token renewal): what `check`, `redact` and `scan`
+/// start from.
+pub fn load_and_resolve(common: &crate::cli::Common) -> Result<Resolved> {
+    let process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
+    let config = crate::config::load(common.registry.as_deref(), common.policy.as_deref())?;
+    let plan = crate::config::build_plan(&config, common.env, &process_env, &cwd)?;
+    let outcomes = resolve_plan(
+        &plan,
+        &common.store,
+        &process_env,
+        common.timeout,
+        None,
+        &VaultSession::once(),
+    )?;
+    Ok(Resolved {
+        process_env,
+        config,
+        plan,
+        outcomes,
+    })
+}
+
 /// Fail closed: every value, or the error of the first ref that failed
 /// (the others are logged). Messages are scrubbed of every resolved value.
 pub fn require_all(outcomes: Vec<Outcome>) -> Result<Vec<SecretBytes>> {
