@@ -178,3 +178,67 @@ fn approve_without_a_sidecar_or_with_a_bad_id() {
     ));
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
 }
+
+/// With a controlling terminal, the operator's line goes there, not to
+/// keywarden's stderr (which may be a log).
+#[test]
+fn the_code_goes_to_the_controlling_terminal_when_there_is_one() {
+    use std::io::Read;
+    let dir = Dir::new();
+    dir.write("secrets/billing", secret(40));
+    dir.write(
+        "reg.yaml",
+        "billing:\n  dev:\n    secret_ref: file://secrets/billing\n    scope: [pool]\n    approval: required\n",
+    );
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let on_tty = || Stdio::from(pty.slave.try_clone().expect("dup"));
+    let err_file = std::fs::File::create(dir.join("stderr.txt")).expect("stderr file");
+    let script = format!("{kw} get billing 2>/dev/null; echo asked=$?", kw = bin());
+    let mut run = kw_on_ctty(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--pty",
+            "never",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .stdin(on_tty())
+    .stdout(on_tty())
+    .stderr(err_file)
+    .spawn()
+    .expect("run");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut reader = std::fs::File::from(pty.master.try_clone().expect("dup"));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&seen.lock().expect("lock")).into_owned();
+    assert!(
+        eventually(Duration::from_secs(10), || text().contains("asked=77")),
+        "{}",
+        text()
+    );
+    wait_timeout(&mut run, Duration::from_secs(10)).expect("exits");
+    let terminal = text();
+    assert!(
+        terminal.contains("approval needed: secret 'billing'") && terminal.contains("code "),
+        "{terminal}"
+    );
+    let logged = dir.read("stderr.txt");
+    assert!(!logged.contains("approval needed"), "{logged}");
+}

@@ -77,6 +77,14 @@ pub fn kw_detached(dir: &Dir, args: &[&str]) -> Command {
     prepare(dir, c)
 }
 
+/// `kw` in a new session whose controlling terminal is keywarden's stdin
+/// (`setsid --ctty`), which must then be a terminal.
+pub fn kw_on_ctty(dir: &Dir, args: &[&str]) -> Command {
+    let mut c = Command::new("setsid");
+    c.arg("--ctty").arg(bin()).args(args);
+    prepare(dir, c)
+}
+
 fn prepare(dir: &Dir, mut c: Command) -> Command {
     c.current_dir(dir.path());
     for v in [
