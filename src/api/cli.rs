@@ -358,7 +358,18 @@ pub fn approve(
     let code = read_code()?;
     let text = std::str::from_utf8(code.expose())
         .map_err(|_| Error::new(ErrorKind::Data, "the code is not text"))?;
-    let body = Zeroizing::new(serde_json::json!({ "code": text }).to_string().into_bytes());
+    if text.is_empty()
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'-' || b == b' ')
+    {
+        return Err(Error::new(
+            ErrorKind::Data,
+            "a code is 8 digits (e.g. 1234-5678); nothing was sent",
+        ));
+    }
+    // Digits, dashes and spaces need no JSON escaping.
+    let body = Zeroizing::new(format!("{{\"code\":\"{text}\"}}").into_bytes());
     let answer = client::call(
         &sock,
         Method::POST,
