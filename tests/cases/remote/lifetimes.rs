@@ -70,7 +70,7 @@ fn vault_token_is_renewed_while_the_run_lasts() {
                 "token",
                 "create",
                 "-policy=reader",
-                "-ttl=3s",
+                "-ttl=6s",
                 "-explicit-max-ttl=120s",
                 &format!("-renewable={renewable}"),
                 "-field=token",
@@ -79,12 +79,12 @@ fn vault_token_is_renewed_while_the_run_lasts() {
         )
     };
 
-    // Renewable: still valid 6 s later, so the socket resolves again.
+    // Renewable: still valid 9 s later, so the socket resolves again.
     let renewable = token("true");
     let out = run_script(
         &dir,
         &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &renewable)],
-        &late_get(6),
+        &late_get(9),
     );
     let err = stderr(&out);
     assert_eq!(stdout(&out), "late-get-ok\nrc=0\n", "{err}");
@@ -99,7 +99,7 @@ fn vault_token_is_renewed_while_the_run_lasts() {
     let out = run_script(
         &dir,
         &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &fixed)],
-        &late_get(6),
+        &late_get(9),
     );
     let err = stderr(&out);
     let text = stdout(&out);
@@ -178,8 +178,12 @@ fn a_kv_lease_shortens_the_sockets_cache() {
             ],
             second.clone(),
         );
+        let first_read = dir.join("first");
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(1500));
+            // After the child's first read (the lease runs from start-up).
+            while std::fs::metadata(&first_read).map_or(true, |m| m.len() == 0) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let status = std::process::Command::new(bin)
                 .args(["write", "kv1/app", &format!("value={second}"), "ttl=2s"])
                 .envs(env)
