@@ -235,9 +235,15 @@ impl Watch for RestartWatch {
     }
 }
 
-/// The child's environment for `plan` with `values` (in plan order), and
-/// the variables injected (name, index in the plan).
-#[allow(clippy::type_complexity)]
+/// The child's environment, and what was injected into it.
+struct ChildEnv {
+    /// The variables, values included (wiped after the spawn).
+    vars: Vec<(OsString, OsString)>,
+    /// The injected variables: (name, index in the plan).
+    injected: Vec<(String, usize)>,
+}
+
+/// The child's environment for `plan` with `values` (in plan order).
 fn child_env(
     plan: &LaunchPlan,
     values: &[SecretBytes],
@@ -245,7 +251,7 @@ fn child_env(
     opts: &RunOptions,
     user: Option<&sys::TargetUser>,
     api_env: &[(String, SecretBytes)],
-) -> (Vec<(OsString, OsString)>, Vec<(String, usize)>) {
+) -> ChildEnv {
     let mut keep = plan.policy.keep_env();
     keep.extend(opts.keep_env.iter().cloned());
     let mut extras: Vec<(String, OsString)> = api_env
@@ -285,7 +291,10 @@ fn child_env(
             bytes.zeroize();
         }
     }
-    (env, std::mem::take(&mut spec.inject))
+    ChildEnv {
+        vars: env,
+        injected: std::mem::take(&mut spec.inject),
+    }
 }
 
 /// What the API's callbacks need to resolve again, shared with its thread.
@@ -750,11 +759,16 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     let on_reload: Option<(Signal, &dyn Fn(Signal))> =
         opts.reload_signal.map(|s| (s, &reload as &dyn Fn(Signal)));
 
-    let mut current = plan.clone();
-    let mut current_values: Vec<SecretBytes> = secrets.iter().map(SecretBytes::duplicate).collect();
+    // What the next child starts with: the plan and values resolved at
+    // start-up, then those of a rotation (`--on-rotate restart`).
+    let mut current = plan;
+    let mut current_values = secrets;
     let mut first = true;
     let exit = loop {
-        let (mut env, inject) = child_env(
+        let ChildEnv {
+            vars: mut env,
+            injected: inject,
+        } = child_env(
             &current,
             &current_values,
             &process_env,
@@ -887,6 +901,6 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         a.shutdown();
     }
     audit.note(Event::new(EventKind::RunStop).status(i64::from(exit.exit_code())));
-    drop(secrets);
+    drop(current_values);
     Ok(exit.exit_code())
 }

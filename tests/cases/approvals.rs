@@ -4,7 +4,7 @@
 //! output, the log or the audit log) and answers with `keywarden approve`;
 //! one read is then served.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -13,19 +13,10 @@ use crate::util::*;
 
 /// `keywarden approve ID` with `code` on stdin; (exit code, stdout, stderr).
 fn approve(dir: &Dir, admin: &str, id: &str, code: &str) -> (Option<i32>, String, String) {
-    let mut child = kw(dir, &["approve", id, "--admin-socket", admin])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("approve");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{code}\n").as_bytes())
-        .expect("code");
-    let out = child.wait_with_output().expect("approve");
+    let out = feed(
+        &mut kw(dir, &["approve", id, "--admin-socket", admin]),
+        format!("{code}\n").as_bytes(),
+    );
     (out.status.code(), stdout(&out), stderr(&out))
 }
 

@@ -197,7 +197,7 @@ pub fn feed(cmd: &mut Command, input: &[u8]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn keywarden");
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
     child
         .stdin
         .take()

@@ -192,24 +192,10 @@ impl Bao {
     }
 
     pub fn cli_as(&self, token: &str, args: &[&str], stdin: Option<&str>) -> String {
-        let mut child = Command::new(&self.bin)
-            .args(args)
-            .envs(self.cli_env(token))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("bao cli");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write stdin");
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().expect("bao cli");
+        let out = crate::util::feed(
+            Command::new(&self.bin).args(args).envs(self.cli_env(token)),
+            stdin.unwrap_or("").as_bytes(),
+        );
         assert!(
             out.status.success(),
             "bao {:?} failed: {}",

@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use super::harness::*;
 use keywarden::error::ErrorKind;
@@ -71,25 +71,10 @@ impl PassStore {
     }
 
     fn cmd(&self, program: &str, args: &[&str], stdin: Option<&str>) {
-        let mut child = Command::new(program)
-            .args(args)
-            .envs(self.env())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        if let Some(text) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("stdin");
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().expect("wait");
+        let out = crate::util::feed(
+            Command::new(program).args(args).envs(self.env()),
+            stdin.unwrap_or("").as_bytes(),
+        );
         assert!(
             out.status.success(),
             "{program} {:?}: {}",

@@ -34,16 +34,7 @@ fn fields_versions_only_field_and_not_found() {
         ],
         None,
     );
-    bao.cli(
-        &[
-            "kv",
-            "put",
-            "-mount=secret",
-            "app/single",
-            &format!("key={only}"),
-        ],
-        None,
-    );
+    bao.kv_put("app/single", "key", &only);
     let hidden = [bao.token.as_str(), &user, &old, &new, &only];
     let home = tempfile::tempdir().expect("tempdir");
     let env = env_of(&[
@@ -113,26 +104,8 @@ fn policy_excluding_the_path_is_77_and_not_retried() {
         return;
     };
     let secret = rand_hex(12);
-    bao.cli(
-        &[
-            "kv",
-            "put",
-            "-mount=secret",
-            "team-a/api",
-            &format!("key={secret}"),
-        ],
-        None,
-    );
-    bao.cli(
-        &[
-            "kv",
-            "put",
-            "-mount=secret",
-            "team-b/api",
-            &format!("key={secret}"),
-        ],
-        None,
-    );
+    bao.kv_put("team-a/api", "key", &secret);
+    bao.kv_put("team-b/api", "key", &secret);
     bao.cli(
         &["policy", "write", "team-b-only", "-"],
         Some("path \"secret/data/team-b/*\" { capabilities = [\"read\"] }\n"),
@@ -169,16 +142,7 @@ fn transient_503_is_retried_and_connections_are_reused() {
         return;
     };
     let secret = rand_hex(12);
-    bao.cli(
-        &[
-            "kv",
-            "put",
-            "-mount=secret",
-            "svc",
-            &format!("key={secret}"),
-        ],
-        None,
-    );
+    bao.kv_put("svc", "key", &secret);
     // First connection answers 503, then the proxy forwards.
     let proxy = Proxy::start(bao.socket(), 1);
     let env = env_of(&[("VAULT_ADDR", &proxy.addr), ("VAULT_TOKEN", &bao.token)]);
@@ -239,16 +203,7 @@ fn server_coming_up_late_is_reached_by_a_retry() {
         return;
     };
     let secret = rand_hex(12);
-    bao.cli(
-        &[
-            "kv",
-            "put",
-            "-mount=secret",
-            "late",
-            &format!("key={secret}"),
-        ],
-        None,
-    );
+    bao.kv_put("late", "key", &secret);
     // Nothing listens on `port` for the first 400 ms: the first attempt is
     // refused, a later one gets through.
     let port = free_port();
@@ -320,10 +275,7 @@ fn token_sources_and_config_errors() {
         return;
     };
     let secret = rand_hex(12);
-    bao.cli(
-        &["kv", "put", "-mount=secret", "t", &format!("key={secret}")],
-        None,
-    );
+    bao.kv_put("t", "key", &secret);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("token");
     std::fs::write(&file, format!("{}\n", bao.token)).expect("write");
@@ -372,16 +324,7 @@ fn approle_with_secret_id_from_a_cred_ref() {
         return;
     };
     let secret = rand_hex(12);
-    bao.cli(
-        &[
-            "kv",
-            "put",
-            "-mount=secret",
-            "ci/deploy",
-            &format!("key={secret}"),
-        ],
-        None,
-    );
+    bao.kv_put("ci/deploy", "key", &secret);
     bao.cli(
         &["policy", "write", "ci", "-"],
         Some("path \"secret/data/ci/*\" { capabilities = [\"read\"] }\n"),
@@ -535,16 +478,7 @@ fn https_with_vault_cacert() {
         return;
     };
     let secret = rand_hex(12);
-    bao.cli(
-        &[
-            "kv",
-            "put",
-            "-mount=secret",
-            "tls",
-            &format!("key={secret}"),
-        ],
-        None,
-    );
+    bao.kv_put("tls", "key", &secret);
     let ca = bao.ca_file().display().to_string();
     let r = "vault://secret/tls#key";
     let env = env_of(&[
@@ -608,16 +542,7 @@ fn vault_refs_reach_the_child_through_run_and_check() {
         return;
     };
     let password = rand_hex(16);
-    bao.cli(
-        &[
-            "kv",
-            "put",
-            "-mount=secret",
-            "agent/db",
-            &format!("password={password}"),
-        ],
-        None,
-    );
+    bao.kv_put("agent/db", "password", &password);
     let dir = crate::util::Dir::new();
     dir.write(
         "reg.yaml",
@@ -684,16 +609,7 @@ fn policy_kv_backend_vault_serves_kv_refs() {
         return;
     };
     let key = rand_hex(16);
-    bao.cli(
-        &[
-            "kv",
-            "put",
-            "-mount=secret",
-            "openai/prod/api_key",
-            &format!("value={key}"),
-        ],
-        None,
-    );
+    bao.kv_put("openai/prod/api_key", "value", &key);
     let dir = crate::util::Dir::new();
     dir.write(
         "reg.yaml",
