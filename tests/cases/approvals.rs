@@ -60,21 +60,10 @@ fn an_approval_required_secret_is_served_once_per_answered_challenge() {
     // Detached from any terminal, so the operator's line goes to stderr.
     let mut run = kw_detached(
         &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--admin-socket",
-            &admin,
-            "--audit",
-            "audit.jsonl",
-            "--",
-            "sh",
-            "-c",
+        &run_sh(
+            &["--admin-socket", &admin, "--audit", "audit.jsonl"],
             &script,
-        ],
+        ),
     )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -185,27 +174,12 @@ fn the_code_goes_to_the_controlling_terminal_when_there_is_one() {
     let on_tty = || Stdio::from(pty.slave.try_clone().expect("dup"));
     let err_file = std::fs::File::create(dir.join("stderr.txt")).expect("stderr file");
     let script = format!("{kw} get billing 2>/dev/null; echo asked=$?", kw = bin());
-    let mut run = kw_on_ctty(
-        &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--pty",
-            "never",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    )
-    .stdin(on_tty())
-    .stdout(on_tty())
-    .stderr(err_file)
-    .spawn()
-    .expect("run");
+    let mut run = kw_on_ctty(&dir, &run_sh(&["--pty", "never"], &script))
+        .stdin(on_tty())
+        .stdout(on_tty())
+        .stderr(err_file)
+        .spawn()
+        .expect("run");
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut reader = std::fs::File::from(pty.master.try_clone().expect("dup"));
     let sink = seen.clone();

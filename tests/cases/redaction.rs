@@ -77,20 +77,7 @@ fn raw_values_and_every_encoding_are_masked_on_stdout_and_stderr() {
         .map(|f| format!("before {f} after\n"))
         .collect();
     dir.write("out.txt", &text);
-    let out = output(&mut kw(
-        &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--",
-            "sh",
-            "-c",
-            "cat out.txt; cat out.txt >&2",
-        ],
-    ));
+    let out = output(&mut kw(&dir, &run_sh(&[], "cat out.txt; cat out.txt >&2")));
     assert!(out.status.success(), "{}", stderr(&out));
     for stream in [stdout(&out), stderr(&out)] {
         for f in &forms {

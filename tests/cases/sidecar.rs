@@ -32,20 +32,7 @@ fn the_child_fetches_in_scope_secrets_with_its_token() {
          stat -c '%a' \"$KEYWARDEN_SOCKET\" \"$(dirname \"$KEYWARDEN_SOCKET\")\"; echo \"$KEYWARDEN_SOCKET\" > socket.path",
         kw = bin()
     );
-    let out = output(&mut kw(
-        &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    ));
+    let out = output(&mut kw(&dir, &run_sh(&[], &script)));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
@@ -145,17 +132,7 @@ fn revocation_is_immediate_and_survives_a_restart() {
     // The next run neither resolves nor injects it.
     let out = output(&mut kw(
         &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--",
-            "sh",
-            "-c",
-            "echo ${OPENAI_API_KEY:-absent}",
-        ],
+        &run_sh(&[], "echo ${OPENAI_API_KEY:-absent}"),
     ));
     assert_eq!(stdout(&out), "absent\n", "{}", stderr(&out));
     assert!(
@@ -170,20 +147,7 @@ fn revocation_is_immediate_and_survives_a_restart() {
         .read("reg.yaml")
         .replace("file://secrets/openai", "file://secrets/openai2");
     dir.write("reg.yaml", reg);
-    let out = output(&mut kw(
-        &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--",
-            "sh",
-            "-c",
-            "echo ${#OPENAI_API_KEY}",
-        ],
-    ));
+    let out = output(&mut kw(&dir, &run_sh(&[], "echo ${#OPENAI_API_KEY}")));
     assert_eq!(stdout(&out), "40\n", "{}", stderr(&out));
 }
 
@@ -197,25 +161,10 @@ fn the_reload_signal_re_resolves_changed_values() {
         "echo ready > ready; while [ ! -f go ]; do sleep 0.02; done; [ \"$({kw} get openai)\" = \"$(cat new)\" ] && echo reloaded",
         kw = bin()
     );
-    let child = kw(
-        &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--reload-signal",
-            "HUP",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .expect("spawn");
+    let child = kw(&dir, &run_sh(&["--reload-signal", "HUP"], &script))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
     assert!(eventually(Duration::from_secs(10), || dir
         .join("ready")
         .exists()));
@@ -381,21 +330,10 @@ fn after_a_reload_new_values_are_masked_and_on_rotate_signals_the_child() {
     );
     let child = kw(
         &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--reload-signal",
-            "HUP",
-            "--on-rotate",
-            "signal:USR1",
-            "--",
-            "sh",
-            "-c",
+        &run_sh(
+            &["--reload-signal", "HUP", "--on-rotate", "signal:USR1"],
             &script,
-        ],
+        ),
     )
     .stdout(std::process::Stdio::piped())
     .spawn()
@@ -437,26 +375,20 @@ fn on_rotate_restart_starts_the_child_again_with_the_new_value() {
         );
         let mut child = kw(
             &dir,
-            &[
-                "run",
-                "--env",
-                "dev",
-                "--registry",
-                "reg.yaml",
-                "--reload-signal",
-                "HUP",
-                "-v",
-                "--on-rotate",
-                "restart",
-                "--grace",
-                "1s",
-                "--audit",
-                "audit.jsonl",
-                "--",
-                "sh",
-                "-c",
+            &run_sh(
+                &[
+                    "--reload-signal",
+                    "HUP",
+                    "-v",
+                    "--on-rotate",
+                    "restart",
+                    "--grace",
+                    "1s",
+                    "--audit",
+                    "audit.jsonl",
+                ],
                 &script,
-            ],
+            ),
         )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

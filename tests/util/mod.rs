@@ -69,6 +69,15 @@ pub fn kw(dir: &Dir, args: &[&str]) -> Command {
     prepare(dir, c)
 }
 
+/// The arguments of `run --env dev --registry reg.yaml OPTS -- sh -c
+/// SCRIPT`, the shape most tests run.
+pub fn run_sh<'a>(opts: &[&'a str], script: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["run", "--env", "dev", "--registry", "reg.yaml"];
+    args.extend_from_slice(opts);
+    args.extend(["--", "sh", "-c", script]);
+    args
+}
+
 /// `kw` in a new session (`setsid`): keywarden has no controlling terminal,
 /// even when the tests run on one.
 pub fn kw_detached(dir: &Dir, args: &[&str]) -> Command {

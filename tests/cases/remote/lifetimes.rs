@@ -24,20 +24,7 @@ fn registry(dir: &Dir, reference: &str, ttl: u64) {
 
 /// `keywarden run --env dev` of `script` with `vars` added.
 fn run_script(dir: &Dir, vars: &[(&str, &str)], script: &str) -> std::process::Output {
-    let mut cmd = kw(
-        dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-    );
+    let mut cmd = kw(dir, &crate::util::run_sh(&[], script));
     for (k, v) in vars {
         cmd.env(k, v);
     }

@@ -235,17 +235,7 @@ fn pass_refs_through_run_and_check() {
     assert!(!stdout(&out).contains(&value));
 
     let script = format!("[ \"$API_KEY\" = {value} ] && echo same; touch ran");
-    let run = [
-        "run",
-        "--env",
-        "dev",
-        "--registry",
-        "reg.yaml",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ];
+    let run = crate::util::run_sh(&[], &script);
     let out = with_store(&store.env(), &run);
     assert_eq!(stdout(&out), "same\n", "{}", stderr(&out));
 
