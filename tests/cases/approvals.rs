@@ -163,7 +163,6 @@ fn approve_without_a_sidecar_or_with_a_bad_id() {
 /// keywarden's stderr (which may be a log).
 #[test]
 fn the_code_goes_to_the_controlling_terminal_when_there_is_one() {
-    use std::io::Read;
     let dir = Dir::new();
     dir.write("secrets/billing", secret(40));
     dir.write(
@@ -180,18 +179,7 @@ fn the_code_goes_to_the_controlling_terminal_when_there_is_one() {
         .stderr(err_file)
         .spawn()
         .expect("run");
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut reader = std::fs::File::from(pty.master.try_clone().expect("dup"));
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().expect("lock").extend_from_slice(&buf[..n]);
-        }
-    });
+    let seen = collect(pty.master.try_clone().expect("dup"));
     let text = || String::from_utf8_lossy(&seen.lock().expect("lock")).into_owned();
     assert!(
         eventually(Duration::from_secs(10), || text().contains("asked=77")),

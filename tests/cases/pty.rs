@@ -2,7 +2,6 @@
 //! tty, colours, the window size, Ctrl-C — and the user's terminal mode is
 //! restored on exit, also after a signal.
 
-use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -42,18 +41,7 @@ impl OnTerminal {
             .stderr(stdio())
             .spawn()
             .expect("spawn");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = std::fs::File::from(pty.master.try_clone().expect("dup"));
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
-            }
-        });
+        let seen = collect(pty.master.try_clone().expect("dup"));
         OnTerminal {
             child,
             master: pty.master,

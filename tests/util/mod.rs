@@ -223,3 +223,22 @@ pub fn store_key() -> String {
         .map(|b| format!("{:x}", b % 16))
         .collect()
 }
+
+/// Everything read from `fd` (a pty master, say), collected by a thread
+/// until end of file or an error.
+pub fn collect(fd: std::os::fd::OwnedFd) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::io::Read;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let mut reader = std::fs::File::from(fd);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+        }
+    });
+    seen
+}
