@@ -1089,6 +1089,20 @@ mod tests {
     }
 
     #[test]
+    fn vault_max_retries_sets_the_attempts() {
+        let ctx = |v: &str| Context {
+            env: [("VAULT_MAX_RETRIES".into(), v.into())]
+                .into_iter()
+                .collect(),
+        };
+        assert_eq!(VaultOptions::from_env(&Context::default()).attempts, 5);
+        assert_eq!(VaultOptions::from_env(&ctx("0")).attempts, 1);
+        assert_eq!(VaultOptions::from_env(&ctx(" 2 ")).attempts, 3);
+        assert_eq!(VaultOptions::from_env(&ctx("99")).attempts, 11);
+        assert_eq!(VaultOptions::from_env(&ctx("many")).attempts, 5);
+    }
+
+    #[test]
     fn parses_address_lists() {
         let a = Addrs::parse("http://a:1/, https://b:2/prefix ,http://c").expect("parses");
         let bases: Vec<_> = a.list.iter().map(|x| x.base.as_str()).collect();
