@@ -3,16 +3,16 @@
 //! inherited, stdout/stderr through pipes for the relay.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::sys::{install_child_setup, ChildSetup, Credentials};
+use crate::sys::{Credentials, ExecPlan, StartError, Step};
 
 /// What to start.
 #[derive(Debug)]
@@ -82,68 +82,70 @@ pub fn locate(name: &OsStr, path_var: Option<&OsStr>, cwd: &Path) -> Result<Path
 }
 
 /// Start the child. Call from the main thread: the parent-death signal is
-/// tied to the thread that forks.
+/// tied to the thread that starts it.
 pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned> {
     let shown = spec
         .argv
         .first()
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut cmd = Command::new(&spec.program);
-    if let Some(arg0) = spec.argv.first() {
-        cmd.arg0(arg0);
-    }
-    cmd.args(spec.argv.iter().skip(1))
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)));
-    let on_pty = spec.pty_slave.is_some();
-    match &spec.pty_slave {
+    let os = |what: &str, e: std::io::Error| Error::new(ErrorKind::Os, format!("{what}: {e}"));
+    let (outputs, stdio) = match &spec.pty_slave {
         None => {
-            cmd.stdin(Stdio::inherit())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-        }
-        Some(slave) => {
-            let dup = || {
-                slave.try_clone().map(Stdio::from).map_err(|e| {
-                    Error::new(ErrorKind::Os, format!("cannot duplicate the pty: {e}"))
-                })
+            let pipe = || {
+                nix::unistd::pipe2(OFlag::O_CLOEXEC)
+                    .map_err(|e| os("cannot make the output pipes", e.into()))
             };
-            cmd.stdin(dup()?).stdout(dup()?).stderr(dup()?);
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let stdio = [None, Some(out_w.as_raw_fd()), Some(err_w.as_raw_fd())];
+            (Some(((out_r, err_r), (out_w, err_w))), stdio)
         }
-    }
-    install_child_setup(
-        &mut cmd,
-        ChildSetup {
-            credentials: spec.credentials,
-            parent: nix::unistd::getpid(),
-            controlling_tty: on_pty,
-        },
-    );
-    let mut child = cmd.spawn().map_err(|e| spawn_error(&shown, &e))?;
-    drop(cmd); // closes the parent's copies of the pty slave
-    let pid = Pid::from_raw(child.id() as i32);
-    let outputs = match (child.stdout.take(), child.stderr.take()) {
-        (Some(out), Some(err)) => Some((out.into(), err.into())),
-        _ => None,
+        Some(slave) => (None, [Some(slave.as_raw_fd()); 3]),
     };
+    let plan = ExecPlan::new(
+        spec.program.as_os_str().as_bytes(),
+        spec.argv.iter().map(|a| a.as_bytes()),
+        spec.env.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+        stdio,
+        spec.credentials.as_ref(),
+        spec.pty_slave.is_some(),
+    )
+    .map_err(|_| {
+        Error::new(
+            ErrorKind::Usage,
+            format!(
+                "cannot start {shown}: an argument or an environment variable holds a NUL byte"
+            ),
+        )
+    })?;
+    let pid = plan.start().map_err(|e| spawn_error(&shown, &e))?;
+    drop(plan); // wipes the environment strings
+    drop(spec.pty_slave); // the parent's copy of the pty slave
+    let outputs = outputs.map(|(read, _write)| read); // closes the write ends
     Ok(Spawned { pid, outputs })
 }
 
-/// Map a failed spawn like a shell would: ENOENT (also a missing script
+/// Map a failed start like a shell would: ENOENT (also a missing script
 /// interpreter) is 127, EACCES / ENOEXEC / ETXTBSY is 126; a refused
 /// privilege change in the child (setuid, setgroups) is 77; anything else
 /// is an OS failure (71).
-fn spawn_error(shown: &str, e: &std::io::Error) -> Error {
-    let (kind, what) = match e.raw_os_error() {
-        Some(libc::ENOENT) => (ErrorKind::NotFound, "command not found"),
-        Some(libc::EACCES | libc::ENOEXEC | libc::ETXTBSY | libc::EISDIR) => {
+fn spawn_error(shown: &str, e: &StartError) -> Error {
+    let errno = e.error.raw_os_error();
+    let (kind, what) = match (e.step, errno) {
+        (Step::Exec, Some(libc::ENOENT)) => (ErrorKind::NotFound, "command not found"),
+        (Step::Exec, Some(libc::EACCES | libc::ENOEXEC | libc::ETXTBSY | libc::EISDIR)) => {
             (ErrorKind::NotExecutable, "cannot execute")
         }
-        Some(libc::EPERM) => (ErrorKind::Permission, "cannot start"),
+        (_, Some(libc::EPERM)) => (ErrorKind::Permission, "cannot start"),
         _ => (ErrorKind::Os, "cannot start"),
     };
-    Error::new(kind, format!("{what}: {shown}: {e}"))
+    let detail = match e.step {
+        Step::Exec => e.error.to_string(),
+        Step::ParentGone => e.step.describe().to_string(),
+        step => format!("{}: {}", step.describe(), e.error),
+    };
+    Error::new(kind, format!("{what}: {shown}: {detail}"))
 }
 
 #[cfg(test)]

@@ -1,12 +1,19 @@
-//! What runs in the child between `fork` and `exec`: drop privileges, arm
-//! the parent-death signal, and make sure no descriptor of keywarden's but
-//! stdin, stdout and stderr survives into the command.
+//! Starting the child: a `vfork`-style clone that shares keywarden's memory
+//! and suspends it until the command has been exec'd (or failed to), the
+//! way `posix_spawn` works. In between the child drops privileges, arms the
+//! parent-death signal, puts its stdio in place and makes sure no
+//! descriptor of keywarden's but stdin, stdout and stderr survives `exec`.
+//!
+//! No page tables are copied and no copy-on-write fault follows (a full
+//! `fork` costs both, in both processes), and a failure before `exec` is
+//! known as soon as the clone returns, with no pipe to wait on.
 
-use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::ffi::{c_char, c_int, c_void};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::unistd::{Gid, Pid, Uid};
+use zeroize::Zeroizing;
 
 /// The identity the child switches to (separate-uid mode).
 #[derive(Debug, Clone)]
@@ -15,81 +22,386 @@ pub struct Credentials {
     pub uid: Uid,
     /// The primary group id.
     pub gid: Gid,
-    /// Supplementary groups (computed before fork: lookups allocate).
+    /// Supplementary groups (computed before the clone: lookups allocate).
     pub groups: Vec<Gid>,
 }
 
-/// Everything the pre-exec hook needs, computed before `fork`.
-#[derive(Debug, Clone)]
-pub struct ChildSetup {
-    /// Switch to these credentials, when set.
-    pub credentials: Option<Credentials>,
-    /// keywarden's pid: if the child's parent is no longer this by the time
-    /// the death signal is armed, keywarden already died and the child quits.
-    pub parent: Pid,
-    /// Start a new session with stdin (a pty slave) as controlling terminal.
-    pub controlling_tty: bool,
+/// Where a start failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Placing stdin, stdout and stderr.
+    Stdio,
+    /// `setgroups`, `setgid` or `setuid`.
+    Credentials,
+    /// `setsid` and `TIOCSCTTY` (on a pty).
+    Terminal,
+    /// `PR_SET_PDEATHSIG`.
+    DeathSignal,
+    /// keywarden was gone before the death signal was armed.
+    ParentGone,
+    /// `execve` itself.
+    Exec,
+    /// The clone (no child was made).
+    Clone,
 }
 
-/// Register the pre-exec hook on `cmd`.
-pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
-    let hook = move || -> std::io::Result<()> {
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-        if let Some(c) = &setup.credentials {
-            nix::unistd::setgroups(&c.groups)?;
-            nix::unistd::setgid(c.gid)?;
-            nix::unistd::setuid(c.uid)?;
+impl Step {
+    fn code(self) -> i32 {
+        self as i32 + 1
+    }
+
+    fn from_code(code: i32) -> Step {
+        [
+            Step::Stdio,
+            Step::Credentials,
+            Step::Terminal,
+            Step::DeathSignal,
+            Step::ParentGone,
+            Step::Exec,
+        ]
+        .into_iter()
+        .find(|s| s.code() == code)
+        .unwrap_or(Step::Exec)
+    }
+
+    /// What the step does, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Stdio => "placing stdin, stdout and stderr",
+            Step::Credentials => "switching to the user",
+            Step::Terminal => "taking the terminal",
+            Step::DeathSignal => "arming the parent-death signal",
+            Step::ParentGone => "keywarden exited before the command started",
+            Step::Exec => "exec",
+            Step::Clone => "clone",
         }
-        if setup.controlling_tty {
-            nix::unistd::setsid()?;
-            set_controlling_tty()?;
+    }
+}
+
+/// A failed start: the step and its `errno`.
+#[derive(Debug)]
+pub struct StartError {
+    /// Where it failed.
+    pub step: Step,
+    /// The operating system's error.
+    pub error: std::io::Error,
+}
+
+/// Everything the child needs between the clone and `exec`, built by the
+/// parent beforehand: the child shares keywarden's memory, so it must not
+/// allocate, lock or unwind; it only reads this and makes system calls.
+///
+/// The environment's `NAME=value` strings hold secrets: they are wiped when
+/// the plan is dropped (the child's copy lives in its own memory after
+/// `exec`).
+pub struct ExecPlan {
+    program: Vec<u8>,
+    argv: Vec<Vec<u8>>,
+    envp: Vec<Zeroizing<Vec<u8>>>,
+    argv_ptrs: Vec<*const c_char>,
+    envp_ptrs: Vec<*const c_char>,
+    stdio: [Option<RawFd>; 3],
+    groups: Vec<libc::gid_t>,
+    ids: Option<(libc::uid_t, libc::gid_t)>,
+    controlling_tty: bool,
+    parent: libc::pid_t,
+    /// Set by the child on failure: the step's code, then its errno.
+    failed_step: AtomicI32,
+    failed_errno: AtomicI32,
+}
+
+impl std::fmt::Debug for ExecPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the environment's values.
+        f.debug_struct("ExecPlan")
+            .field("program", &String::from_utf8_lossy(&self.program))
+            .field("args", &self.argv.len())
+            .field("env_vars", &self.envp.len())
+            .field("stdio", &self.stdio)
+            .finish_non_exhaustive()
+    }
+}
+
+fn c_string(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.contains(&0) {
+        return None;
+    }
+    let mut v = Vec::with_capacity(bytes.len() + 1);
+    v.extend_from_slice(bytes);
+    v.push(0);
+    Some(v)
+}
+
+/// A NUL inside the program, an argument or the environment.
+#[derive(Debug)]
+pub struct NulInArgument;
+
+impl ExecPlan {
+    /// Prepare a start of `program` with `argv` (its first element is the
+    /// name the command sees) and `env` (`NAME`, value pairs). `stdio`
+    /// holds the descriptor to put at 0, 1 and 2, or `None` to inherit.
+    pub fn new<'a>(
+        program: &[u8],
+        argv: impl IntoIterator<Item = &'a [u8]>,
+        env: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        stdio: [Option<RawFd>; 3],
+        credentials: Option<&Credentials>,
+        controlling_tty: bool,
+    ) -> Result<ExecPlan, NulInArgument> {
+        let program = c_string(program).ok_or(NulInArgument)?;
+        let argv = argv
+            .into_iter()
+            .map(c_string)
+            .collect::<Option<Vec<_>>>()
+            .ok_or(NulInArgument)?;
+        let mut envp = Vec::new();
+        for (name, value) in env {
+            if name.contains(&0) || value.contains(&0) {
+                return Err(NulInArgument);
+            }
+            let mut entry = Zeroizing::new(Vec::with_capacity(name.len() + value.len() + 2));
+            entry.extend_from_slice(name);
+            entry.push(b'=');
+            entry.extend_from_slice(value);
+            entry.push(0);
+            envp.push(entry);
+        }
+        let argv_ptrs = argv
+            .iter()
+            .map(|a| a.as_ptr().cast::<c_char>())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp_ptrs = envp
+            .iter()
+            .map(|e| e.as_ptr().cast::<c_char>())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        Ok(ExecPlan {
+            program,
+            argv,
+            envp,
+            argv_ptrs,
+            envp_ptrs,
+            stdio,
+            groups: credentials
+                .map(|c| c.groups.iter().map(|g| g.as_raw()).collect())
+                .unwrap_or_default(),
+            ids: credentials.map(|c| (c.uid.as_raw(), c.gid.as_raw())),
+            controlling_tty,
+            parent: nix::unistd::getpid().as_raw(),
+            failed_step: AtomicI32::new(0),
+            failed_errno: AtomicI32::new(0),
+        })
+    }
+
+    /// Start the child; call from the main thread (the parent-death signal
+    /// is tied to the thread that starts it). Returns once the command has
+    /// been exec'd; a failure before that is reaped here and returned.
+    pub fn start(&self) -> Result<Pid, StartError> {
+        const STACK: usize = 64 * 1024;
+        // The child's stack: only the child writes it, before it reads it.
+        let mut stack: Vec<u8> = Vec::with_capacity(STACK);
+        let all = nix::sys::signal::SigSet::all();
+        let mut previous = nix::sys::signal::SigSet::empty();
+        // Every signal blocked across the clone, so no handler of
+        // keywarden's runs in the child on the shared memory; the child
+        // resets the handlers, then unblocks.
+        let blocked = nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&all),
+            Some(&mut previous),
+        );
+        let top = (stack.as_mut_ptr() as usize + STACK) & !15;
+        // SAFETY: clone with CLONE_VM | CLONE_VFORK runs `child_main` on
+        // `stack` (owned here, 16-byte aligned top, large enough for a few
+        // system calls) in this address space, and suspends this thread
+        // until the child has called execve or exited, so `self` and the
+        // stack outlive every use the child makes of them. The child only
+        // reads `self` and writes its two atomics.
+        let pid = unsafe {
+            libc::clone(
+                child_main,
+                top as *mut c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (self as *const ExecPlan).cast_mut().cast::<c_void>(),
+            )
+        };
+        let clone_error = std::io::Error::last_os_error();
+        if blocked.is_ok() {
+            let _ = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&previous),
+                None,
+            );
+        }
+        drop(stack);
+        if pid < 0 {
+            return Err(StartError {
+                step: Step::Clone,
+                error: clone_error,
+            });
+        }
+        let pid = Pid::from_raw(pid);
+        let step = self.failed_step.load(Ordering::SeqCst);
+        if step == 0 {
+            return Ok(pid);
+        }
+        let errno = self.failed_errno.load(Ordering::SeqCst);
+        // The child has exited already (CLONE_VFORK): reap it.
+        let _ = nix::sys::wait::waitpid(pid, None);
+        Err(StartError {
+            step: Step::from_code(step),
+            error: std::io::Error::from_raw_os_error(errno),
+        })
+    }
+}
+
+/// The child, from the clone to `exec`. Returns only by `_exit`.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `ExecPlan` whose `start` made this clone; that
+    // call is suspended until this process execs or exits, so the plan is
+    // alive and unchanged. Everything below is a plain system call on
+    // integers or on pointers into the plan (NUL-terminated strings and
+    // NULL-terminated arrays built by `ExecPlan::new`); nothing allocates,
+    // locks or unwinds, and credentials are changed with raw system calls
+    // (glibc's wrappers would signal keywarden's other threads).
+    unsafe {
+        let plan = &*(arg as *const ExecPlan);
+        let fail = |step: Step| -> ! {
+            plan.failed_errno
+                .store(*libc::__errno_location(), Ordering::SeqCst);
+            plan.failed_step.store(step.code(), Ordering::SeqCst);
+            libc::_exit(127)
+        };
+        // Handlers do not survive exec, but one could run before it once
+        // signals are unblocked: back to the default for every handled
+        // signal, and SIGPIPE (ignored by Rust programs) too.
+        let mut old: libc::sigaction = std::mem::zeroed();
+        for sig in 1..libc::SIGRTMAX() {
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction != libc::SIG_DFL
+                && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
+            {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        for (target, source) in plan.stdio.iter().enumerate() {
+            let target = target as c_int;
+            let placed = match *source {
+                None => true,
+                // Already in place: only clear its close-on-exec flag.
+                Some(fd) if fd == target => libc::fcntl(fd, libc::F_SETFD, 0) == 0,
+                Some(fd) => libc::dup2(fd, target) >= 0,
+            };
+            if !placed {
+                fail(Step::Stdio);
+            }
+        }
+        if let Some((uid, gid)) = plan.ids {
+            if libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) != 0
+                || libc::syscall(libc::SYS_setgid, gid) != 0
+                || libc::syscall(libc::SYS_setuid, uid) != 0
+            {
+                fail(Step::Credentials);
+            }
+        }
+        if plan.controlling_tty && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0) {
+            fail(Step::Terminal);
         }
         // After the uid change: changing credentials clears the setting.
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-        if nix::unistd::getppid() != setup.parent {
-            return Err(std::io::Error::other(
-                "keywarden exited before the command started",
-            ));
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+            fail(Step::DeathSignal);
         }
-        mark_fds_cloexec();
-        Ok(())
-    };
-    // SAFETY: the hook runs in the forked child before exec. It only calls
-    // async-signal-safe functions (sigprocmask, setgroups, setgid, setuid,
-    // prctl, getppid, close_range/fcntl) and allocates nothing: the group
-    // list was built before fork and is only read.
-    unsafe {
-        cmd.pre_exec(hook);
-    }
-}
-
-/// Make stdin (a pty slave) the controlling terminal of the new session.
-fn set_controlling_tty() -> std::io::Result<()> {
-    // SAFETY: TIOCSCTTY takes an integer argument and only changes the
-    // session's controlling terminal; fd 0 is the slave set up by std.
-    let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Mark every descriptor from 3 up close-on-exec.
-fn mark_fds_cloexec() {
-    // SAFETY: close_range and fcntl(F_SETFD) take plain integers and only
-    // change descriptor flags in this (child) process; no memory is touched.
-    unsafe {
-        let rc = libc::syscall(
+        if libc::getppid() != plan.parent {
+            *libc::__errno_location() = libc::ESRCH;
+            fail(Step::ParentGone);
+        }
+        if libc::syscall(
             libc::SYS_close_range,
             3u32,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
-        );
-        if rc != 0 {
+        ) != 0
+        {
             for fd in 3..4096 {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::execve(
+            plan.program.as_ptr().cast::<c_char>(),
+            plan.argv_ptrs.as_ptr(),
+            plan.envp_ptrs.as_ptr(),
+        );
+        fail(Step::Exec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_bytes_are_refused_before_any_start() {
+        let none = [None, None, None];
+        assert!(ExecPlan::new(b"/bin/tr\0ue", [], [], none, None, false).is_err());
+        assert!(ExecPlan::new(b"/bin/true", [&b"a\0b"[..]], [], none, None, false).is_err());
+        assert!(ExecPlan::new(
+            b"/bin/true",
+            [],
+            [(&b"K"[..], &b"v\0"[..])],
+            none,
+            None,
+            false
+        )
+        .is_err());
+        let plan = ExecPlan::new(
+            b"/bin/true",
+            [&b"true"[..]],
+            [(&b"K"[..], &b"v"[..])],
+            none,
+            None,
+            false,
+        )
+        .expect("plan");
+        assert_eq!(plan.argv_ptrs.len(), 2);
+        assert!(plan.argv_ptrs[1].is_null());
+        assert_eq!(&plan.envp[0][..], b"K=v\0");
+    }
+
+    #[test]
+    fn a_missing_program_is_reported_with_its_errno() {
+        let plan = ExecPlan::new(
+            b"/nonexistent/keywarden-test",
+            [&b"x"[..]],
+            [],
+            [None, None, None],
+            None,
+            false,
+        )
+        .expect("plan");
+        let err = plan.start().expect_err("no such program");
+        assert_eq!(err.step, Step::Exec);
+        assert_eq!(err.error.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn a_started_program_gets_its_arguments_and_exit_status() {
+        let plan = ExecPlan::new(
+            b"/bin/sh",
+            [&b"sh"[..], &b"-c"[..], &b"exit $K"[..]],
+            [(&b"K"[..], &b"7"[..])],
+            [None, None, None],
+            None,
+            false,
+        )
+        .expect("plan");
+        let pid = plan.start().expect("started");
+        match nix::sys::wait::waitpid(pid, None).expect("wait") {
+            nix::sys::wait::WaitStatus::Exited(_, code) => assert_eq!(code, 7),
+            other => panic!("unexpected {other:?}"),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Every call into the operating system that needs more than std offers:
 //! process hardening, memory locking, signal plumbing, the child's set-up
-//! between fork and exec, and user lookup.
+//! between the clone and exec, and user lookup.
 //!
 //! This is the only module with `unsafe`; each block carries a `// SAFETY:`
 //! line. Everything above it works with safe wrappers from here.
@@ -12,7 +12,7 @@ mod pty;
 mod signals;
 mod user;
 
-pub use child::{install_child_setup, ChildSetup, Credentials};
+pub use child::{Credentials, ExecPlan, StartError, Step};
 pub use harden::{harden_process, set_child_subreaper};
 pub use memlock::{lock_memory, unlock_memory};
 pub use pty::{open_pty, set_window_size, window_size, Pty, RawMode};
