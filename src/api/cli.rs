@@ -175,7 +175,8 @@ pub fn get(args: &GetArgs, token: Option<OsString>, out: &mut dyn Write) -> Resu
     Ok(0)
 }
 
-/// Live admin sockets under `base` (`keywarden-admin-*/admin.sock`, ours).
+/// Live admin sockets under `base` (`keywarden-*/admin.sock` and
+/// `keywarden-admin-*/admin.sock`, ours).
 pub fn find_admin_sockets(base: &Path) -> Vec<PathBuf> {
     let euid = nix::unistd::geteuid().as_raw();
     let Ok(entries) = std::fs::read_dir(base) else {
@@ -183,11 +184,7 @@ pub fn find_admin_sockets(base: &Path) -> Vec<PathBuf> {
     };
     let mut found: Vec<PathBuf> = entries
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("keywarden-admin-")
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with("keywarden-"))
         .filter(|e| e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == euid))
         .map(|e| e.path().join("admin.sock"))
         .filter(|p| std::os::unix::net::UnixStream::connect(p).is_ok())

@@ -82,17 +82,31 @@ fn random_suffix() -> Result<String> {
     Ok(crate::audit::hex(&b))
 }
 
+/// Run `f` with the process umask set to `mask`, then restore it: a folder
+/// or socket made inside gets its final mode at once, with no `chmod`
+/// (which costs a metadata write on a disk file system) and no moment at a
+/// wider mode. keywarden makes no other files meanwhile; one made by
+/// another thread would only come out narrower.
+fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    use nix::sys::stat::{umask, Mode};
+    // Two threads swapping the umask at once could restore each other's
+    // temporary value for good.
+    static SWAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SWAP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let old = umask(Mode::from_bits_truncate(mask));
+    let out = f();
+    umask(old);
+    out
+}
+
 /// Make a fresh 0700 folder `<base>/<prefix>-<random>`.
 fn fresh_dir(base: &Path, prefix: &str) -> Result<PathBuf> {
     for _ in 0..8 {
         let dir = base.join(format!("{prefix}-{}", random_suffix()?));
-        match DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {
-                // The umask can only have narrowed it; make it exact.
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                    .map_err(|e| os_err(&dir, "set the folder's mode", e))?;
-                return Ok(dir);
-            }
+        match with_umask(0o077, || DirBuilder::new().mode(0o700).create(&dir)) {
+            Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(os_err(&dir, "create a socket folder", e)),
         }
@@ -101,6 +115,11 @@ fn fresh_dir(base: &Path, prefix: &str) -> Result<PathBuf> {
         ErrorKind::Os,
         format!("{}: cannot find a free socket folder name", base.display()),
     ))
+}
+
+/// Bind a listening socket at `path`, created 0600.
+fn bind_private(path: &Path, shown: &Path) -> Result<UnixListener> {
+    with_umask(0o177, || UnixListener::bind(path)).map_err(|e| os_err(shown, "bind the socket", e))
 }
 
 /// Refuse to replace anything but a socket nobody listens on.
@@ -144,15 +163,53 @@ fn identity_of(meta: &std::fs::Metadata) -> (u64, u64, i128) {
 }
 
 fn finish(path: &Path, owner: Option<(u32, u32)>) -> Result<(u64, u64, i128)> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| os_err(path, "set the socket's mode", e))?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(path, Some(uid), Some(gid))
             .map_err(|e| os_err(path, "give the socket to the child's user", e))?;
     }
-    let meta =
+    let mut meta =
         std::fs::symlink_metadata(path).map_err(|e| os_err(path, "inspect the socket", e))?;
+    if meta.permissions().mode() & 0o7777 != 0o600 {
+        // Bound under a 0177 umask, so only on a file system that ignores
+        // it.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| os_err(path, "set the socket's mode", e))?;
+        meta =
+            std::fs::symlink_metadata(path).map_err(|e| os_err(path, "inspect the socket", e))?;
+    }
     Ok(identity_of(&meta))
+}
+
+/// Bind two private sockets, `first` and `second`, in one fresh 0700
+/// folder `<base>/<prefix>-<random>` (both sockets for the same user: the
+/// child's and the admin socket when the child runs as keywarden's uid,
+/// which could reach either anyway). The second guard removes the folder:
+/// remove (or drop) the first one before it.
+pub fn bind_pair(
+    base: &Path,
+    prefix: &str,
+    first: &str,
+    second: &str,
+) -> Result<((UnixListener, SocketGuard), (UnixListener, SocketGuard))> {
+    let dir = fresh_dir(base, prefix)?;
+    let mut second_guard = SocketGuard {
+        path: dir.join(second),
+        identity: None,
+        dir: Some(dir.clone()),
+    };
+    let mut first_guard = SocketGuard {
+        path: dir.join(first),
+        identity: None,
+        dir: None,
+    };
+    let first_listener = bind_private(&first_guard.path, &first_guard.path)?;
+    first_guard.identity = Some(finish(&first_guard.path, None)?);
+    let second_listener = bind_private(&second_guard.path, &second_guard.path)?;
+    second_guard.identity = Some(finish(&second_guard.path, None)?);
+    Ok((
+        (first_listener, first_guard),
+        (second_listener, second_guard),
+    ))
 }
 
 /// Bind a private socket.
@@ -181,8 +238,7 @@ pub fn bind(
                 std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                     .map_err(|e| os_err(&dir, "give the socket folder to the child's user", e))?;
             }
-            let listener = UnixListener::bind(&guard.path)
-                .map_err(|e| os_err(&guard.path, "bind the socket", e))?;
+            let listener = bind_private(&guard.path, &guard.path)?;
             guard.identity = Some(finish(&guard.path, owner)?);
             Ok((listener, guard))
         }
@@ -203,8 +259,7 @@ pub fn bind(
                 identity: None,
                 dir: Some(tmp_dir),
             };
-            let listener = UnixListener::bind(&tmp_guard.path)
-                .map_err(|e| os_err(path, "bind the socket", e))?;
+            let listener = bind_private(&tmp_guard.path, path)?;
             let identity = finish(&tmp_guard.path, owner)?;
             std::fs::rename(&tmp_guard.path, path)
                 .map_err(|e| os_err(path, "move the socket into place", e))?;
@@ -231,6 +286,25 @@ mod tests {
             .permissions()
             .mode()
             & 0o777
+    }
+
+    #[test]
+    fn a_pair_shares_one_folder_removed_with_the_second() {
+        let base = tempfile::tempdir().expect("tmp");
+        let ((la, mut a), (lb, mut b)) =
+            bind_pair(base.path(), "kw", "a.sock", "b.sock").expect("bind");
+        let dir = a.path().parent().expect("dir").to_path_buf();
+        assert_eq!(b.path().parent(), Some(dir.as_path()));
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(a.path()), 0o600);
+        assert_eq!(mode(b.path()), 0o600);
+        assert!(UnixStream::connect(a.path()).is_ok());
+        assert!(UnixStream::connect(b.path()).is_ok());
+        drop((la, lb));
+        a.remove();
+        assert!(dir.exists(), "the first guard leaves the folder");
+        b.remove();
+        assert!(!dir.exists());
     }
 
     #[test]

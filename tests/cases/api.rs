@@ -711,6 +711,11 @@ fn separate_uid_mode_gives_the_socket_to_the_child() {
     assert_eq!((mode(&s), mode(s.parent().expect("dir"))), (0o600, 0o700));
     let admin_meta = std::fs::metadata(f.admin()).expect("meta");
     assert_eq!(admin_meta.uid(), 0, "the admin socket stays keywarden's");
+    assert_ne!(
+        f.admin().parent(),
+        s.parent(),
+        "the admin socket has a folder of its own"
+    );
     let nobody = [
         "setpriv",
         "--reuid=65534",
@@ -809,7 +814,11 @@ fn socket_modes_and_removal_on_shutdown_and_drop() {
     assert_eq!(mode(s.parent().expect("dir")), 0o700);
     assert_eq!(mode(&a), 0o600);
     assert_eq!(mode(a.parent().expect("dir")), 0o700);
-    assert_ne!(s.parent(), a.parent(), "separate folders");
+    assert_eq!(
+        s.parent(),
+        a.parent(),
+        "one folder when the child has our uid"
+    );
     f.stop();
     for p in [&s, &a] {
         assert!(!p.exists(), "{} left behind", p.display());

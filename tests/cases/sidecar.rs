@@ -2,6 +2,7 @@
 //! secrets with its token, the operator revokes and reloads through the
 //! admin socket, and the audit log records it all without a value.
 
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
@@ -439,4 +440,49 @@ fn on_rotate_restart_starts_the_child_again_with_the_new_value() {
         );
         let _ = status;
     }
+}
+
+/// With both sockets in their default place, `inventory` finds the admin
+/// socket on its own (it shares the child's fresh folder), the child gets
+/// keywarden's umask unchanged (the sockets are made under a temporary
+/// one), and the folder is gone after the run.
+#[test]
+fn default_sockets_are_found_and_leave_the_umask_alone() {
+    let dir = Dir::new();
+    setup(&dir);
+    let script = "umask > umask.txt; echo \"$KEYWARDEN_SOCKET\" > socket.path; \
+                  while [ ! -f go ]; do sleep 0.02; done";
+    let mut child = Command::new("sh");
+    child
+        .arg("-c")
+        .arg("umask 027; exec \"$0\" \"$@\"")
+        .arg(bin())
+        .args(run_sh(&[], script));
+    let env_of = kw(&dir, &[]);
+    for (k, v) in env_of.get_envs() {
+        match v {
+            Some(v) => child.env(k, v),
+            None => child.env_remove(k),
+        };
+    }
+    let mut child = child
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    assert!(eventually(Duration::from_secs(10), || dir
+        .join("socket.path")
+        .exists()
+        && !dir.read("socket.path").is_empty()));
+    let socket = std::path::PathBuf::from(dir.read("socket.path").trim());
+    let folder = socket.parent().expect("folder").to_path_buf();
+    assert!(folder.join("admin.sock").exists(), "one folder for both");
+    let out = output(&mut kw(&dir, &["inventory", "--format", "json"]));
+    dir.write("go", "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("\"openai\""), "{}", stdout(&out));
+    let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("exits");
+    assert!(status.success());
+    assert_eq!(dir.read("umask.txt").trim(), "0027");
+    assert!(!folder.exists(), "socket folder left behind");
 }
