@@ -18,22 +18,57 @@ use crate::run::{self, OnRotate, PtyMode, RunOptions};
 use crate::store::{StoreCommand, StoreOptions};
 use nix::sys::signal::Signal;
 
+const ABOUT: &str = "Run a command with the secrets it needs and no more: refs resolved into \
+                     locked memory, a filtered environment, supervised like tini.";
+const AFTER_HELP: &str = "Exit codes: the command's own; 128+N if it was killed by signal N; \
+                          64 usage, 65 bad data, 69 provider unavailable, 77 permission denied, \
+                          78 configuration error, 126 not executable, 127 not found.";
+
 /// keywarden: run a command with secrets it needs, and no more.
 #[derive(Debug, Parser)]
-#[command(
-    name = "keywarden",
-    version,
-    about = "Run a command with the secrets it needs and no more: refs resolved into locked memory, \
-             a filtered environment, supervised like tini.",
-    after_help = "Exit codes: the command's own; 128+N if it was killed by signal N; \
-                  64 usage, 65 bad data, 69 provider unavailable, 77 permission denied, \
-                  78 configuration error, 126 not executable, 127 not found."
-)]
+#[command(name = "keywarden", version, about = ABOUT, after_help = AFTER_HELP)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The same command line with `run` as its only subcommand: what
+/// `keywarden run ...` is parsed with, so that starting a command does not
+/// build every other subcommand's arguments first (clap builds the whole
+/// tree before it parses). A test holds its `run` to `Cli`'s.
+#[derive(Debug, Parser)]
+#[command(name = "keywarden", version, about = ABOUT, after_help = AFTER_HELP)]
+struct RunCli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: RunOnly,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunOnly {
+    /// Resolve secrets and run COMMAND with them; its output is relayed with every secret masked
+    Run(RunArgs),
+}
+
+impl Cli {
+    /// Parse `args`, through [`RunCli`] when the subcommand comes first and
+    /// is `run`.
+    fn parse_args(args: Vec<OsString>) -> std::result::Result<Cli, clap::Error> {
+        if args.get(1).is_some_and(|a| a == "run") {
+            let RunCli {
+                global,
+                command: RunOnly::Run(run),
+            } = RunCli::try_parse_from(args)?;
+            return Ok(Cli {
+                global,
+                command: Command::Run(run),
+            });
+        }
+        Cli::try_parse_from(args)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -210,7 +245,7 @@ fn nonempty(p: Option<PathBuf>) -> Option<PathBuf> {
 
 /// Parse the command line, run, and turn the outcome into an exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_args(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => {
             let code = match e.kind() {
@@ -329,6 +364,39 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_run_fast_path_is_the_same_command_line() {
+        RunCli::command().debug_assert();
+        // What a user sees from `run` (help, a missing command) is the same
+        // through either parser.
+        for argv in [
+            &["keywarden", "run", "--help"][..],
+            &["keywarden", "run", "-h"],
+            &["keywarden", "run"],
+            &["keywarden", "run", "--pty", "sometimes", "x"],
+        ] {
+            let full = Cli::try_parse_from(argv).expect_err("stops");
+            let fast = RunCli::try_parse_from(argv).expect_err("stops");
+            assert_eq!(full.kind(), fast.kind(), "{argv:?}");
+            assert_eq!(full.to_string(), fast.to_string(), "{argv:?}");
+        }
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let fast = Cli::parse_args(args(&["kw", "run", "--env", "prod", "-q", "--", "x"]))
+            .expect("parses");
+        assert_eq!(fast.global.env, Some(Environment::Prod));
+        assert!(fast.global.quiet);
+        let Command::Run(a) = fast.command else {
+            panic!("run")
+        };
+        assert_eq!(a.command, [OsString::from("x")]);
+        // Options before the subcommand take the full parser.
+        let full = Cli::parse_args(args(&["kw", "--env", "ci", "run", "x"])).expect("parses");
+        assert_eq!(full.global.env, Some(Environment::Ci));
+        let err =
+            Cli::parse_args(args(&["kw", "run", "--grace", "soon", "x"])).expect_err("bad value");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]
