@@ -3,7 +3,6 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
@@ -244,7 +243,7 @@ fn nonempty(p: Option<PathBuf>) -> Option<PathBuf> {
 }
 
 /// Parse the command line, run, and turn the outcome into an exit code.
-pub fn main() -> ExitCode {
+pub fn main() -> u8 {
     let cli = match Cli::parse_args(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => {
@@ -254,16 +253,16 @@ pub fn main() -> ExitCode {
                 _ => 64,
             };
             let _ = e.print();
-            return ExitCode::from(code);
+            return code;
         }
     };
     let g = &cli.global;
     logging::init(g.log_format, g.verbose, g.quiet);
     match dispatch(&cli) {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{e}");
-            ExitCode::from(e.exit_code())
+            e.exit_code()
         }
     }
 }
