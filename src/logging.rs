@@ -2,8 +2,11 @@
 //! lines. Messages never carry values: call sites name refs and ids only.
 
 use std::fmt;
+use std::sync::OnceLock;
 
-use tracing::{Event, Level, Subscriber};
+use tracing::level_filters::LevelFilter;
+use tracing::subscriber::Interest;
+use tracing::{span, Dispatch, Event, Level, Metadata, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -43,21 +46,111 @@ where
     }
 }
 
+/// The global subscriber: it filters by level itself and builds the real
+/// formatter (tracing-subscriber's, whose registry allocates its tables up
+/// front) on the first event or span that passes, so a run that logs
+/// nothing never pays for it.
+struct Lazy {
+    max: LevelFilter,
+    make: fn() -> Dispatch,
+    inner: OnceLock<Dispatch>,
+}
+
+impl Lazy {
+    fn inner(&self) -> &Dispatch {
+        self.inner.get_or_init(self.make)
+    }
+}
+
+impl Subscriber for Lazy {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if self.max >= *meta.level() {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>) -> bool {
+        self.max >= *meta.level()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.max)
+    }
+
+    fn new_span(&self, span: &span::Attributes<'_>) -> span::Id {
+        self.inner().new_span(span)
+    }
+
+    fn record(&self, span: &span::Id, values: &span::Record<'_>) {
+        self.inner().record(span, values);
+    }
+
+    fn record_follows_from(&self, span: &span::Id, follows: &span::Id) {
+        self.inner().record_follows_from(span, follows);
+    }
+
+    fn event(&self, event: &Event<'_>) {
+        self.inner().event(event);
+    }
+
+    fn enter(&self, span: &span::Id) {
+        self.inner().enter(span);
+    }
+
+    fn exit(&self, span: &span::Id) {
+        self.inner().exit(span);
+    }
+
+    fn clone_span(&self, id: &span::Id) -> span::Id {
+        self.inner().clone_span(id)
+    }
+
+    fn try_close(&self, id: span::Id) -> bool {
+        self.inner().try_close(id)
+    }
+}
+
+fn text_formatter() -> Dispatch {
+    Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(LevelFilter::TRACE)
+            .with_ansi(false)
+            .event_format(Text)
+            .finish(),
+    )
+}
+
+fn json_formatter() -> Dispatch {
+    Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(LevelFilter::TRACE)
+            .with_ansi(false)
+            .json()
+            .with_current_span(false)
+            .finish(),
+    )
+}
+
 /// Install the global subscriber. `-q` shows errors only; the default is
 /// warnings; `-v` info, `-vv` debug.
 pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => Level::ERROR,
-        (false, 0) => Level::WARN,
-        (false, 1) => Level::INFO,
-        (false, _) => Level::DEBUG,
+    let max = match (quiet, verbose) {
+        (true, _) => LevelFilter::ERROR,
+        (false, 0) => LevelFilter::WARN,
+        (false, 1) => LevelFilter::INFO,
+        (false, _) => LevelFilter::DEBUG,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_ansi(false);
-    let _ = match format {
-        LogFormat::Text => builder.event_format(Text).try_init(),
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    let make = match format {
+        LogFormat::Text => text_formatter,
+        LogFormat::Json => json_formatter,
     };
+    let _ = tracing::subscriber::set_global_default(Lazy {
+        max,
+        make,
+        inner: OnceLock::new(),
+    });
 }

@@ -677,7 +677,8 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             },
         )?)
     };
-    let api_env: Vec<(String, OsString)> =
+    // The child's API variables, kept (the token as a secret) for restarts.
+    let api_env: Vec<(String, SecretBytes)> =
         api.as_mut().map(RunningApi::child_env).unwrap_or_default();
 
     for id in redaction::too_short(&plan, &secrets) {
@@ -694,7 +695,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         let extra: Vec<(&str, &[u8])> = api_env
             .iter()
             .filter(|(k, _)| k == api::TOKEN_VAR)
-            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .map(|(k, v)| (k.as_str(), v.expose()))
             .collect();
         Some(Arc::new(MatcherCell::new(redaction::matcher_for(
             &plan,
@@ -710,19 +711,9 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         r.token = api_env
             .iter()
             .find(|(k, _)| k == api::TOKEN_VAR)
-            .map(|(_, v)| SecretBytes::copy_from(v.as_bytes()));
+            .map(|(_, v)| v.duplicate());
     }
     let counts = Arc::new(Mutex::new(Counts::default()));
-    // The child's API variables, kept (the token as a secret) for restarts.
-    let api_env: Vec<(String, SecretBytes)> = api_env
-        .into_iter()
-        .map(|(k, v)| {
-            let mut bytes = v.into_vec();
-            let kept = SecretBytes::copy_from(&bytes);
-            bytes.zeroize();
-            (k, kept)
-        })
-        .collect();
     let pid1 = std::process::id() == 1;
     if opts.subreaper && !pid1 {
         sys::set_child_subreaper()?;

@@ -123,7 +123,9 @@ pub struct Pending {
 
 /// Challenges and approvals of one run.
 pub struct Approvals {
-    key: SecretBytes,
+    /// `HITL_CHALLENGE_HMAC_KEY`, or a random key made for the first
+    /// challenge (a run that never opens one makes none).
+    key: Option<SecretBytes>,
     challenges: BTreeMap<String, Challenge>,
     approved: Vec<Approval>,
 }
@@ -138,8 +140,9 @@ impl std::fmt::Debug for Approvals {
 }
 
 impl Approvals {
-    /// Challenges keyed with `key`.
-    pub fn new(key: SecretBytes) -> Self {
+    /// Challenges keyed with `key`; without one, [`Approvals::open`]
+    /// needs [`Approvals::set_key`] first.
+    pub fn new(key: Option<SecretBytes>) -> Self {
         Approvals {
             key,
             challenges: BTreeMap::new(),
@@ -147,15 +150,27 @@ impl Approvals {
         }
     }
 
-    fn mac(&self, challenge_id: &str, code: &[u8]) -> HmacSha256 {
-        let mut mac = match HmacSha256::new_from_slice(self.key.expose()) {
+    /// Whether a key must be set before a challenge can be opened.
+    pub fn needs_key(&self) -> bool {
+        self.key.is_none()
+    }
+
+    /// Set the key (once: a key in use is never replaced).
+    pub fn set_key(&mut self, key: SecretBytes) {
+        if self.key.is_none() {
+            self.key = Some(key);
+        }
+    }
+
+    fn mac(&self, challenge_id: &str, code: &[u8]) -> Option<HmacSha256> {
+        let mut mac = match HmacSha256::new_from_slice(self.key.as_ref()?.expose()) {
             Ok(m) => m,
             Err(_) => unreachable!("HMAC takes keys of any length"),
         };
         mac.update(challenge_id.as_bytes());
         mac.update(b":");
         mac.update(code);
-        mac
+        Some(mac)
     }
 
     /// Forget what has expired.
@@ -197,14 +212,15 @@ impl Approvals {
     }
 
     /// Open a challenge for `secret_id` asked by `token_id`, from 32 random
-    /// bytes: 16 make the id, 8 the code.
+    /// bytes: 16 make the id, 8 the code. `None` when no key is set.
     pub fn open(
         &mut self,
         secret_id: &str,
         token_id: &str,
         random: &[u8; CHALLENGE_RANDOM_BYTES],
         now: Now,
-    ) -> Opened {
+    ) -> Option<Opened> {
+        self.key.as_ref()?;
         let id: String = random[..16].iter().map(|b| format!("{b:02x}")).collect();
         let mut n = [0u8; 8];
         n.copy_from_slice(&random[16..24]);
@@ -212,7 +228,7 @@ impl Approvals {
         n.fill(0);
         let code = Zeroizing::new(format!("{:04}-{:04}", number / 10_000, number % 10_000));
         let digits = normalize(code.as_bytes());
-        let mac: [u8; 32] = self.mac(&id, &digits).finalize().into_bytes().into();
+        let mac: [u8; 32] = self.mac(&id, &digits)?.finalize().into_bytes().into();
         let challenge = Challenge {
             secret_id: secret_id.to_string(),
             token_id: token_id.to_string(),
@@ -222,11 +238,11 @@ impl Approvals {
         };
         let expires_at = rfc3339(now.wall_of(challenge.expires()));
         self.challenges.insert(id.clone(), challenge);
-        Opened {
+        Some(Opened {
             id,
             code,
             expires_at,
-        }
+        })
     }
 
     /// The operator's answer `code` to `challenge_id`.
@@ -236,7 +252,9 @@ impl Approvals {
         let right = match self.challenges.get(challenge_id) {
             None => return Answer::Unknown,
             // Constant time: `verify_slice` compares with `subtle`.
-            Some(c) => self.mac(challenge_id, &digits).verify_slice(&c.mac).is_ok(),
+            Some(c) => self
+                .mac(challenge_id, &digits)
+                .is_some_and(|m| m.verify_slice(&c.mac).is_ok()),
         };
         let Some(c) = self.challenges.get_mut(challenge_id) else {
             return Answer::Unknown;
@@ -313,7 +331,7 @@ mod tests {
     use super::*;
 
     fn approvals() -> Approvals {
-        Approvals::new(SecretBytes::copy_from(b"a key for the tests only"))
+        Approvals::new(Some(SecretBytes::copy_from(b"a key for the tests only")))
     }
 
     fn random(seed: u8) -> [u8; 32] {
@@ -324,7 +342,7 @@ mod tests {
     fn a_right_code_approves_one_read_by_the_token_that_asked() {
         let now = Now::system();
         let mut a = approvals();
-        let opened = a.open("billing", "t1", &random(1), now);
+        let opened = a.open("billing", "t1", &random(1), now).expect("opened");
         assert_eq!(opened.id.len(), 32);
         assert_eq!(opened.code.len(), 9, "{}", opened.code.len());
         // The same token asking again gets the same challenge.
@@ -357,7 +375,7 @@ mod tests {
     fn three_wrong_answers_lock_the_challenge() {
         let now = Now::system();
         let mut a = approvals();
-        let opened = a.open("billing", "t1", &random(2), now);
+        let opened = a.open("billing", "t1", &random(2), now).expect("opened");
         let wrong = if opened.code.as_str() == "0000-0000" {
             "0000-0001"
         } else {
@@ -390,7 +408,7 @@ mod tests {
     fn challenges_and_approvals_expire_and_end_on_revocation() {
         let now = Now::system();
         let mut a = approvals();
-        let opened = a.open("billing", "t1", &random(3), now);
+        let opened = a.open("billing", "t1", &random(3), now).expect("opened");
         let later = now.plus(CHALLENGE_TTL);
         assert_eq!(a.pending("billing", "t1", later), None);
         assert_eq!(
@@ -398,7 +416,7 @@ mod tests {
             Answer::Unknown
         );
 
-        let opened = a.open("billing", "t1", &random(4), now);
+        let opened = a.open("billing", "t1", &random(4), now).expect("opened");
         assert!(matches!(
             a.answer(&opened.id, opened.code.as_bytes(), now),
             Answer::Approved { .. }
@@ -413,7 +431,7 @@ mod tests {
             "revocation ends approvals"
         );
 
-        let opened = a.open("billing", "t1", &random(5), now);
+        let opened = a.open("billing", "t1", &random(5), now).expect("opened");
         a.forget_secret("billing");
         assert_eq!(
             a.answer(&opened.id, opened.code.as_bytes(), now),
@@ -425,7 +443,7 @@ mod tests {
     fn the_list_and_debug_never_show_a_code() {
         let now = Now::system();
         let mut a = approvals();
-        let opened = a.open("billing", "t1", &random(6), now);
+        let opened = a.open("billing", "t1", &random(6), now).expect("opened");
         let listed = serde_json::to_string(&a.list(now)).expect("json");
         assert!(listed.contains(&opened.id));
         let digits: String = opened.code.chars().filter(char::is_ascii_digit).collect();
@@ -441,8 +459,8 @@ mod tests {
     fn codes_are_eight_digits_from_the_random_bytes() {
         let now = Now::system();
         let mut a = approvals();
-        let one = a.open("s", "t", &random(7), now);
-        let two = a.open("s", "t", &random(8), now);
+        let one = a.open("s", "t", &random(7), now).expect("opened");
+        let two = a.open("s", "t", &random(8), now).expect("opened");
         assert_ne!(one.id, two.id);
         assert_ne!(one.code, two.code);
         for o in [&one, &two] {

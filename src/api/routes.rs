@@ -332,15 +332,31 @@ fn challenge(
     let (challenge_id, expires_at, opened) = match approvals.pending(id, &grant.id, now) {
         Some((cid, expires)) => (cid, expires, None),
         None => {
-            let Some(bytes) = random() else {
-                return Handled::Reply(
-                    Reply::error(500, "no randomness for a challenge", auth).about(subject),
-                );
+            let no_randomness = || {
+                Handled::Reply(
+                    Reply::error(500, "no randomness for a challenge", auth.clone())
+                        .about(subject.clone()),
+                )
+            };
+            if approvals.needs_key() {
+                // The run's first challenge: make its HMAC key.
+                let Some(mut key) = random() else {
+                    return no_randomness();
+                };
+                approvals.set_key(crate::secret::SecretBytes::copy_from(&key));
+                key.fill(0);
+            }
+            let Some(mut bytes) = random() else {
+                return no_randomness();
             };
             let mut r = [0u8; CHALLENGE_RANDOM_BYTES];
             r.copy_from_slice(&bytes[..CHALLENGE_RANDOM_BYTES]);
+            bytes.fill(0);
             let opened = approvals.open(id, &grant.id, &r, now);
             r.fill(0);
+            let Some(opened) = opened else {
+                return no_randomness();
+            };
             (opened.id.clone(), opened.expires_at.clone(), Some(opened))
         }
     };
@@ -974,9 +990,8 @@ mod tests {
     #[test]
     fn approval_required_secrets_need_an_answered_challenge_per_read() {
         let mut f = Fixture::new(None);
-        f.state.approvals = Some(Approvals::new(crate::secret::SecretBytes::copy_from(
-            b"route test key",
-        )));
+        // No key given: the first challenge makes one.
+        f.state.approvals = Some(Approvals::new(None));
         let root = f.root();
         let r = f.reply(Method::GET, "/v1/secrets/gated", Some(&root), "");
         assert_eq!(r.status, 202);

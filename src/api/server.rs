@@ -15,9 +15,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -244,18 +243,16 @@ impl RunningApi {
     }
 
     /// `KEYWARDEN_SOCKET` and `KEYWARDEN_TOKEN` for the child's environment
-    /// (takes the token: a second call has only the socket). The caller
-    /// wipes the token's copy after spawning, like every injected value.
-    pub fn child_env(&mut self) -> Vec<(String, OsString)> {
+    /// (takes the token: a second call has only the socket). Both are kept
+    /// as secrets (the path only to keep one type: small allocations share
+    /// a locked page).
+    pub fn child_env(&mut self) -> Vec<(String, SecretBytes)> {
         let mut env = vec![(
             SOCKET_VAR.to_string(),
-            self.socket_path().as_os_str().to_owned(),
+            SecretBytes::copy_from(self.socket_path().as_os_str().as_bytes()),
         )];
         if let Some(token) = self.take_child_token() {
-            env.push((
-                TOKEN_VAR.to_string(),
-                OsString::from_vec(token.expose().to_vec()),
-            ));
+            env.push((TOKEN_VAR.to_string(), token));
         }
         env
     }
@@ -443,21 +440,11 @@ pub fn bind(
         now,
     );
     state.apply_revocations(&revoked);
-    let key = match &opts.approval_key {
-        Some(k) => k.duplicate(),
-        None => {
-            let mut k = random_token_bytes().ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Os,
-                    "no randomness available for the approval key",
-                )
-            })?;
-            let key = SecretBytes::copy_from(&k);
-            k.fill(0);
-            key
-        }
-    };
-    state.approvals = Some(super::approvals::Approvals::new(key));
+    // Without HITL_CHALLENGE_HMAC_KEY, a random key is made for the first
+    // challenge.
+    state.approvals = Some(super::approvals::Approvals::new(
+        opts.approval_key.as_ref().map(|k| k.duplicate()),
+    ));
     let expiring = state.holds_expiring_values();
     let bytes = random_token_bytes().ok_or_else(|| {
         Error::new(

@@ -42,20 +42,43 @@ pub fn lock_memory(bytes: &[u8]) -> bool {
     let page = page_size();
     let range = pages(bytes);
     let mut table = PAGES.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(addr) = NonNull::new((range.start * page) as *mut libc::c_void) else {
-        return false;
-    };
-    // SAFETY: the range covers whole pages that contain `bytes`, which is a
-    // live allocation; mlock only changes residency, never contents.
-    let locked = unsafe { mlock(addr, range.len() * page) };
-    if let Err(e) = locked {
-        if !WARNED.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "cannot lock secret memory ({e}); secrets may be swapped to disk. \
-                 Raise RLIMIT_MEMLOCK (LimitMEMLOCK= in systemd) to lock them"
-            );
+    // Only the pages no live secret has locked yet: small secrets share
+    // pages, and each mlock is a system call that splits a mapping.
+    let mut p = range.start;
+    while p < range.end {
+        if table.contains_key(&p) {
+            p += 1;
+            continue;
         }
-        return false;
+        let run_start = p;
+        while p < range.end && !table.contains_key(&p) {
+            p += 1;
+        }
+        let Some(addr) = NonNull::new((run_start * page) as *mut libc::c_void) else {
+            return false;
+        };
+        // SAFETY: the run covers whole pages that contain part of `bytes`,
+        // a live allocation; mlock only changes residency, never contents.
+        let locked = unsafe { mlock(addr, (p - run_start) * page) };
+        if let Err(e) = locked {
+            // Undo the runs locked above: no count was taken for them yet.
+            for q in range.start..run_start {
+                if !table.contains_key(&q) {
+                    if let Some(a) = NonNull::new((q * page) as *mut libc::c_void) {
+                        // SAFETY: locked just above by this call; munlock
+                        // only changes residency.
+                        let _ = unsafe { munlock(a, page) };
+                    }
+                }
+            }
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cannot lock secret memory ({e}); secrets may be swapped to disk. \
+                     Raise RLIMIT_MEMLOCK (LimitMEMLOCK= in systemd) to lock them"
+                );
+            }
+            return false;
+        }
     }
     for p in range {
         *table.entry(p).or_insert(0) += 1;

@@ -160,3 +160,43 @@ fn orphans_are_reaped_as_pid_1_in_a_pid_namespace() {
     .env_remove("CI");
     assert_eq!(output(&mut cmd).status.code(), Some(5));
 }
+
+/// keywarden catches no signal (it reads them from a signalfd), ignores
+/// only SIGPIPE, and the child starts with default dispositions and an
+/// empty mask: what the child's start relies on to reset only SIGPIPE.
+#[test]
+fn keywarden_catches_no_signal_and_the_child_starts_clean() {
+    let dir = Dir::new();
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--",
+            "sh",
+            "-c",
+            "grep -E '^Sig(Cgt|Ign)' /proc/$PPID/status; \
+             grep -E '^Sig(Blk|Ign|Cgt)' /proc/self/status",
+        ],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let sigpipe = 1u64 << (libc::SIGPIPE - 1);
+    let field = |i: usize, name: &str| {
+        let l = &lines[i];
+        assert!(l.starts_with(name), "{l}");
+        u64::from_str_radix(l.rsplit(' ').next().expect("mask"), 16).expect("hex")
+    };
+    let (kw_ign, kw_cgt) = (field(0, "SigIgn:"), field(1, "SigCgt:"));
+    let (child_blk, child_ign) = (field(2, "SigBlk:"), field(3, "SigIgn:"));
+    assert_eq!(kw_cgt, 0, "keywarden catches no signal");
+    assert_ne!(kw_ign & sigpipe, 0, "keywarden ignores SIGPIPE");
+    assert_eq!(child_blk, 0, "the child starts with an empty mask");
+    // What keywarden inherited as ignored stays so (as across any exec);
+    // its own SIGPIPE ignore does not reach the child.
+    assert_eq!(child_ign, kw_ign & !sigpipe, "{}", stdout(&out));
+}
