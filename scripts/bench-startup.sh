@@ -35,15 +35,30 @@ if [[ -z $tini ]]; then
     echo "bench-startup: tini is not installed (apt-get install -y tini)" >&2
     exit 69
 fi
+tini_version=$("$tini" --version 2>&1 | head -1)
 truebin=$(command -v true)
 [[ $truebin == /* ]] || truebin=/bin/true
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
+# Measure fresh copies (of tini too), made one after the other: a binary's page-cache
+# state (how long ago it was written, whether memory reclaim has touched
+# its pages since) moved its start-up by up to 0.5 ms on this machine, so
+# two builds compared from their own places compare their histories too.
+mkdir bin
+cp "$KEYWARDEN" bin/keywarden
+KEYWARDEN=$work/bin/keywarden
+if [[ -n ${KEYWARDEN_ALT:-} ]]; then
+    cp "$KEYWARDEN_ALT" bin/keywarden-alt
+    KEYWARDEN_ALT=$work/bin/keywarden-alt
+fi
+cp "$tini" bin/tini # the baseline too
+tini_origin=$tini
+tini=$work/bin/tini
 
-echo "keywarden: $KEYWARDEN ($("$KEYWARDEN" --version); $(stat -c '%s bytes, built %y' "$KEYWARDEN"))"
-echo "tini:      $tini ($("$tini" --version 2>&1 | head -1))"
+echo "keywarden: $("$KEYWARDEN" --version); $(stat -c '%s bytes' "$KEYWARDEN")${KEYWARDEN_ALT:+; alt: $(stat -c '%s bytes' "$KEYWARDEN_ALT")}"
+echo "tini:      $tini_origin ($tini_version), copied like keywarden"
 echo "kernel:    $(uname -r); cpus: $(nproc); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "iterations: $iterations (+$warmup warm-up), alternating"
 

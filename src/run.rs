@@ -684,30 +684,17 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     for id in redaction::too_short(&plan, &secrets) {
         tracing::warn!("secret '{id}' is too short to mask safely; it is not redacted from output");
     }
-    let matcher = if opts.no_redact {
+    if opts.no_redact {
         tracing::warn!(
             "--no-redact: the command's output is relayed unchanged and may show secrets"
         );
-        None
-    } else {
-        let mask = Mask::new(&opts.mask);
-        // The child's own token is masked too: it is a credential.
-        let extra: Vec<(&str, &[u8])> = api_env
-            .iter()
-            .filter(|(k, _)| k == api::TOKEN_VAR)
-            .map(|(k, v)| (k.as_str(), v.expose()))
-            .collect();
-        Some(Arc::new(MatcherCell::new(redaction::matcher_for(
-            &plan,
-            &secrets,
-            &process_env,
-            &extra,
-            &mask,
-        ))))
-    };
+    }
+    // The relay's matcher is built right after the first start, while the
+    // command execs (nothing is relayed before it exists, and no reload can
+    // come before the supervisor and the API's thread run).
+    let mut matcher: Option<Arc<MatcherCell>> = None;
     {
         let mut r = sources.rotation.lock().unwrap_or_else(|p| p.into_inner());
-        r.cell = matcher.clone();
         r.token = api_env
             .iter()
             .find(|(k, _)| k == api::TOKEN_VAR)
@@ -811,6 +798,27 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             reap_all: opts.subreaper || pid1,
             grace: opts.grace,
         };
+        if first && !opts.no_redact {
+            let mask = Mask::new(&opts.mask);
+            // The child's own token is masked too: it is a credential.
+            let extra: Vec<(&str, &[u8])> = api_env
+                .iter()
+                .filter(|(k, _)| k == api::TOKEN_VAR)
+                .map(|(k, v)| (k.as_str(), v.expose()))
+                .collect();
+            matcher = Some(Arc::new(MatcherCell::new(redaction::matcher_for(
+                &current,
+                &current_values,
+                &process_env,
+                &extra,
+                &mask,
+            ))));
+            sources
+                .rotation
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .cell = matcher.clone();
+        }
         let started = start_io(
             spawned.outputs,
             master,
