@@ -199,6 +199,8 @@ impl ExecPlan {
     /// been exec'd; a failure before that is reaped here and returned.
     pub fn start(&self) -> Result<Pid, StartError> {
         const STACK: usize = 64 * 1024;
+        self.failed_step.store(0, Ordering::SeqCst);
+        self.failed_errno.store(0, Ordering::SeqCst);
         // The child's stack: only the child writes it, before it reads it.
         let mut stack: Vec<u8> = Vec::with_capacity(STACK);
         let all = nix::sys::signal::SigSet::all();
