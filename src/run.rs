@@ -332,6 +332,31 @@ struct Rotation {
 impl Sources {
     /// After a reload: mask the new values, and tell the child per
     /// `--on-rotate` when a value it was given has changed.
+    /// Give the relay a matcher for every value seen so far (and the
+    /// child's token), under `plan`'s policy.
+    fn rebuild_matcher(&self, r: &Rotation, plan: &LaunchPlan) {
+        let Some(cell) = &r.cell else { return };
+        let mut extra: Vec<(&str, &[u8])> = r
+            .seen
+            .iter()
+            .map(|(id, v)| (id.as_str(), v.expose()))
+            .collect();
+        if let Some(t) = &r.token {
+            extra.push((api::TOKEN_VAR, t.expose()));
+        }
+        let base = LaunchPlan {
+            secrets: Vec::new(),
+            ..plan.clone()
+        };
+        cell.replace(redaction::matcher_for(
+            &base,
+            &[],
+            &self.process_env,
+            &extra,
+            &r.mask,
+        ));
+    }
+
     fn rotated(&self, plan: &LaunchPlan, values: &[SecretBytes]) {
         let mut r = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
         for (p, v) in plan.secrets.iter().zip(values) {
@@ -339,27 +364,7 @@ impl Sources {
                 r.seen.push((p.id.clone(), v.duplicate()));
             }
         }
-        if let Some(cell) = &r.cell {
-            let mut extra: Vec<(&str, &[u8])> = r
-                .seen
-                .iter()
-                .map(|(id, v)| (id.as_str(), v.expose()))
-                .collect();
-            if let Some(t) = &r.token {
-                extra.push((api::TOKEN_VAR, t.expose()));
-            }
-            let base = LaunchPlan {
-                secrets: Vec::new(),
-                ..plan.clone()
-            };
-            cell.replace(redaction::matcher_for(
-                &base,
-                &[],
-                &self.process_env,
-                &extra,
-                &r.mask,
-            ));
-        }
+        self.rebuild_matcher(&r, plan);
         let changed: Vec<&str> = r
             .injected
             .iter()
@@ -424,6 +429,15 @@ impl Sources {
             let value = require_all(outcomes)?
                 .pop()
                 .ok_or_else(|| Error::new(ErrorKind::Software, "nothing resolved"))?;
+            // A value that changed since it was last resolved (its TTL ran
+            // out, the source was rotated): the relay masks it before the
+            // socket hands it out.
+            let mut r = me.rotation.lock().unwrap_or_else(|p| p.into_inner());
+            if !r.seen.iter().any(|(_, s)| s.expose() == value.expose()) {
+                r.seen.push((id.clone(), value.duplicate()));
+                me.rebuild_matcher(&r, &me.plan);
+            }
+            drop(r);
             Ok(api::Fresh { value, lease })
         })
         .join()

@@ -486,3 +486,32 @@ fn default_sockets_are_found_and_leave_the_umask_alone() {
     assert_eq!(dir.read("umask.txt").trim(), "0027");
     assert!(!folder.exists(), "socket folder left behind");
 }
+
+/// A value resolved again after its TTL (here: rotated at the source in
+/// between) is masked in the child's output like the first one: the relay
+/// learns it before the socket hands it out.
+#[test]
+fn a_value_resolved_again_after_its_ttl_is_masked_too() {
+    let dir = Dir::new();
+    dir.write("secrets/openai", secret(40));
+    dir.write(
+        "reg.yaml",
+        "openai:\n  dev:\n    secret_ref: file://secrets/openai\n    scope: [pool]\n    max_ttl_seconds: 1\n",
+    );
+    let fetch = "curl -s --unix-socket \"$KEYWARDEN_SOCKET\" -H \"Authorization: Bearer $KEYWARDEN_TOKEN\" http://kw/v1/secrets/openai";
+    let script = format!(
+        "{fetch} > /dev/null; \
+         head -c 30 /dev/urandom | base64 | tr -d '/+=\\n' > secrets/next; \
+         mv secrets/next secrets/openai; sleep 1.5; {fetch}; echo"
+    );
+    let out = output(&mut kw(&dir, &run_sh(&[], &script)));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rotated = dir.read("secrets/openai");
+    assert!(rotated.len() >= 30, "{rotated}");
+    let shown = stdout(&out);
+    assert!(
+        !shown.contains(&rotated),
+        "the rotated value leaked: {shown}"
+    );
+    assert!(shown.contains("[REDACTED:openai]"), "{shown}");
+}
