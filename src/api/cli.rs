@@ -175,8 +175,7 @@ pub fn get(args: &GetArgs, token: Option<OsString>, out: &mut dyn Write) -> Resu
     Ok(0)
 }
 
-/// Live admin sockets under `base` (`keywarden-*/admin.sock` and
-/// `keywarden-admin-*/admin.sock`, ours).
+/// Live admin sockets under `base` (`keywarden-admin-*/admin.sock`, ours).
 pub fn find_admin_sockets(base: &Path) -> Vec<PathBuf> {
     let euid = nix::unistd::geteuid().as_raw();
     let Ok(entries) = std::fs::read_dir(base) else {

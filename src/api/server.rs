@@ -196,7 +196,6 @@ impl http_body::Body for OutBody {
 /// [`RunningApi::shutdown`].
 #[derive(Debug)]
 pub struct RunningApi {
-    /// Removed before `admin`, which may hold the folder they share.
     socket: SocketGuard,
     admin: SocketGuard,
     child_token: Option<SecretBytes>,
@@ -404,30 +403,23 @@ pub fn bind(
 ) -> Result<RunningApi> {
     let euid = nix::unistd::geteuid().as_raw();
     let owner = (opts.child_uid != euid).then_some((opts.child_uid, opts.child_gid));
-    let ((child_listener, socket), (admin_listener, admin)) =
-        if opts.socket.is_none() && opts.admin_socket.is_none() && owner.is_none() {
-            // Same uid: one folder for both (the child could reach the
-            // admin socket wherever it is); the admin guard, dropped after
-            // the child's, removes the folder.
-            socket::bind_pair(&opts.runtime_dir, "keywarden", "api.sock", "admin.sock")?
-        } else {
-            (
-                socket::bind(
-                    opts.socket.as_deref(),
-                    &opts.runtime_dir,
-                    "keywarden",
-                    "api.sock",
-                    owner,
-                )?,
-                socket::bind(
-                    opts.admin_socket.as_deref(),
-                    &opts.runtime_dir,
-                    "keywarden-admin",
-                    "admin.sock",
-                    None,
-                )?,
-            )
-        };
+    let (child_listener, socket) = socket::bind(
+        opts.socket.as_deref(),
+        &opts.runtime_dir,
+        "keywarden",
+        "api.sock",
+        owner,
+    )?;
+    // A folder of its own, even when the child has keywarden's uid: the
+    // child is never told about the admin socket, and a listing of its own
+    // socket's folder does not show it either.
+    let (admin_listener, admin) = socket::bind(
+        opts.admin_socket.as_deref(),
+        &opts.runtime_dir,
+        "keywarden-admin",
+        "admin.sock",
+        None,
+    )?;
     let revoked = RevocationList::load(&opts.revocation_list)?;
     let now = Now::system();
     let mut state = State::new(

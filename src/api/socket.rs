@@ -180,38 +180,6 @@ fn finish(path: &Path, owner: Option<(u32, u32)>) -> Result<(u64, u64, i128)> {
     Ok(identity_of(&meta))
 }
 
-/// Bind two private sockets, `first` and `second`, in one fresh 0700
-/// folder `<base>/<prefix>-<random>` (both sockets for the same user: the
-/// child's and the admin socket when the child runs as keywarden's uid,
-/// which could reach either anyway). The second guard removes the folder:
-/// remove (or drop) the first one before it.
-pub fn bind_pair(
-    base: &Path,
-    prefix: &str,
-    first: &str,
-    second: &str,
-) -> Result<((UnixListener, SocketGuard), (UnixListener, SocketGuard))> {
-    let dir = fresh_dir(base, prefix)?;
-    let mut second_guard = SocketGuard {
-        path: dir.join(second),
-        identity: None,
-        dir: Some(dir.clone()),
-    };
-    let mut first_guard = SocketGuard {
-        path: dir.join(first),
-        identity: None,
-        dir: None,
-    };
-    let first_listener = bind_private(&first_guard.path, &first_guard.path)?;
-    first_guard.identity = Some(finish(&first_guard.path, None)?);
-    let second_listener = bind_private(&second_guard.path, &second_guard.path)?;
-    second_guard.identity = Some(finish(&second_guard.path, None)?);
-    Ok((
-        (first_listener, first_guard),
-        (second_listener, second_guard),
-    ))
-}
-
 /// Bind a private socket.
 ///
 /// With `path`, the socket goes there: bound in a private temp folder
@@ -286,25 +254,6 @@ mod tests {
             .permissions()
             .mode()
             & 0o777
-    }
-
-    #[test]
-    fn a_pair_shares_one_folder_removed_with_the_second() {
-        let base = tempfile::tempdir().expect("tmp");
-        let ((la, mut a), (lb, mut b)) =
-            bind_pair(base.path(), "kw", "a.sock", "b.sock").expect("bind");
-        let dir = a.path().parent().expect("dir").to_path_buf();
-        assert_eq!(b.path().parent(), Some(dir.as_path()));
-        assert_eq!(mode(&dir), 0o700);
-        assert_eq!(mode(a.path()), 0o600);
-        assert_eq!(mode(b.path()), 0o600);
-        assert!(UnixStream::connect(a.path()).is_ok());
-        assert!(UnixStream::connect(b.path()).is_ok());
-        drop((la, lb));
-        a.remove();
-        assert!(dir.exists(), "the first guard leaves the folder");
-        b.remove();
-        assert!(!dir.exists());
     }
 
     #[test]

@@ -442,10 +442,10 @@ fn on_rotate_restart_starts_the_child_again_with_the_new_value() {
     }
 }
 
-/// With both sockets in their default place, `inventory` finds the admin
-/// socket on its own (it shares the child's fresh folder), the child gets
-/// keywarden's umask unchanged (the sockets are made under a temporary
-/// one), and the folder is gone after the run.
+/// With both sockets in their default place, the admin socket is not in
+/// the child's socket folder and `inventory` finds it on its own, the child
+/// gets keywarden's umask unchanged (the sockets are made under a
+/// temporary one), and the folder is gone after the run.
 #[test]
 fn default_sockets_are_found_and_leave_the_umask_alone() {
     let dir = Dir::new();
@@ -476,7 +476,15 @@ fn default_sockets_are_found_and_leave_the_umask_alone() {
         && !dir.read("socket.path").is_empty()));
     let socket = std::path::PathBuf::from(dir.read("socket.path").trim());
     let folder = socket.parent().expect("folder").to_path_buf();
-    assert!(folder.join("admin.sock").exists(), "one folder for both");
+    let listed: Vec<_> = std::fs::read_dir(&folder)
+        .expect("socket folder")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        listed,
+        ["api.sock"],
+        "the child's folder holds its socket only"
+    );
     let out = output(&mut kw(&dir, &["inventory", "--format", "json"]));
     dir.write("go", "");
     assert!(out.status.success(), "{}", stderr(&out));
