@@ -176,12 +176,7 @@ struct RunArgs {
     #[arg(long, value_name = "ACTION", default_value = "none", value_parser = OnRotate::parse)]
     on_rotate: OnRotate,
     /// The command and its arguments, passed verbatim
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     command: Vec<OsString>,
 }
 
@@ -242,6 +237,30 @@ fn nonempty(p: Option<PathBuf>) -> Option<PathBuf> {
     p.filter(|p| !p.as_os_str().is_empty())
 }
 
+/// clap's multi-line error as one line: the message, its details and the
+/// usage, without the `--help` tip.
+fn one_line(rendered: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with("For more information") {
+            continue;
+        }
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        let line = line
+            .strip_prefix("Usage: ")
+            .map_or_else(|| line.to_string(), |usage| format!("usage: {usage}"));
+        parts.push(line);
+    }
+    let mut text = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            text.push_str(if text.ends_with(':') { " " } else { "; " });
+        }
+        text.push_str(part);
+    }
+    text
+}
+
 /// Parse the command line, run, and turn the outcome into an exit code.
 pub fn main() -> u8 {
     let cli = match Cli::parse_args(std::env::args_os().collect()) {
@@ -252,7 +271,15 @@ pub fn main() -> u8 {
                 clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 64,
                 _ => 64,
             };
-            let _ = e.print();
+            match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                }
+                // Every failure is one line on stderr.
+                _ => eprintln!("keywarden: error: {}", one_line(&e.to_string())),
+            }
             return code;
         }
     };
@@ -396,6 +423,53 @@ mod tests {
         let err =
             Cli::parse_args(args(&["kw", "run", "--grace", "soon", "x"])).expect_err("bad value");
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        // An unknown option before the command is a usage error, not the
+        // command; after `--` (or after the command) anything goes.
+        for argv in [
+            &["kw", "run", "--bogus", "--", "x"][..],
+            &["kw", "run", "-x", "y"],
+        ] {
+            let err = Cli::parse_args(args(argv)).expect_err("unknown option");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{argv:?}"
+            );
+        }
+        for (argv, command) in [
+            (
+                &["kw", "run", "--", "-x", "--bogus"][..],
+                &["-x", "--bogus"][..],
+            ),
+            (
+                &["kw", "run", "sh", "-c", "--bogus"],
+                &["sh", "-c", "--bogus"],
+            ),
+        ] {
+            let Command::Run(a) = Cli::parse_args(args(argv)).expect("parses").command else {
+                panic!("run")
+            };
+            assert_eq!(a.command, args(command), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let e = Cli::try_parse_from(["keywarden", "--env", "staging", "check"]).expect_err("bad");
+        let line = one_line(&e.to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("invalid value 'staging' for '--env <ENV>'"),
+            "{line}"
+        );
+        assert!(line.contains("dev, ci, prod"), "{line}");
+        let e = Cli::try_parse_from(["keywarden", "run"]).expect_err("no command");
+        let line = one_line(&e.to_string());
+        assert!(
+            line.starts_with("the following required arguments were not provided: <COMMAND>"),
+            "{line}"
+        );
+        assert!(line.contains("usage: keywarden run"), "{line}");
     }
 
     #[test]

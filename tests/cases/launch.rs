@@ -107,11 +107,27 @@ fn usage_errors_are_64() {
         &["run"][..],
         &["frobnicate"],
         &["run", "--grace", "soon", "--", "true"],
+        &["run", "--bogus", "--", "true"],
+        &["run", "-x", "true"],
         &["check", "--format", "xml"],
         &[],
     ] {
         let out = output(&mut kw(&dir, args));
         assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+        if !args.is_empty() {
+            // One line naming what is wrong (a bare `keywarden` shows help).
+            assert_eq!(
+                stderr(&out).lines().count(),
+                1,
+                "{args:?}: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).starts_with("keywarden: error: "),
+                "{}",
+                stderr(&out)
+            );
+        }
     }
     let out = output(&mut kw(&dir, &["--help"]));
     assert_eq!(out.status.code(), Some(0));
