@@ -50,8 +50,6 @@ pub const TOKEN_VAR: &str = "KEYWARDEN_TOKEN";
 /// The variable naming the admin socket for `revoke` and `inventory`
 /// (denied in the child's environment by the `KEYWARDEN_ADMIN_*` rule).
 pub const ADMIN_SOCKET_VAR: &str = "KEYWARDEN_ADMIN_SOCKET";
-/// The scope `POST /v1/slack/verify` needs.
-pub const SLACK_SCOPE: &str = "slack:verify";
 /// Scopes of the child's token when the policy names none.
 pub const DEFAULT_CHILD_SCOPES: [&str; 1] = ["pool"];
 
