@@ -146,7 +146,7 @@ struct RunArgs {
     /// Reap every orphaned descendant (automatic as PID 1)
     #[arg(long)]
     subreaper: bool,
-    /// Run the command on a pseudo-terminal: auto = when stdin and stdout are terminals
+    /// Run the command on a pseudo-terminal: auto = when stdout is a terminal
     #[arg(long, value_enum, default_value = "auto")]
     pty: PtyMode,
     /// Relay the command's output unchanged (secrets are not masked)

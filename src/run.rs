@@ -103,7 +103,7 @@ pub const AUDIT_KEY_VAR: &str = "KEYWARDEN_AUDIT_KEY";
 /// `--pty`: when the child gets a pseudo-terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PtyMode {
-    /// When stdin and stdout are both terminals.
+    /// When stdout is a terminal.
     Auto,
     /// Always (window size from stdout when it is a terminal).
     Always,
@@ -112,10 +112,10 @@ pub enum PtyMode {
 }
 
 impl PtyMode {
-    /// Whether to use a pty, given whether stdin and stdout are terminals.
-    pub fn wanted(self, stdin_tty: bool, stdout_tty: bool) -> bool {
+    /// Whether to use a pty, given whether stdout is a terminal.
+    pub fn wanted(self, stdout_tty: bool) -> bool {
         match self {
-            PtyMode::Auto => stdin_tty && stdout_tty,
+            PtyMode::Auto => stdout_tty,
             PtyMode::Always => true,
             PtyMode::Never => false,
         }
@@ -166,8 +166,9 @@ fn start_io(
             to: 1,
             filter: filter(),
         });
-        relay::pump_stdin(dup(&master)?).map_err(|e| os("cannot start the input relay", e))?;
+        // The child's stdin is the pty only when keywarden's is a terminal.
         let raw = if stdin_tty {
+            relay::pump_stdin(dup(&master)?).map_err(|e| os("cannot start the input relay", e))?;
             Some(sys::RawMode::new(std::io::stdin().as_fd())?)
         } else {
             None
@@ -773,7 +774,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.clone());
         let program = supervise::locate(&opts.command[0], path_var.as_deref(), &cwd)?;
-        let pty = if opts.pty.wanted(stdin_tty, stdout_tty) {
+        let pty = if opts.pty.wanted(stdout_tty) {
             let size = sys::window_size(std::io::stdout().as_fd())
                 .or_else(|| sys::window_size(std::io::stdin().as_fd()));
             Some(sys::open_pty(size)?)
@@ -790,6 +791,9 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             env: &env,
             credentials: user.as_ref().map(|u| u.credentials.clone()),
             pty_slave: slave,
+            // Keystrokes go through the pty only from a terminal; other
+            // input (a pipe, a file) reaches the child as it is.
+            pty_stdin: stdin_tty,
         });
         for (_, v) in env.iter_mut() {
             let mut bytes = std::mem::take(v).into_vec();
@@ -916,4 +920,22 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     audit.note(Event::new(EventKind::RunStop).status(i64::from(exit.exit_code())));
     drop(current_values);
     Ok(exit.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pty_modes_follow_stdout() {
+        assert!(PtyMode::Auto.wanted(true));
+        assert!(!PtyMode::Auto.wanted(false));
+        assert!(PtyMode::Always.wanted(false));
+        assert!(!PtyMode::Never.wanted(true));
+        assert_eq!(
+            OnRotate::parse("signal:HUP"),
+            Ok(OnRotate::Signal(Signal::SIGHUP))
+        );
+        assert!(OnRotate::parse("sometimes").is_err());
+    }
 }

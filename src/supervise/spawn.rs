@@ -25,9 +25,11 @@ pub struct SpawnSpec<'a> {
     pub env: &'a [(OsString, OsString)],
     /// Run as this user (root only).
     pub credentials: Option<Credentials>,
-    /// Run on this pty slave (stdin, stdout, stderr, controlling terminal)
+    /// Run on this pty slave (stdout, stderr, controlling terminal)
     /// instead of pipes.
     pub pty_slave: Option<OwnedFd>,
+    /// On a pty, the slave is stdin too (else stdin is inherited).
+    pub pty_stdin: bool,
 }
 
 /// A started child.
@@ -101,7 +103,10 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned> {
             let stdio = [None, Some(out_w.as_raw_fd()), Some(err_w.as_raw_fd())];
             (Some(((out_r, err_r), (out_w, err_w))), stdio)
         }
-        Some(slave) => (None, [Some(slave.as_raw_fd()); 3]),
+        Some(slave) => {
+            let fd = slave.as_raw_fd();
+            (None, [spec.pty_stdin.then_some(fd), Some(fd), Some(fd)])
+        }
     };
     let plan = ExecPlan::new(
         spec.program.as_os_str().as_bytes(),

@@ -33,7 +33,7 @@ pub enum Step {
     Stdio,
     /// `setgroups`, `setgid` or `setuid`.
     Credentials,
-    /// `setsid` and `TIOCSCTTY` (on a pty).
+    /// `setsid` and `TIOCSCTTY` on fd 1 (on a pty).
     Terminal,
     /// `PR_SET_PDEATHSIG`.
     DeathSignal,
@@ -303,7 +303,8 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 fail(Step::Credentials);
             }
         }
-        if plan.controlling_tty && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0) {
+        // On a pty the slave is at fd 1 (and at 0 when stdin is a terminal).
+        if plan.controlling_tty && (libc::setsid() < 0 || libc::ioctl(1, libc::TIOCSCTTY, 0) != 0) {
             fail(Step::Terminal);
         }
         // After the uid change: changing credentials clears the setting.

@@ -26,6 +26,16 @@ impl OnTerminal {
     }
 
     fn start_with(dir: &Dir, args: &[&str], vars: &[(&str, &str)]) -> OnTerminal {
+        Self::start_full(dir, args, vars, true)
+    }
+
+    /// With `stdin_on_terminal` false, keywarden's stdin is /dev/null.
+    fn start_full(
+        dir: &Dir,
+        args: &[&str],
+        vars: &[(&str, &str)],
+        stdin_on_terminal: bool,
+    ) -> OnTerminal {
         let ws = Winsize {
             ws_row: 33,
             ws_col: 101,
@@ -36,7 +46,11 @@ impl OnTerminal {
         let stdio = || Stdio::from(pty.slave.try_clone().expect("dup"));
         let child = kw(dir, args)
             .envs(vars.iter().copied())
-            .stdin(stdio())
+            .stdin(if stdin_on_terminal {
+                stdio()
+            } else {
+                Stdio::null()
+            })
             .stdout(stdio())
             .stderr(stdio())
             .spawn()
@@ -113,6 +127,35 @@ fn a_window_change_resizes_the_childs_terminal() {
     assert!(t.wait_for("size=40 120"), "{:?}", t.text());
     signal(t.child.id(), "TERM");
     wait_timeout(&mut t.child, Duration::from_secs(10)).expect("exits");
+}
+
+/// SPEC: `--pty auto` and a terminal on stdout give the child a pty. With
+/// stdin not a terminal the child reads it as it is (no echo, no pump).
+#[test]
+fn a_terminal_on_stdout_alone_gives_a_pty_with_stdin_as_it_is() {
+    let dir = Dir::new();
+    let mut t = OnTerminal::start_full(
+        &dir,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "[ -t 0 ] || echo stdin-as-is; [ -t 1 ] && [ -t 2 ] && echo out-tty; \
+             cat; echo cat-done; ps -o tty= -p $$",
+        ],
+        &[],
+        false,
+    );
+    let status = wait_timeout(&mut t.child, Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{:?}", t.text());
+    assert!(t.wait_for("cat-done"), "{:?}", t.text());
+    let text = t.text();
+    assert!(text.contains("stdin-as-is"), "{text:?}");
+    assert!(text.contains("out-tty"), "{text:?}");
+    // Its controlling terminal is the pty keywarden made, not ours.
+    let last = text.trim_end().lines().last().unwrap_or_default().trim();
+    assert!(last.starts_with("pts/"), "{text:?}");
 }
 
 #[test]
