@@ -350,7 +350,11 @@ fn dispatch(cli: &Cli) -> Result<u8> {
             },
             &mut std::io::stdout(),
         ),
-        Command::Inventory(a) => crate::api::cli::inventory(a, &mut std::io::stdout()),
+        Command::Inventory(a) => crate::api::cli::inventory(
+            a,
+            || crate::api::cli::offline_inventory(&common),
+            &mut std::io::stdout(),
+        ),
         Command::Approve(a) => {
             let read_code = || {
                 use std::io::IsTerminal;

@@ -213,6 +213,47 @@ fn admin_socket(named: Option<&Path>) -> Result<Option<PathBuf>> {
     }
 }
 
+/// The inventory without a sidecar: every secret of `common`'s registry for
+/// its env, with the dates the backends know and the revocation list
+/// applied; nothing is resolved.
+pub fn offline_inventory(common: &crate::cli::Common) -> Result<serde_json::Value> {
+    use super::state::{Settings, State};
+    let process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let config = crate::config::load(common.registry.as_deref(), common.policy.as_deref())?;
+    let plan = crate::config::build_plan(&config, common.env, &process_env, &cwd)?;
+    let now = std::time::SystemTime::now();
+    let dates = crate::resolve::secret_dates(&plan, &common.store, &process_env, |_| true);
+    let served = plan
+        .secrets
+        .iter()
+        .map(|p| {
+            let mut s = super::ServedSecret::from_planned(p, None, now);
+            if let Some(d) = dates.get(&p.id) {
+                s.dates = *d;
+            }
+            s
+        })
+        .collect();
+    let mut state = State::new(
+        Settings {
+            env: common.env,
+            max_ttl_seconds: plan.policy.max_ttl_for(common.env),
+            slack_secret_id: None,
+        },
+        served,
+        super::Now::system(),
+    );
+    let named = std::env::var_os("KEYWARDEN_REVOCATION_LIST").map(PathBuf::from);
+    if let Ok(path) = revocation_list_path(named.as_deref()) {
+        state.apply_revocations(&RevocationList::load(&path)?);
+    }
+    Ok(serde_json::json!({
+        "env": common.env.as_str(),
+        "secrets": state.inventory(super::Now::system()),
+    }))
+}
+
 /// Where the revocation list is: named, or the default place.
 pub fn revocation_list_path(named: Option<&Path>) -> Result<PathBuf> {
     named
@@ -399,24 +440,32 @@ pub fn approve(
 }
 
 /// `keywarden inventory`: the running sidecar's secrets (never values).
-pub fn inventory(args: &InventoryArgs, out: &mut dyn Write) -> Result<u8> {
-    let Some(sock) = admin_socket(args.admin_socket.as_deref())? else {
-        return Err(Error::new(
-            ErrorKind::Unavailable,
-            format!("no running keywarden sidecar found; name its admin socket with --admin-socket or {ADMIN_SOCKET_VAR}"),
-        ));
+pub fn inventory(
+    args: &InventoryArgs,
+    offline: impl FnOnce() -> Result<serde_json::Value>,
+    out: &mut dyn Write,
+) -> Result<u8> {
+    let body = match admin_socket(args.admin_socket.as_deref())? {
+        Some(sock) => {
+            let a = client::call(&sock, Method::GET, "/v1/admin/inventory", None, None)
+                .map_err(|e| unreachable(&sock, &e))?;
+            if a.status != 200 {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    server_error(&format!("{}", sock.display()), &a),
+                ));
+            }
+            a.json()
+        }
+        // No sidecar runs: the same metadata from the registry and policy
+        // (nothing is resolved; nothing is cached).
+        None => offline()?,
     };
-    let a = client::call(&sock, Method::GET, "/v1/admin/inventory", None, None)
-        .map_err(|e| unreachable(&sock, &e))?;
-    if a.status != 200 {
-        return Err(Error::new(
-            ErrorKind::Unavailable,
-            server_error(&format!("{}", sock.display()), &a),
-        ));
-    }
     let written = match args.format {
-        InventoryFormat::Json => out.write_all(&a.body).and_then(|_| out.write_all(b"\n")),
-        InventoryFormat::Table => out.write_all(table(&a.json()).as_bytes()),
+        InventoryFormat::Json => out
+            .write_all(super::json::to_body(&body).as_slice())
+            .and_then(|_| out.write_all(b"\n")),
+        InventoryFormat::Table => out.write_all(table(&body).as_bytes()),
     };
     written.map_err(|e| Error::new(ErrorKind::Os, format!("cannot write: {e}")))?;
     Ok(0)
@@ -424,7 +473,8 @@ pub fn inventory(args: &InventoryArgs, out: &mut dyn Write) -> Result<u8> {
 
 fn table(v: &serde_json::Value) -> String {
     let head = [
-        "ID", "REF", "VENDOR", "SCOPE", "ENV", "TTL", "RESOLVED", "STATE",
+        "ID", "REF", "VENDOR", "SCOPE", "ENV", "TTL", "CREATED", "ROTATED", "POLICY", "RESOLVED",
+        "STATE",
     ];
     let text = |x: &serde_json::Value| match x {
         serde_json::Value::Null => "-".to_string(),
@@ -447,6 +497,14 @@ fn table(v: &serde_json::Value) -> String {
         } else {
             "-"
         };
+        let p = &s["policy"];
+        let mut policy = format!("approval={}", text(&p["approval"]));
+        if let Some(days) = p["rotate_every_days"].as_u64() {
+            policy.push_str(&format!(" rotate={days}d"));
+        }
+        if p["rotation_overdue"] == true {
+            policy.push_str(" overdue");
+        }
         rows.push(vec![
             text(&s["id"]),
             text(&s["ref"]),
@@ -454,6 +512,9 @@ fn table(v: &serde_json::Value) -> String {
             text(&s["scope"]),
             text(&s["env"]),
             text(&s["ttl_seconds"]),
+            text(&s["created"]),
+            text(&s["rotated"]),
+            policy,
             text(&s["resolved_at"]),
             state.to_string(),
         ]);

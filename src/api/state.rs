@@ -168,11 +168,11 @@ pub struct InventoryItem {
     pub cached: bool,
     /// Revocation reason, when revoked.
     pub revoked: Option<String>,
-    /// When it was first stored (RFC 3339), where the backend knows.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// When it was first stored (RFC 3339), where the backend knows
+    /// (`null` otherwise).
     pub created: Option<String>,
-    /// When its value last changed (RFC 3339), where the backend knows.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// When its value last changed (RFC 3339), where the backend knows
+    /// (`null` otherwise).
     pub rotated: Option<String>,
     /// The policy that applies to it.
     pub policy: InventoryPolicy,

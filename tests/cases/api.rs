@@ -997,7 +997,13 @@ fn get_and_inventory_commands() {
         format: cli::InventoryFormat::Table,
     };
     let mut out = Vec::new();
-    assert_eq!(cli::inventory(&inv, &mut out).expect("inventory"), 0);
+    let offline = || -> keywarden::error::Result<serde_json::Value> {
+        panic!("a sidecar runs: no offline inventory")
+    };
+    assert_eq!(
+        cli::inventory(&inv, offline, &mut out).expect("inventory"),
+        0
+    );
     let text = String::from_utf8(out).expect("utf8");
     assert!(
         text.lines()
@@ -1017,9 +1023,16 @@ fn get_and_inventory_commands() {
         format: cli::InventoryFormat::Json,
         ..inv
     };
-    cli::inventory(&json, &mut out).expect("inventory");
+    cli::inventory(&json, offline, &mut out).expect("inventory");
     let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
     assert_eq!(v["env"], "dev");
+    for s in v["secrets"].as_array().expect("secrets") {
+        for key in [
+            "id", "ref", "vendor", "scope", "created", "rotated", "policy",
+        ] {
+            assert!(s.get(key).is_some(), "{key} missing in {s}");
+        }
+    }
     assert_eq!(v["secrets"].as_array().map(Vec::len), Some(SECRETS.len()));
 }
 

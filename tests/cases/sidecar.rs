@@ -523,3 +523,56 @@ fn a_value_resolved_again_after_its_ttl_is_masked_too() {
     );
     assert!(shown.contains("[REDACTED:openai]"), "{shown}");
 }
+
+/// With no sidecar running, `inventory` lists the registry's secrets for
+/// the env (SPEC's fields: id, ref, vendor, scope, created, rotated,
+/// policy) without resolving anything.
+#[test]
+fn inventory_without_a_sidecar_reads_the_registry() {
+    let dir = Dir::new();
+    let value = setup(&dir);
+    let out = output(&mut kw(
+        &dir,
+        &["inventory", "--env", "dev", "--registry", "reg.yaml"],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let header = text.lines().next().unwrap_or_default();
+    for column in [
+        "ID", "REF", "VENDOR", "SCOPE", "CREATED", "ROTATED", "POLICY",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("openai") && l.contains("file://secrets/openai")),
+        "{text}"
+    );
+    assert!(!text.contains(&value));
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "inventory",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--format",
+            "json",
+        ],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let secrets = v["secrets"].as_array().expect("secrets");
+    assert_eq!(secrets.len(), 2, "{v}");
+    let openai = secrets
+        .iter()
+        .find(|s| s["id"] == "openai")
+        .expect("openai");
+    assert_eq!(openai["ref"], "file://secrets/openai");
+    assert_eq!(openai["scope"], serde_json::json!(["pool"]));
+    assert_eq!(openai["cached"], false);
+    assert!(openai["rotated"].is_string(), "a file's mtime: {openai}");
+    assert!(openai.get("created").is_some() && openai["policy"].is_object());
+    assert!(!stdout(&out).contains(&value));
+}
