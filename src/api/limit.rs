@@ -3,9 +3,11 @@
 //!
 //! The first few failures are free; each one after that locks the peer out
 //! for twice as long as the last (from [`BASE_LOCK`] up to [`MAX_LOCK`]).
-//! While locked, no token from that peer is even checked: the call gets 429
-//! with `Retry-After`, so parallel connections gain nothing. A success, or
-//! [`FORGET_AFTER`] without a failure, clears the record. Keyed by uid, not
+//! While locked, every call from that peer whose token is not valid gets
+//! 429 with `Retry-After` (so parallel connections gain nothing); a valid
+//! token still passes, so a noisy process of the same uid cannot lock the
+//! child out. A success outside a lock, or [`FORGET_AFTER`] without a
+//! failure, clears the record. Keyed by uid, not
 //! pid: forking does not buy an attacker fresh attempts.
 
 #![forbid(unsafe_code)]
@@ -100,8 +102,14 @@ impl AuthLimiter {
     }
 
     /// A token from `uid` was accepted.
-    pub fn success(&mut self, uid: u32) {
-        if !self.peers.is_empty() {
+    pub fn success(&mut self, uid: u32, now: Instant) {
+        // A lock runs its course: a valid token passes it (see the server)
+        // but does not lift it for the guesses that follow.
+        if self
+            .peers
+            .get(&uid)
+            .is_some_and(|p| p.locked_until.is_none_or(|u| u <= now))
+        {
             self.peers.remove(&uid);
         }
     }
@@ -147,9 +155,13 @@ mod tests {
             last = l.failure(7, t).expect("locked");
         }
         assert_eq!(last, MAX_LOCK);
-        l.success(7);
-        assert_eq!(l.gate(7, t), Gate::Open);
-        assert_eq!(l.failure(7, t), None);
+        // A success inside the lock does not lift it; after it, it clears.
+        l.success(7, t);
+        assert!(matches!(l.gate(7, t), Gate::Locked { .. }));
+        let after = t + MAX_LOCK;
+        l.success(7, after);
+        assert_eq!(l.gate(7, after), Gate::Open);
+        assert_eq!(l.failure(7, after), None);
     }
 
     #[test]

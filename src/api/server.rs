@@ -689,7 +689,13 @@ async fn child_call(
     call_name: Option<&str>,
 ) -> std::result::Result<Reply, (Reply, u64)> {
     let uid = peer.uid.unwrap_or(u32::MAX);
-    if call.bearer.is_some() && call.path != "/v1/health" {
+    // A valid token always passes: the lock answers guesses, and must not
+    // shut the child out when another process of its uid sends bad tokens
+    // (SPEC: failed auth is rate-limited).
+    let valid = call
+        .bearer
+        .is_some_and(|b| shared.state().tokens.authenticate(b, now.mono).is_ok());
+    if call.bearer.is_some() && call.path != "/v1/health" && !valid {
         if let Gate::Locked { retry_after, first } = shared.limiter().gate(uid, now.mono) {
             let secs = retry_after.as_secs_f64().ceil() as u64;
             let why = format!("too many failed attempts; retry in {secs}s");
@@ -760,7 +766,7 @@ async fn child_call(
             }
             shared.audit.note(ev);
         }
-        Auth::Granted(_) => shared.limiter().success(uid),
+        Auth::Granted(_) => shared.limiter().success(uid, now.mono),
         Auth::Missing | Auth::Open => {}
     }
     Ok(reply)
