@@ -192,6 +192,15 @@ pub fn find_admin_sockets(base: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The admin socket named, or every one running (ours, in the runtime
+/// folder).
+fn admin_sockets(named: Option<&Path>) -> Vec<PathBuf> {
+    match named.filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => vec![p.to_path_buf()],
+        None => find_admin_sockets(&socket::runtime_dir(|k| std::env::var_os(k))),
+    }
+}
+
 /// The admin socket named, or the only one running; `None` when none runs.
 fn admin_socket(named: Option<&Path>) -> Result<Option<PathBuf>> {
     if let Some(p) = named.filter(|p| !p.as_os_str().is_empty()) {
@@ -303,15 +312,17 @@ pub fn revoke(
     out: &mut dyn Write,
 ) -> Result<u8> {
     let list = revocation_list_path(args.revocation_list.as_deref())?;
-    let admin = admin_socket(args.admin_socket.as_deref())?;
+    // Every running sidecar (or the one named): a revocation is meant to
+    // hold everywhere.
+    let admin = admin_sockets(args.admin_socket.as_deref());
     let reason = args
         .reason
         .clone()
         .filter(|r| !r.trim().is_empty())
         .unwrap_or_else(|| "revoked by the operator".to_string());
-    let mut reference = None;
+    let mut reference: Option<String> = None;
     let mut sidecar_error = None;
-    if let Some(sock) = &admin {
+    for sock in &admin {
         let body = serde_json::json!({"id": args.id, "reason": reason}).to_string();
         match client::call(
             sock,
@@ -321,7 +332,9 @@ pub fn revoke(
             Some(body.into_bytes()),
         ) {
             Ok(a) if a.status == 200 => {
-                reference = a.json()["ref"].as_str().map(str::to_string);
+                if reference.is_none() {
+                    reference = a.json()["ref"].as_str().map(str::to_string);
+                }
                 let _ = writeln!(
                     out,
                     "revoked '{}' in the sidecar at {}",
@@ -331,12 +344,12 @@ pub fn revoke(
             }
             Ok(a) if a.status == 404 => {}
             Ok(a) => {
-                sidecar_error = Some(Error::new(
+                sidecar_error = sidecar_error.or(Some(Error::new(
                     ErrorKind::Unavailable,
                     server_error(&format!("{}", sock.display()), &a),
-                ))
+                )))
             }
-            Err(e) => sidecar_error = Some(unreachable(sock, &e)),
+            Err(e) => sidecar_error = sidecar_error.or(Some(unreachable(sock, &e))),
         }
     }
     let reference = match reference {
@@ -386,12 +399,24 @@ pub fn approve(
             args.challenge_id
         )));
     }
-    let Some(sock) = admin_socket(args.admin_socket.as_deref())? else {
+    let mut sockets = admin_sockets(args.admin_socket.as_deref());
+    if sockets.is_empty() {
         return Err(Error::new(
             ErrorKind::Unavailable,
             format!("no running keywarden sidecar found; name its admin socket with --admin-socket or {ADMIN_SOCKET_VAR}"),
         ));
-    };
+    }
+    if sockets.len() > 1 {
+        // Several sidecars: the one holding this challenge.
+        sockets.retain(|s| holds_challenge(s, id));
+        if sockets.len() != 1 {
+            return Err(Error::new(
+                ErrorKind::Data,
+                format!("challenge {id}: no single running sidecar holds it"),
+            ));
+        }
+    }
+    let sock = sockets.remove(0);
     let code = read_code()?;
     let text = std::str::from_utf8(code.expose())
         .map_err(|_| Error::new(ErrorKind::Data, "the code is not text"))?;
@@ -437,6 +462,18 @@ pub fn approve(
             server_error(&what, &answer),
         )),
     }
+}
+
+/// Whether the sidecar at `sock` has the open challenge `id`.
+fn holds_challenge(sock: &Path, id: &str) -> bool {
+    client::call(sock, Method::GET, "/v1/admin/approvals", None, None)
+        .ok()
+        .filter(|a| a.status == 200)
+        .is_some_and(|a| {
+            a.json()["challenges"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|c| c["challenge_id"] == id))
+        })
 }
 
 /// `keywarden inventory`: the running sidecar's secrets (never values).

@@ -576,3 +576,47 @@ fn inventory_without_a_sidecar_reads_the_registry() {
     assert!(openai.get("created").is_some() && openai["policy"].is_object());
     assert!(!stdout(&out).contains(&value));
 }
+
+/// With two sidecars running, `revoke` without `--admin-socket` revokes in
+/// both (a revocation is meant to hold everywhere).
+#[test]
+fn revoke_reaches_every_running_sidecar() {
+    let dir = Dir::new();
+    setup(&dir);
+    let script = |n: u32| {
+        format!(
+            "echo ready > ready{n}; while [ ! -f go ]; do sleep 0.02; done; {kw} get openai >/dev/null 2>&1; echo rc=$?",
+            kw = bin()
+        )
+    };
+    let (s1, s2) = (script(1), script(2));
+    let start = |s: &str| {
+        kw(&dir, &run_sh(&[], s))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let (a, b) = (start(&s1), start(&s2));
+    assert!(eventually(Duration::from_secs(10), || dir
+        .join("ready1")
+        .exists()
+        && dir.join("ready2").exists()));
+    let out = output(&mut kw(
+        &dir,
+        &["revoke", "openai", "--registry", "reg.yaml", "--env", "dev"],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out)
+            .matches("revoked 'openai' in the sidecar")
+            .count(),
+        2,
+        "{}",
+        stdout(&out)
+    );
+    dir.write("go", "");
+    for child in [a, b] {
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(stdout(&out), "rc=77\n");
+    }
+}
