@@ -614,6 +614,15 @@ fn revoke_reaches_every_running_sidecar() {
         "{}",
         stdout(&out)
     );
+    // `approve` asks each for the challenge before reading a code: one
+    // that none holds is bad input, and no code is read.
+    let out = output(&mut kw(&dir, &["approve", "0123456789abcdef"]));
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no single running sidecar holds it"),
+        "{}",
+        stderr(&out)
+    );
     dir.write("go", "");
     for child in [a, b] {
         let out = child.wait_with_output().expect("wait");
