@@ -722,6 +722,13 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     }
     let stdin_tty = std::io::stdin().is_terminal();
     let stdout_tty = std::io::stdout().is_terminal();
+    // Without a controlling terminal (a service, a container, a test
+    // harness) there is no job control to keep: the child gets a process
+    // group of its own, so a signal sent to keywarden's whole group (`kill
+    // -- -PGID`, `timeout`) reaches it once, through keywarden. With one,
+    // the child shares keywarden's group, which the terminal's signals
+    // reach directly (and keywarden does not forward them again).
+    let own_group = !sys::has_controlling_tty();
     let mut restarts = match opts.on_rotate {
         OnRotate::Restart => {
             let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -794,6 +801,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             // Keystrokes go through the pty only from a terminal; other
             // input (a pipe, a file) reaches the child as it is.
             pty_stdin: stdin_tty,
+            own_group,
         });
         for (_, v) in env.iter_mut() {
             let mut bytes = std::mem::take(v).into_vec();
@@ -815,6 +823,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             child: spawned.pid,
             reap_all: opts.subreaper || pid1,
             grace: opts.grace,
+            own_group: own_group && master.is_none(),
         };
         if first && !opts.no_redact {
             let mask = Mask::new(&opts.mask);

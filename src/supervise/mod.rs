@@ -47,13 +47,15 @@ impl ChildExit {
 /// it for the terminal's foreground group (Ctrl-C, window change, hangup)
 /// while the child shares keywarden's process group: it received it
 /// already. On a pty the child has its own session, so those are forwarded
-/// (except SIGWINCH, which becomes a resize of the pty).
+/// (except SIGWINCH, which becomes a resize of the pty); in a process group
+/// of its own (no terminal) everything is.
 pub fn should_forward(
     signal: Signal,
     sender: i32,
     from_kernel: bool,
     child: Pid,
     on_pty: bool,
+    own_group: bool,
 ) -> bool {
     if !FORWARDED_SIGNALS.contains(&signal) || sender == child.as_raw() {
         return false;
@@ -61,7 +63,7 @@ pub fn should_forward(
     if on_pty {
         signal != Signal::SIGWINCH
     } else {
-        !from_kernel
+        own_group || !from_kernel
     }
 }
 
@@ -127,6 +129,8 @@ pub struct Supervisor {
     pub reap_all: bool,
     /// How long a stopping child gets before SIGKILL.
     pub grace: Duration,
+    /// The child has a process group of its own.
+    pub own_group: bool,
 }
 
 impl Supervisor {
@@ -232,6 +236,7 @@ impl Supervisor {
                     d.from_kernel,
                     self.child,
                     terminal.is_some(),
+                    self.own_group,
                 ) {
                     tracing::debug!("forwarding {} to pid {}", d.signal.as_str(), self.child);
                     let _ = kill(self.child, d.signal);
@@ -368,10 +373,20 @@ mod tests {
         ];
         for (sig, sender, kernel, pty, want, why) in table {
             assert_eq!(
-                should_forward(sig, sender, kernel, child, pty),
+                should_forward(sig, sender, kernel, child, pty, false),
                 want,
                 "{why}"
             );
         }
+        // In a process group of its own the child got nothing directly.
+        assert!(should_forward(Signal::SIGINT, 0, true, child, false, true));
+        assert!(!should_forward(
+            Signal::SIGTERM,
+            child.as_raw(),
+            false,
+            child,
+            false,
+            true
+        ));
     }
 }

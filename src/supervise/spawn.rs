@@ -30,6 +30,8 @@ pub struct SpawnSpec<'a> {
     pub pty_slave: Option<OwnedFd>,
     /// On a pty, the slave is stdin too (else stdin is inherited).
     pub pty_stdin: bool,
+    /// A process group of its own (off a pty, whose session has one).
+    pub own_group: bool,
 }
 
 /// A started child.
@@ -115,6 +117,7 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned> {
         stdio,
         spec.credentials.as_ref(),
         spec.pty_slave.is_some(),
+        spec.own_group,
     )
     .map_err(|_| {
         Error::new(

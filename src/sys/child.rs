@@ -31,6 +31,8 @@ pub struct Credentials {
 pub enum Step {
     /// Placing stdin, stdout and stderr.
     Stdio,
+    /// `setpgid`: a process group of its own.
+    ProcessGroup,
     /// `setgroups`, `setgid` or `setuid`.
     Credentials,
     /// `setsid` and `TIOCSCTTY` on fd 1 (on a pty).
@@ -53,6 +55,7 @@ impl Step {
     fn from_code(code: i32) -> Step {
         [
             Step::Stdio,
+            Step::ProcessGroup,
             Step::Credentials,
             Step::Terminal,
             Step::DeathSignal,
@@ -68,6 +71,7 @@ impl Step {
     pub fn describe(self) -> &'static str {
         match self {
             Step::Stdio => "placing stdin, stdout and stderr",
+            Step::ProcessGroup => "making its process group",
             Step::Credentials => "switching to the user",
             Step::Terminal => "taking the terminal",
             Step::DeathSignal => "arming the parent-death signal",
@@ -104,6 +108,7 @@ pub struct ExecPlan {
     groups: Vec<libc::gid_t>,
     ids: Option<(libc::uid_t, libc::gid_t)>,
     controlling_tty: bool,
+    own_group: bool,
     parent: libc::pid_t,
     /// Set by the child on failure: the step's code, then its errno.
     failed_step: AtomicI32,
@@ -140,6 +145,9 @@ impl ExecPlan {
     /// Prepare a start of `program` with `argv` (its first element is the
     /// name the command sees) and `env` (`NAME`, value pairs). `stdio`
     /// holds the descriptor to put at 0, 1 and 2, or `None` to inherit.
+    /// `controlling_tty`: a new session on the pty at fd 1; `own_group`: a
+    /// process group of its own (ignored with `controlling_tty`, whose
+    /// session has one).
     pub fn new<'a>(
         program: &[u8],
         argv: impl IntoIterator<Item = &'a [u8]>,
@@ -147,6 +155,7 @@ impl ExecPlan {
         stdio: [Option<RawFd>; 3],
         credentials: Option<&Credentials>,
         controlling_tty: bool,
+        own_group: bool,
     ) -> Result<ExecPlan, NulInArgument> {
         let program = c_string(program).ok_or(NulInArgument)?;
         let argv = argv
@@ -188,6 +197,7 @@ impl ExecPlan {
                 .unwrap_or_default(),
             ids: credentials.map(|c| (c.uid.as_raw(), c.gid.as_raw())),
             controlling_tty,
+            own_group: own_group && !controlling_tty,
             parent: nix::unistd::getpid().as_raw(),
             failed_step: AtomicI32::new(0),
             failed_errno: AtomicI32::new(0),
@@ -295,6 +305,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 fail(Step::Stdio);
             }
         }
+        if plan.own_group && libc::setpgid(0, 0) != 0 {
+            fail(Step::ProcessGroup);
+        }
         if let Some((uid, gid)) = plan.ids {
             if libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) != 0
                 || libc::syscall(libc::SYS_setgid, gid) != 0
@@ -345,15 +358,16 @@ mod tests {
     #[test]
     fn nul_bytes_are_refused_before_any_start() {
         let none = [None, None, None];
-        assert!(ExecPlan::new(b"/bin/tr\0ue", [], [], none, None, false).is_err());
-        assert!(ExecPlan::new(b"/bin/true", [&b"a\0b"[..]], [], none, None, false).is_err());
+        assert!(ExecPlan::new(b"/bin/tr\0ue", [], [], none, None, false, false).is_err());
+        assert!(ExecPlan::new(b"/bin/true", [&b"a\0b"[..]], [], none, None, false, false).is_err());
         assert!(ExecPlan::new(
             b"/bin/true",
             [],
             [(&b"K"[..], &b"v\0"[..])],
             none,
             None,
-            false
+            false,
+            false,
         )
         .is_err());
         let plan = ExecPlan::new(
@@ -362,6 +376,7 @@ mod tests {
             [(&b"K"[..], &b"v"[..])],
             none,
             None,
+            false,
             false,
         )
         .expect("plan");
@@ -379,6 +394,7 @@ mod tests {
             [None, None, None],
             None,
             false,
+            false,
         )
         .expect("plan");
         let err = plan.start().expect_err("no such program");
@@ -395,12 +411,16 @@ mod tests {
             [None, None, None],
             None,
             false,
+            true,
         )
         .expect("plan");
         let pid = plan.start().expect("started");
+        // A process group of its own (`own_group`), made before exec.
+        let group = nix::unistd::getpgid(Some(pid));
         match nix::sys::wait::waitpid(pid, None).expect("wait") {
             nix::sys::wait::WaitStatus::Exited(_, code) => assert_eq!(code, 7),
             other => panic!("unexpected {other:?}"),
         }
+        assert_eq!(group.ok(), Some(pid));
     }
 }

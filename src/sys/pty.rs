@@ -18,6 +18,16 @@ pub struct Pty {
     pub slave: OwnedFd,
 }
 
+/// Whether keywarden has a controlling terminal (`/dev/tty` opens).
+pub fn has_controlling_tty() -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/tty")
+        .is_ok()
+}
+
 /// Open a pseudo-terminal with the given window size.
 pub fn open_pty(size: Option<Winsize>) -> Result<Pty> {
     let pty = openpty(size.as_ref(), None)

@@ -200,3 +200,32 @@ fn keywarden_catches_no_signal_and_the_child_starts_clean() {
     // its own SIGPIPE ignore does not reach the child.
     assert_eq!(child_ign, kw_ign & !sigpipe, "{}", stdout(&out));
 }
+
+/// Without a controlling terminal the child has a process group of its
+/// own: a signal sent to keywarden's whole group (`kill -- -PGID`, as
+/// coreutils `timeout` does) still reaches it exactly once.
+#[test]
+fn a_signal_to_keywardens_process_group_reaches_the_child_once() {
+    let dir = Dir::new();
+    dir.script("counter", TRAPS);
+    // setsid: keywarden leads a session and group of its own, no terminal.
+    let mut kwp = kw_detached(&dir, &["run", "--grace", "30s", "--", "./counter"])
+        .spawn()
+        .expect("spawn");
+    assert!(eventually(Duration::from_secs(5), || dir
+        .join("ready")
+        .exists()));
+    let group = format!("-{}", kwp.id());
+    for sig in ["USR1", "TERM"] {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), "--", &group])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(dir.read("sig.log"), "USR1\nTERM\n");
+    signal(kwp.id(), "USR2");
+    let status = wait_timeout(&mut kwp, Duration::from_secs(10)).expect("keywarden exits");
+    assert_eq!(status.code(), Some(7));
+}
