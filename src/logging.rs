@@ -112,27 +112,26 @@ impl Subscriber for Lazy {
     }
 }
 
+/// What both formats share: stderr, no colours, no filter of its own
+/// ([`Lazy`] filters).
+fn builder() -> tracing_subscriber::fmt::SubscriberBuilder<
+    tracing_subscriber::fmt::format::DefaultFields,
+    tracing_subscriber::fmt::format::Format,
+    LevelFilter,
+    fn() -> std::io::Stderr,
+> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr as fn() -> std::io::Stderr)
+        .with_max_level(LevelFilter::TRACE)
+        .with_ansi(false)
+}
+
 fn text_formatter() -> Dispatch {
-    Dispatch::new(
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_max_level(LevelFilter::TRACE)
-            .with_ansi(false)
-            .event_format(Text)
-            .finish(),
-    )
+    Dispatch::new(builder().event_format(Text).finish())
 }
 
 fn json_formatter() -> Dispatch {
-    Dispatch::new(
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_max_level(LevelFilter::TRACE)
-            .with_ansi(false)
-            .json()
-            .with_current_span(false)
-            .finish(),
-    )
+    Dispatch::new(builder().json().with_current_span(false).finish())
 }
 
 /// Install the global subscriber. `-q` shows errors only; the default is

@@ -101,7 +101,15 @@ impl AuthLimiter {
         Some(lock)
     }
 
-    /// A token from `uid` was accepted.
+    /// Whether `uid` is locked out now (no side effect, unlike `gate`).
+    pub fn is_locked(&self, uid: u32, now: Instant) -> bool {
+        self.peers
+            .get(&uid)
+            .and_then(|p| p.locked_until)
+            .is_some_and(|until| until > now)
+    }
+
+    /// A token from `uid` was accepted: clear its record (not during a lock).
     pub fn success(&mut self, uid: u32, now: Instant) {
         // A lock runs its course: a valid token passes it (see the server)
         // but does not lift it for the guesses that follow.
@@ -156,9 +164,11 @@ mod tests {
         }
         assert_eq!(last, MAX_LOCK);
         // A success inside the lock does not lift it; after it, it clears.
+        assert!(l.is_locked(7, t));
         l.success(7, t);
         assert!(matches!(l.gate(7, t), Gate::Locked { .. }));
         let after = t + MAX_LOCK;
+        assert!(!l.is_locked(7, after));
         l.success(7, after);
         assert_eq!(l.gate(7, after), Gate::Open);
         assert_eq!(l.failure(7, after), None);

@@ -691,11 +691,14 @@ async fn child_call(
     let uid = peer.uid.unwrap_or(u32::MAX);
     // A valid token always passes: the lock answers guesses, and must not
     // shut the child out when another process of its uid sends bad tokens
-    // (SPEC: failed auth is rate-limited).
-    let valid = call
-        .bearer
-        .is_some_and(|b| shared.state().tokens.authenticate(b, now.mono).is_ok());
-    if call.bearer.is_some() && call.path != "/v1/health" && !valid {
+    // (SPEC: failed auth is rate-limited). The token is checked here only
+    // while the peer is locked out; otherwise the route checks it once.
+    let locked_out = call.path != "/v1/health"
+        && call.bearer.is_some_and(|b| {
+            shared.limiter().is_locked(uid, now.mono)
+                && shared.state().tokens.authenticate(b, now.mono).is_err()
+        });
+    if locked_out {
         if let Gate::Locked { retry_after, first } = shared.limiter().gate(uid, now.mono) {
             let secs = retry_after.as_secs_f64().ceil() as u64;
             let why = format!("too many failed attempts; retry in {secs}s");

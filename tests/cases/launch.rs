@@ -200,3 +200,23 @@ fn output_left_in_the_pipe_when_the_child_exits_is_not_lost() {
     assert!(out.status.success());
     assert_eq!(out.stdout.len(), 200_005);
 }
+
+/// keywarden started with stdin and stdout closed opens them on /dev/null
+/// first (as std's own start-up would; the binary has its own `main`), so
+/// none of its descriptors takes their numbers: the child's stdin is
+/// /dev/null, not a keywarden pipe or signalfd, and its output is relayed.
+#[test]
+fn closed_stdio_is_reopened_on_dev_null() {
+    let dir = Dir::new();
+    let closed = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec 0<&- 1>&-; exec \"$0\" run --env dev --no-socket -- sh -c 'readlink /proc/self/fd/0 >&2; echo out; echo err >&2'")
+        .arg(bin())
+        .current_dir(dir.path())
+        .env_remove("CI")
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .output()
+        .expect("spawn");
+    assert!(closed.status.success(), "{}", stderr(&closed));
+    assert_eq!(stderr(&closed), "/dev/null\nerr\n");
+}
