@@ -330,9 +330,18 @@ struct Rotation {
     wake: Option<std::fs::File>,
 }
 
+impl Rotation {
+    /// Add `value` to the values the relay masks; whether it is new.
+    fn remember(&mut self, id: &str, value: &SecretBytes) -> bool {
+        if self.seen.iter().any(|(_, s)| s.expose() == value.expose()) {
+            return false;
+        }
+        self.seen.push((id.to_string(), value.duplicate()));
+        true
+    }
+}
+
 impl Sources {
-    /// After a reload: mask the new values, and tell the child per
-    /// `--on-rotate` when a value it was given has changed.
     /// Give the relay a matcher for every value seen so far (and the
     /// child's token), under `plan`'s policy.
     fn rebuild_matcher(&self, r: &Rotation, plan: &LaunchPlan) {
@@ -358,12 +367,12 @@ impl Sources {
         ));
     }
 
+    /// After a reload: mask the new values, and tell the child per
+    /// `--on-rotate` when a value it was given has changed.
     fn rotated(&self, plan: &LaunchPlan, values: &[SecretBytes]) {
         let mut r = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
         for (p, v) in plan.secrets.iter().zip(values) {
-            if !r.seen.iter().any(|(_, s)| s.expose() == v.expose()) {
-                r.seen.push((p.id.clone(), v.duplicate()));
-            }
+            r.remember(&p.id, v);
         }
         self.rebuild_matcher(&r, plan);
         let changed: Vec<&str> = r
@@ -434,8 +443,7 @@ impl Sources {
             // out, the source was rotated): the relay masks it before the
             // socket hands it out.
             let mut r = me.rotation.lock().unwrap_or_else(|p| p.into_inner());
-            if !r.seen.iter().any(|(_, s)| s.expose() == value.expose()) {
-                r.seen.push((id.clone(), value.duplicate()));
+            if r.remember(&id, &value) {
                 me.rebuild_matcher(&r, &me.plan);
             }
             drop(r);
