@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::api::cli::{ApproveArgs, GetArgs, InventoryArgs, RevokeArgs};
-use crate::check::{self, Format};
-use crate::config::Environment;
-use crate::error::{Error, ErrorKind, Result};
+use crate::commands::check::{self, Format};
+use crate::commands::clients::{self, ApproveArgs, GetArgs, InventoryArgs, RevokeArgs};
+use crate::commands::redact;
+use crate::commands::run::{self, OnRotate, PtyMode, RunOptions};
+use crate::config::{parse_signal, Common, Environment};
+use crate::error::Result;
 use crate::logging::{self, LogFormat};
 use crate::redact::Mask;
-use crate::run::{self, OnRotate, PtyMode, RunOptions};
 use crate::store::{StoreCommand, StoreOptions};
 use nix::sys::signal::Signal;
 
@@ -201,38 +202,6 @@ struct CheckArgs {
     format: Format,
 }
 
-/// Parse a signal name (`SIGHUP`, `HUP`, `hup`) or number.
-pub fn parse_signal(text: &str) -> std::result::Result<Signal, String> {
-    let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    name.parse::<Signal>()
-        .or_else(|_| {
-            text.parse::<i32>()
-                .map_err(|_| ())
-                .and_then(|n| Signal::try_from(n).map_err(|_| ()))
-        })
-        .map_err(|_| format!("'{text}' is not a signal name (e.g. SIGHUP, USR1)"))
-}
-
-/// Options every subcommand shares, validated.
-#[derive(Debug, Clone)]
-pub struct Common {
-    /// Registry file, if named.
-    pub registry: Option<PathBuf>,
-    /// Policy file, if named.
-    pub policy: Option<PathBuf>,
-    /// The environment.
-    pub env: Environment,
-    /// Per-provider timeout.
-    pub timeout: Duration,
-    /// Where the embedded store is and how to unlock it.
-    pub store: StoreOptions,
-}
-
 fn nonempty(p: Option<PathBuf>) -> Option<PathBuf> {
     p.filter(|p| !p.as_os_str().is_empty())
 }
@@ -261,9 +230,10 @@ fn one_line(rendered: &str) -> String {
     text
 }
 
-/// Parse the command line, run, and turn the outcome into an exit code.
-pub fn main() -> u8 {
-    let cli = match Cli::parse_args(std::env::args_os().collect()) {
+/// Parse `args` (the whole command line, program name first), run, and
+/// turn the outcome into an exit code.
+pub fn main(args: Vec<OsString>) -> u8 {
+    let cli = match Cli::parse_args(args) {
         Ok(cli) => cli,
         Err(e) => {
             let code = match e.kind() {
@@ -331,54 +301,12 @@ fn dispatch(cli: &Cli) -> Result<u8> {
             },
         ),
         Command::Check(a) => check::check(&common, a.format),
-        Command::Scan(a) => crate::redaction::scan_command(&common, &a.paths),
-        Command::Redact(a) => crate::redaction::redact_command(&common, &Mask::new(&a.mask)),
-        Command::Get(a) => crate::api::cli::get(
-            a,
-            std::env::var_os(crate::api::TOKEN_VAR),
-            &mut std::io::stdout(),
-        ),
-        Command::Revoke(a) => crate::api::cli::revoke(
-            a,
-            |id| {
-                crate::api::cli::registry_ref(
-                    common.registry.as_deref(),
-                    common.policy.as_deref(),
-                    common.env,
-                    id,
-                )
-            },
-            &mut std::io::stdout(),
-        ),
-        Command::Inventory(a) => crate::api::cli::inventory(
-            a,
-            || crate::api::cli::offline_inventory(&common),
-            &mut std::io::stdout(),
-        ),
-        Command::Approve(a) => {
-            let read_code = || {
-                use std::io::IsTerminal;
-                use std::os::fd::AsFd;
-                let stdin = std::io::stdin();
-                let code = if stdin.is_terminal() {
-                    crate::store::input::prompt_value(
-                        stdin.as_fd(),
-                        &mut std::io::stderr(),
-                        &format!("Code for challenge {}: ", a.challenge_id),
-                    )
-                } else {
-                    crate::store::input::read_value(&mut stdin.lock())
-                };
-                code.map_err(|e| match e.kind() {
-                    ErrorKind::Data => Error::new(
-                        ErrorKind::Data,
-                        "no code given: type it at the prompt or pipe it on stdin",
-                    ),
-                    _ => e,
-                })
-            };
-            crate::api::cli::approve(a, read_code, &mut std::io::stdout())
-        }
+        Command::Scan(a) => redact::scan_command(&common, &a.paths),
+        Command::Redact(a) => redact::redact_command(&common, &Mask::new(&a.mask)),
+        Command::Get(a) => clients::get_command(a),
+        Command::Revoke(a) => clients::revoke_command(a, &common),
+        Command::Inventory(a) => clients::inventory_command(a, &common),
+        Command::Approve(a) => clients::approve_command(a),
         Command::Store { command } => {
             let env: Vec<_> = std::env::vars_os().collect();
             crate::store::run_store(command, &common.store, &env)

@@ -151,7 +151,7 @@ pub struct Resolved {
 /// Load the configuration, plan `--env` and resolve every ref once (no
 /// signals watched, no token renewal): what `check`, `redact` and `scan`
 /// start from.
-pub fn load_and_resolve(common: &crate::cli::Common) -> Result<Resolved> {
+pub fn load_and_resolve(common: &crate::config::Common) -> Result<Resolved> {
     let process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
     let config = crate::config::load(common.registry.as_deref(), common.policy.as_deref())?;

@@ -5,8 +5,9 @@
 //! [`json`] — take time, randomness and requests as values. Effects live at
 //! the edge: [`server`] (hyper on a current-thread tokio runtime, on its own
 //! thread), [`socket`] (binding private unix sockets, removing them),
-//! [`revocations`] (the revocation list file), [`client`] (the HTTP client
-//! the CLI and tests use) and [`cli`] (`get`, `revoke`, `inventory`).
+//! [`revocations`] (the revocation list file). The clients (`get`, `revoke`,
+//! `inventory`, `approve`) are commands: `crate::commands::clients`, over
+//! the HTTP client in `crate::client`.
 //!
 //! What `run` does with it, in order: [`bind`] before spawning the child
 //! (the socket exists and listens when it returns); give the child
@@ -19,8 +20,6 @@
 #![forbid(unsafe_code)]
 
 pub mod approvals;
-pub mod cli;
-pub mod client;
 pub mod json;
 pub mod limit;
 pub mod revocations;

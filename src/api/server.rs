@@ -320,7 +320,7 @@ impl RunningApi {
 /// `POST /v1/admin/reload` on the admin socket at `admin`, as
 /// [`RunningApi::reload`] does.
 pub fn reload_at(admin: &Path) -> Result<()> {
-    let answer = super::client::call(admin, hyper::Method::POST, "/v1/admin/reload", None, None)
+    let answer = crate::client::call(admin, hyper::Method::POST, "/v1/admin/reload", None, None)
         .map_err(|e| Error::new(ErrorKind::Software, format!("reload: {e}")))?;
     match answer.status {
         200 => Ok(()),

@@ -4,12 +4,14 @@
 
 #![forbid(unsafe_code)]
 
+mod common;
 mod plan;
 mod policy;
 mod registry;
 
 use std::path::{Path, PathBuf};
 
+pub use common::{parse_signal, Common};
 pub use plan::{build_plan, LaunchPlan, Origin, PlannedSecret, Skipped};
 pub use policy::{KvBackendConfig, Policy};
 pub use registry::{Approval, EnvEntry, Registry, RegistryEntry};

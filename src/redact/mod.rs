@@ -4,7 +4,9 @@
 //!
 //! Pure: no I/O, no `unsafe`. A [`Matcher`] is built once from the resolved
 //! secrets; each output stream then gets a [`Stream`], or a whole buffer goes
-//! through [`Matcher::redact_all`]. Everything is bytes: the input need not
+//! through [`Matcher::redact_all`]. [`live`] holds what a running command
+//! needs around it: the matcher for a plan's values, swapped on rotation,
+//! and the relay's filter. Everything is bytes: the input need not
 //! be UTF-8, and bytes outside masked spans pass through unchanged.
 //!
 //! ## Patterns
@@ -56,6 +58,7 @@
 #![forbid(unsafe_code)]
 
 mod encode;
+pub mod live;
 mod matcher;
 mod stream;
 #[cfg(test)]

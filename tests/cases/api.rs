@@ -12,9 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use hyper::Method;
-use keywarden::api::client::{self, Answer, Connection};
-use keywarden::api::{self as kwapi, cli, slack, ApiOptions, Callbacks, RunningApi, ServedSecret};
+use keywarden::api::{self as kwapi, slack, ApiOptions, Callbacks, RunningApi, ServedSecret};
 use keywarden::audit::{hex, parse_audit_key, Auditor, Event, EventKind, Outcome};
+use keywarden::client::{self, Answer, Connection};
+use keywarden::commands::clients as cli;
 use keywarden::config::{Approval, Environment};
 use keywarden::error::Error;
 use keywarden::secret::{SecretBytes, SecretRef};

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::cli::Common;
+use crate::config::Common;
 use crate::config::{self, Approval};
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::providers::scrub;

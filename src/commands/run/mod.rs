@@ -19,12 +19,11 @@ use crate::api::{
     self, revocations, revocations::RevocationList, ApiOptions, Callbacks, RunningApi, ServedSecret,
 };
 use crate::audit::{self, Auditor, Event, EventKind, Outcome as AuditOutcome};
-use crate::cli::Common;
-use crate::config::{self, LaunchPlan};
+use crate::config::{self, Common, LaunchPlan};
 use crate::envfilter::{self, EnvSpec, EnvValue};
 use crate::error::{Error, ErrorKind, Result};
+use crate::redact::live::{self as redaction, MatcherCell, RedactFilter};
 use crate::redact::{Counts, Mask};
-use crate::redaction::{self, MatcherCell, RedactFilter};
 use crate::relay::{self, Filter, Relay, Source};
 use crate::resolve::{require_all, resolve_plan};
 use crate::secret::providers::{start_renewer, VaultOptions, VaultSession};
@@ -90,7 +89,7 @@ impl OnRotate {
             "none" => Ok(OnRotate::None),
             "restart" => Ok(OnRotate::Restart),
             _ => match text.strip_prefix("signal:") {
-                Some(sig) => crate::cli::parse_signal(sig).map(OnRotate::Signal),
+                Some(sig) => crate::config::parse_signal(sig).map(OnRotate::Signal),
                 None => Err(format!("'{text}': expected none, restart or signal:SIG")),
             },
         }

@@ -27,10 +27,11 @@ use hyper::Method;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::client::{self, Answer};
-use super::revocations::{self, Revocation, RevocationList};
-use super::{socket, ADMIN_SOCKET_VAR, SOCKET_VAR, TOKEN_VAR};
+use crate::api::revocations::{self, Revocation, RevocationList};
+use crate::api::{socket, ADMIN_SOCKET_VAR, SOCKET_VAR, TOKEN_VAR};
 use crate::audit::rfc3339;
+use crate::client::{self, Answer};
+use crate::config::Common;
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::SecretBytes;
 
@@ -225,8 +226,8 @@ fn admin_socket(named: Option<&Path>) -> Result<Option<PathBuf>> {
 /// The inventory without a sidecar: every secret of `common`'s registry for
 /// its env, with the dates the backends know and the revocation list
 /// applied; nothing is resolved.
-pub fn offline_inventory(common: &crate::cli::Common) -> Result<serde_json::Value> {
-    use super::state::{Settings, State};
+pub fn offline_inventory(common: &Common) -> Result<serde_json::Value> {
+    use crate::api::state::{Settings, State};
     let process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let config = crate::config::load(common.registry.as_deref(), common.policy.as_deref())?;
@@ -237,7 +238,7 @@ pub fn offline_inventory(common: &crate::cli::Common) -> Result<serde_json::Valu
         .secrets
         .iter()
         .map(|p| {
-            let mut s = super::ServedSecret::from_planned(p, None, now);
+            let mut s = crate::api::ServedSecret::from_planned(p, None, now);
             if let Some(d) = dates.get(&p.id) {
                 s.dates = *d;
             }
@@ -251,7 +252,7 @@ pub fn offline_inventory(common: &crate::cli::Common) -> Result<serde_json::Valu
             slack_secret_id: None,
         },
         served,
-        super::Now::system(),
+        crate::api::Now::system(),
     );
     let named = std::env::var_os("KEYWARDEN_REVOCATION_LIST").map(PathBuf::from);
     if let Ok(path) = revocation_list_path(named.as_deref()) {
@@ -259,7 +260,7 @@ pub fn offline_inventory(common: &crate::cli::Common) -> Result<serde_json::Valu
     }
     Ok(serde_json::json!({
         "env": common.env.as_str(),
-        "secrets": state.inventory(super::Now::system()),
+        "secrets": state.inventory(crate::api::Now::system()),
     }))
 }
 
@@ -500,7 +501,7 @@ pub fn inventory(
     };
     let written = match args.format {
         InventoryFormat::Json => out
-            .write_all(super::json::to_body(&body).as_slice())
+            .write_all(crate::api::json::to_body(&body).as_slice())
             .and_then(|_| out.write_all(b"\n")),
         InventoryFormat::Table => out.write_all(table(&body).as_bytes()),
     };
@@ -570,6 +571,59 @@ fn table(v: &serde_json::Value) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `keywarden get ID`, with the token from the environment.
+pub fn get_command(args: &GetArgs) -> Result<u8> {
+    get(args, std::env::var_os(TOKEN_VAR), &mut std::io::stdout())
+}
+
+/// `keywarden revoke ID`, finding the ref in the registry for the list.
+pub fn revoke_command(args: &RevokeArgs, common: &Common) -> Result<u8> {
+    revoke(
+        args,
+        |id| {
+            registry_ref(
+                common.registry.as_deref(),
+                common.policy.as_deref(),
+                common.env,
+                id,
+            )
+        },
+        &mut std::io::stdout(),
+    )
+}
+
+/// `keywarden inventory`: the sidecar's, or the registry's without one.
+pub fn inventory_command(args: &InventoryArgs, common: &Common) -> Result<u8> {
+    inventory(args, || offline_inventory(common), &mut std::io::stdout())
+}
+
+/// `keywarden approve ID`: the code from the terminal without echo, or one
+/// line of stdin.
+pub fn approve_command(args: &ApproveArgs) -> Result<u8> {
+    let read_code = || {
+        use std::io::IsTerminal;
+        use std::os::fd::AsFd;
+        let stdin = std::io::stdin();
+        let code = if stdin.is_terminal() {
+            crate::store::input::prompt_value(
+                stdin.as_fd(),
+                &mut std::io::stderr(),
+                &format!("Code for challenge {}: ", args.challenge_id),
+            )
+        } else {
+            crate::store::input::read_value(&mut stdin.lock())
+        };
+        code.map_err(|e| match e.kind() {
+            ErrorKind::Data => Error::new(
+                ErrorKind::Data,
+                "no code given: type it at the prompt or pipe it on stdin",
+            ),
+            _ => e,
+        })
+    };
+    approve(args, read_code, &mut std::io::stdout())
 }
 
 #[cfg(test)]

@@ -1,0 +1,17 @@
+//! One room per subcommand (or family): what each does once [`crate::cli`]
+//! has parsed its arguments. Each returns keywarden's exit code.
+//!
+//! - [`run`]: the main job, a pipeline of stages;
+//! - [`check`]: validate the configuration and resolve every ref;
+//! - [`redact`]: `redact` (stdin to stdout) and `scan` (files);
+//! - [`clients`]: the socket API's clients: `get` for the child, `revoke`,
+//!   `inventory` and `approve` for the operator.
+//!
+//! The store's family (`keywarden store …`) lives with the store, in
+//! [`crate::store::command`]. Commands take the shared options as a
+//! [`crate::config::Common`]; nothing below them imports the command line.
+
+pub mod check;
+pub mod clients;
+pub mod redact;
+pub mod run;
