@@ -1,0 +1,250 @@
+//! Rotation: what the socket API's callbacks and the reload signal need to
+//! resolve again (a value whose TTL ran out, a reload of registry and
+//! policy), and what a rotation must update besides the API: the relay's
+//! matcher (new values are masked too) and, per `--on-rotate`, the child.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::api::{self, ServedSecret};
+use crate::config::{self, Common, LaunchPlan};
+use crate::error::{Error, ErrorKind, Result};
+use crate::redact::live::{self as redaction, MatcherCell};
+use crate::redact::Mask;
+use crate::resolve::{require_all, resolve_plan};
+use crate::secret::providers::VaultSession;
+use crate::secret::SecretBytes;
+
+use super::{OnRotate, RunOptions};
+
+/// What the API's callbacks need to resolve again, shared with its thread.
+pub(super) struct Sources {
+    common: Common,
+    plan: LaunchPlan,
+    process_env: Vec<(OsString, OsString)>,
+    rotation: Mutex<Rotation>,
+    /// The run's Vault token (renewed in the background) and leases.
+    vault: Arc<VaultSession>,
+}
+
+/// What a reload must update besides the API: the relay's matcher (new
+/// values get masked too) and, per `--on-rotate`, the child.
+pub(super) struct Rotation {
+    /// The relay's matcher, unless `--no-redact`.
+    pub cell: Option<Arc<MatcherCell>>,
+    mask: Mask,
+    /// Every value seen in this run, by id (old values stay masked).
+    seen: Vec<(String, SecretBytes)>,
+    /// The child's token, masked too.
+    pub token: Option<SecretBytes>,
+    /// Injected variable → value, as the child got them.
+    pub injected: Vec<(String, SecretBytes)>,
+    /// The running child.
+    pub child: Option<nix::unistd::Pid>,
+    on_rotate: OnRotate,
+    /// `--on-rotate restart`: the plan and values to start the child with
+    /// once it has stopped.
+    pub restart: Option<(LaunchPlan, Vec<SecretBytes>)>,
+    /// Wakes the supervisor for a restart.
+    pub wake: Option<std::fs::File>,
+}
+
+impl Rotation {
+    /// Add `value` to the values the relay masks; whether it is new.
+    fn remember(&mut self, id: &str, value: &SecretBytes) -> bool {
+        if self.seen.iter().any(|(_, s)| s.expose() == value.expose()) {
+            return false;
+        }
+        self.seen.push((id.to_string(), value.duplicate()));
+        true
+    }
+}
+
+impl Sources {
+    /// Give the relay a matcher for every value seen so far (and the
+    /// child's token), under `plan`'s policy.
+    fn rebuild_matcher(&self, r: &Rotation, plan: &LaunchPlan) {
+        let Some(cell) = &r.cell else { return };
+        let mut extra: Vec<(&str, &[u8])> = r
+            .seen
+            .iter()
+            .map(|(id, v)| (id.as_str(), v.expose()))
+            .collect();
+        if let Some(t) = &r.token {
+            extra.push((api::TOKEN_VAR, t.expose()));
+        }
+        let base = LaunchPlan {
+            secrets: Vec::new(),
+            ..plan.clone()
+        };
+        cell.replace(redaction::matcher_for(
+            &base,
+            &[],
+            &self.process_env,
+            &extra,
+            &r.mask,
+        ));
+    }
+
+    /// After a reload: mask the new values, and tell the child per
+    /// `--on-rotate` when a value it was given has changed.
+    fn rotated(&self, plan: &LaunchPlan, values: &[SecretBytes]) {
+        let mut r = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        for (p, v) in plan.secrets.iter().zip(values) {
+            r.remember(&p.id, v);
+        }
+        self.rebuild_matcher(&r, plan);
+        let changed: Vec<&str> = r
+            .injected
+            .iter()
+            .filter(|(var, old)| {
+                let new = plan
+                    .secrets
+                    .iter()
+                    .zip(values)
+                    .find(|(p, _)| p.env_var.as_deref() == Some(var.as_str()));
+                new.is_none_or(|(_, v)| v.expose() != old.expose())
+            })
+            .map(|(var, _)| var.as_str())
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        match (r.on_rotate, r.child) {
+            (OnRotate::Restart, _) => {
+                tracing::info!(
+                    "injected {} changed: restarting the command",
+                    changed.join(", ")
+                );
+                r.restart = Some((plan.clone(), values.iter().map(SecretBytes::duplicate).collect()));
+                if let Some(w) = r.wake.as_mut() {
+                    use std::io::Write;
+                    let _ = w.write_all(b"r");
+                }
+            }
+            (OnRotate::Signal(sig), Some(child)) => {
+                tracing::info!("injected {} changed: sending {} to the command", changed.join(", "), sig.as_str());
+                let _ = nix::sys::signal::kill(child, sig);
+            }
+            _ => tracing::info!(
+                "injected {} changed; the command keeps its environment (--on-rotate none); the socket serves the new values",
+                changed.join(", ")
+            ),
+        }
+    }
+}
+
+impl Sources {
+    /// Resolve one secret again (its TTL ran out). Runs on a thread of its
+    /// own: the resolver starts its own runtime.
+    pub fn resolve_one(self: &Arc<Self>, id: &str) -> Result<api::Fresh> {
+        let me = self.clone();
+        let id = id.to_string();
+        std::thread::spawn(move || {
+            let mut plan = me.plan.clone();
+            plan.secrets.retain(|s| s.id == id);
+            if plan.secrets.is_empty() {
+                return Err(Error::new(ErrorKind::Data, format!("no secret '{id}'")));
+            }
+            let outcomes = resolve_plan(
+                &plan,
+                &me.common.store,
+                &me.process_env,
+                me.common.timeout,
+                None,
+                &me.vault,
+            )?;
+            let lease = outcomes.first().and_then(|o| o.lease);
+            let value = require_all(outcomes)?
+                .pop()
+                .ok_or_else(|| Error::new(ErrorKind::Software, "nothing resolved"))?;
+            // A value that changed since it was last resolved (its TTL ran
+            // out, the source was rotated): the relay masks it before the
+            // socket hands it out.
+            let mut r = me.rotation.lock().unwrap_or_else(|p| p.into_inner());
+            if r.remember(&id, &value) {
+                me.rebuild_matcher(&r, &me.plan);
+            }
+            drop(r);
+            Ok(api::Fresh { value, lease })
+        })
+        .join()
+        .map_err(|_| Error::new(ErrorKind::Software, "the resolver thread failed"))?
+    }
+
+    /// Re-read registry and policy and resolve everything again.
+    pub fn reload(self: &Arc<Self>) -> Result<Vec<ServedSecret>> {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+            let config = config::load(me.common.registry.as_deref(), me.common.policy.as_deref())?;
+            let plan = config::build_plan(&config, me.common.env, &me.process_env, &cwd)?;
+            let outcomes = resolve_plan(
+                &plan,
+                &me.common.store,
+                &me.process_env,
+                me.common.timeout,
+                None,
+                &me.vault,
+            )?;
+            let leases: Vec<_> = outcomes.iter().map(|o| o.lease).collect();
+            let values = require_all(outcomes)?;
+            me.rotated(&plan, &values);
+            let now = SystemTime::now();
+            Ok(plan
+                .secrets
+                .iter()
+                .zip(values)
+                .zip(leases)
+                .map(|((p, v), lease)| ServedSecret {
+                    lease,
+                    ..ServedSecret::from_planned(p, Some(v), now)
+                })
+                .collect())
+        })
+        .join()
+        .map_err(|_| Error::new(ErrorKind::Software, "the reload thread failed"))?
+    }
+}
+
+impl Sources {
+    /// The sources of a run whose plan resolved to `values`.
+    pub fn new(
+        common: &Common,
+        opts: &RunOptions,
+        process_env: &[(OsString, OsString)],
+        plan: &LaunchPlan,
+        values: &[SecretBytes],
+        vault: Arc<VaultSession>,
+    ) -> Arc<Sources> {
+        Arc::new(Sources {
+            common: common.clone(),
+            plan: plan.clone(),
+            process_env: process_env.to_vec(),
+            rotation: Mutex::new(Rotation {
+                cell: None,
+                mask: Mask::new(&opts.mask),
+                seen: plan
+                    .secrets
+                    .iter()
+                    .zip(values)
+                    .map(|(p, v)| (p.id.clone(), v.duplicate()))
+                    .collect(),
+                token: None,
+                injected: Vec::new(),
+                child: None,
+                on_rotate: opts.on_rotate,
+                restart: None,
+                wake: None,
+            }),
+            vault,
+        })
+    }
+
+    /// The rotation state, even if a thread panicked holding it.
+    pub fn rotation(&self) -> std::sync::MutexGuard<'_, Rotation> {
+        self.rotation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

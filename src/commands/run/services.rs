@@ -1,0 +1,228 @@
+//! Stage 4 of `run`: the services keywarden offers the child besides its
+//! environment. The socket API is the first; the credential proxy is the
+//! next.
+//!
+//! The seam: a [`Service`] is built before the spawn from the resolved
+//! secrets and the audit, tells the child what to add to its environment
+//! ([`Service::child_env`]), starts serving once the child runs
+//! ([`Service::started`]), is polled by the supervisor while it runs
+//! ([`Service::watch`]), and is stopped at teardown ([`Service::stop`]).
+
+use std::ffi::OsString;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use nix::poll::PollFlags;
+
+use crate::api::{self, ApiOptions, Callbacks, RunningApi, ServedSecret};
+use crate::config::Common;
+use crate::error::Result;
+use crate::secret::SecretBytes;
+use crate::supervise::Watch;
+
+use super::plan::Planned;
+use super::resolve::Resolved;
+use super::rotation::Sources;
+use super::{var, RunOptions};
+
+/// A service `run` starts for the child (see the module's paragraph).
+pub(super) trait Service {
+    /// Variables the child gets (values kept as secrets, wiped after each
+    /// start), and whether the relay must mask each value.
+    fn child_env(&mut self) -> Vec<(String, SecretBytes, Masked)>;
+    /// The child runs; `first` on its first start (not on a restart).
+    fn started(&mut self, first: bool);
+    /// How this service carries out a reload signal, if it does (else
+    /// `run` reloads its sources itself).
+    fn reloader(&self) -> Option<Reloader> {
+        None
+    }
+    /// The supervisor polls this while the child runs.
+    fn watch(&mut self) -> &mut dyn Watch;
+    /// keywarden stops: close, remove what was created, wipe what is held.
+    fn stop(self: Box<Self>);
+}
+
+/// A service's way of carrying out a reload.
+pub(super) type Reloader = Box<dyn Fn() -> Result<()>>;
+
+/// Whether the relay masks a service's variable in the child's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Masked {
+    Yes,
+    No,
+}
+
+/// Build every service the options ask for.
+pub(super) fn start(
+    common: &Common,
+    opts: &RunOptions,
+    env: &[(OsString, OsString)],
+    planned: &Planned,
+    resolved: &Resolved,
+    sources: &Arc<Sources>,
+) -> Result<Vec<Box<dyn Service>>> {
+    let mut services: Vec<Box<dyn Service>> = Vec::new();
+    if !opts.no_socket {
+        services.push(Box::new(SocketApi::bind(
+            common, opts, env, planned, resolved, sources,
+        )?));
+    }
+    Ok(services)
+}
+
+/// The socket API: bound before the spawn (the child gets its address and
+/// a token, never a secret); its server thread starts after the spawn, at
+/// once when held values expire (its sweep wipes them) or a reload signal
+/// may call the admin socket, otherwise on the first connection, which
+/// waits in the listen backlog meanwhile (a child that never calls the API
+/// costs no thread and no runtime).
+struct SocketApi {
+    api: Option<RunningApi>,
+    serve_at_start: bool,
+}
+
+impl SocketApi {
+    fn bind(
+        common: &Common,
+        opts: &RunOptions,
+        env: &[(OsString, OsString)],
+        planned: &Planned,
+        resolved: &Resolved,
+        sources: &Arc<Sources>,
+    ) -> Result<SocketApi> {
+        let (plan, audit) = (&planned.plan, &planned.audit);
+        let (child_uid, child_gid) = match &planned.user {
+            Some(u) => (u.credentials.uid.as_raw(), u.credentials.gid.as_raw()),
+            None => (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+        };
+        let now = SystemTime::now();
+        let mut served: Vec<ServedSecret> = plan
+            .secrets
+            .iter()
+            .zip(&resolved.values)
+            .zip(&resolved.leases)
+            .map(|((p, v), lease)| ServedSecret {
+                lease: *lease,
+                ..ServedSecret::from_planned(p, Some(v.duplicate()), now)
+            })
+            .collect();
+        served.extend(
+            planned
+                .revoked
+                .iter()
+                .map(|p| ServedSecret::from_planned(p, None, now)),
+        );
+        let dates = crate::resolve::secret_dates(plan, &common.store, env, |_| true);
+        for s in served.iter_mut() {
+            if let Some(d) = dates.get(&s.id) {
+                s.dates = *d;
+            }
+        }
+        let (s1, s2) = (sources.clone(), sources.clone());
+        let api = api::bind(
+            ApiOptions {
+                socket: opts.socket.clone(),
+                admin_socket: opts.admin_socket.clone(),
+                runtime_dir: api::socket::runtime_dir(|k| var(env, k)),
+                child_uid,
+                child_gid,
+                child_scopes: plan.policy.child_scopes.clone().unwrap_or_else(|| {
+                    api::DEFAULT_CHILD_SCOPES
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                }),
+                env: common.env,
+                max_ttl_seconds: plan.policy.max_ttl_for(common.env),
+                slack_secret_id: plan.policy.slack_signing_secret.clone(),
+                revocation_list: planned.revocation_list.clone(),
+                audit: audit.clone(),
+                approval_key: var(env, "HITL_CHALLENGE_HMAC_KEY")
+                    .filter(|k| !k.is_empty())
+                    .map(|k| Arc::new(SecretBytes::copy_from(k.as_bytes()))),
+            },
+            served,
+            Callbacks {
+                resolve: Arc::new(move |id: &str| s1.resolve_one(id)),
+                reload: Arc::new(move || s2.reload()),
+            },
+        )?;
+        Ok(SocketApi {
+            serve_at_start: api.must_serve_now() || opts.reload_signal.is_some(),
+            api: Some(api),
+        })
+    }
+
+    /// Start the server thread if it is not running; on failure its
+    /// listeners are closed (clients are refused) and the command runs on.
+    fn serve(&mut self) {
+        if let Some(a) = &mut self.api {
+            if let Err(e) = a.serve() {
+                tracing::error!("{e}; the socket API refuses connections");
+            }
+        }
+    }
+}
+
+impl Service for SocketApi {
+    fn child_env(&mut self) -> Vec<(String, SecretBytes, Masked)> {
+        let Some(api) = &mut self.api else {
+            return Vec::new();
+        };
+        api.child_env()
+            .into_iter()
+            .map(|(k, v)| {
+                // The child's own token is masked too: it is a credential.
+                let masked = if k == api::TOKEN_VAR {
+                    Masked::Yes
+                } else {
+                    Masked::No
+                };
+                (k, v, masked)
+            })
+            .collect()
+    }
+
+    fn started(&mut self, first: bool) {
+        if first && self.serve_at_start {
+            self.serve();
+        }
+    }
+
+    fn reloader(&self) -> Option<Reloader> {
+        // Through the admin socket, so the API's state follows the reload.
+        let path = self.api.as_ref()?.admin_path().to_path_buf();
+        Some(Box::new(move || api::reload_at(&path)))
+    }
+
+    fn watch(&mut self) -> &mut dyn Watch {
+        self
+    }
+
+    fn stop(mut self: Box<Self>) {
+        if let Some(a) = self.api.take() {
+            a.shutdown();
+        }
+    }
+}
+
+/// The API's listening sockets, polled by the supervisor until a
+/// connection starts the server thread.
+impl Watch for SocketApi {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.api
+            .as_ref()
+            .map(RunningApi::idle_listeners)
+            .unwrap_or_default()
+    }
+
+    fn ready(&mut self, _: &[PollFlags]) {
+        self.serve();
+    }
+}
