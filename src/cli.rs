@@ -11,11 +11,12 @@ use crate::commands::check::{self, Format};
 use crate::commands::clients::{self, ApproveArgs, GetArgs, InventoryArgs, RevokeArgs};
 use crate::commands::redact;
 use crate::commands::run::{self, OnRotate, PtyMode, RunOptions};
+use crate::commands::store::{self as store_command, StoreCommand};
 use crate::config::{parse_signal, Common, Environment};
 use crate::error::Result;
 use crate::logging::{self, LogFormat};
 use crate::redact::Mask;
-use crate::store::{StoreCommand, StoreOptions};
+use crate::store::StoreOptions;
 use nix::sys::signal::Signal;
 
 const ABOUT: &str = "Run a command with the secrets it needs and no more: refs resolved into \
@@ -309,7 +310,7 @@ fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Approve(a) => clients::approve_command(a),
         Command::Store { command } => {
             let env: Vec<_> = std::env::vars_os().collect();
-            crate::store::run_store(command, &common.store, &env)
+            store_command::run_store(command, &common.store, &env)
         }
     }
 }

@@ -5,13 +5,14 @@
 //! - [`check`]: validate the configuration and resolve every ref;
 //! - [`redact`]: `redact` (stdin to stdout) and `scan` (files);
 //! - [`clients`]: the socket API's clients: `get` for the child, `revoke`,
-//!   `inventory` and `approve` for the operator.
+//!   `inventory` and `approve` for the operator;
+//! - [`store`]: `keywarden store init|set|get|rm|list|rotate-key`.
 //!
-//! The store's family (`keywarden store …`) lives with the store, in
-//! [`crate::store::command`]. Commands take the shared options as a
+//! Commands take the shared options as a
 //! [`crate::config::Common`]; nothing below them imports the command line.
 
 pub mod check;
 pub mod clients;
 pub mod redact;
 pub mod run;
+pub mod store;

@@ -4,7 +4,7 @@
 //! key version of the key ring ([`key`]), written atomically under a lock
 //! ([`file`](mod@file)). [`Store`] is the API (`get`, `set`, `rm`, `list`,
 //! `rotate_key`); [`StoreBackend`] serves `kv://` refs to the resolver;
-//! [`run_store`] is `keywarden store …` ([`command`]).
+//! `keywarden store …` is a command: `crate::commands::store`.
 //!
 //! Reads use the key of the entry's version; writes use the current key,
 //! and refuse to write under a key that does not match what the store
@@ -14,7 +14,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod command;
 pub mod file;
 pub mod format;
 pub mod input;
@@ -31,9 +30,22 @@ use crate::secret::SecretBytes;
 use format::{Entry, KeyCheck, StoreFile, MAX_VALUE_LEN};
 use key::{Key, KeyRing};
 
-pub use command::{
-    run_store, run_store_with, Input, ListFormat, StoreCommand, StoreIo, StoreOptions,
-};
+/// Where the store is and where the current key comes from. (Global
+/// options of the main command line.)
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StoreOptions {
+    /// The store file [default: $XDG_DATA_HOME/keywarden/store]
+    #[arg(
+        long = "store",
+        global = true,
+        env = "KEYWARDEN_STORE",
+        value_name = "PATH"
+    )]
+    pub store: Option<PathBuf>,
+    /// Read the current encryption key (64 lowercase hex characters) from this file, or from the systemd credential cred://NAME, instead of ENCRYPTION_KEY
+    #[arg(long, global = true, env = "KEYWARDEN_KEY_FILE", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+}
 
 /// What `list` shows of an entry: never its value.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -398,7 +410,7 @@ pub fn open_backend(
 }
 
 /// A ref as the store names it, or a usage error that does not echo it.
-fn normalize(reference: &str) -> Result<String> {
+pub(crate) fn normalize(reference: &str) -> Result<String> {
     format::normalize_ref(reference).map_err(|e| Error::usage(format!("invalid ref: {e}")))
 }
 

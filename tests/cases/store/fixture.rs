@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use clap::Parser;
-use keywarden::store::{run_store_with, Input, StoreCommand, StoreIo, StoreOptions};
+use keywarden::commands::store::{run_store_with, Input, StoreCommand, StoreIo};
+use keywarden::store::StoreOptions;
 
 /// The process-level stand-in for `keywarden store`.
 pub fn bin() -> &'static str {

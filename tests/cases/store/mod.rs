@@ -645,11 +645,11 @@ fn default_path_follows_xdg_data_home() {
     let data = fx.path().join("xdg");
     let data_s = data.to_str().expect("utf-8");
     let opts = StoreOptions::default();
-    let cmd = |c: keywarden::store::StoreCommand, stdin: &[u8]| {
+    let cmd = |c: keywarden::commands::store::StoreCommand, stdin: &[u8]| {
         let mut input = stdin;
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let mut io = keywarden::store::StoreIo {
-            input: keywarden::store::Input::Stream(&mut input),
+        let mut io = keywarden::commands::store::StoreIo {
+            input: keywarden::commands::store::Input::Stream(&mut input),
             stdout: &mut out,
             stdout_is_terminal: false,
             stderr: &mut err,
@@ -659,12 +659,12 @@ fn default_path_follows_xdg_data_home() {
             ("XDG_DATA_HOME", data_s),
             ("HOME", "/nonexistent"),
         ]);
-        keywarden::store::run_store_with(&c, &opts, &vars, &mut io).map(|_| out)
+        keywarden::commands::store::run_store_with(&c, &opts, &vars, &mut io).map(|_| out)
     };
-    cmd(keywarden::store::StoreCommand::Init, b"").expect("init");
+    cmd(keywarden::commands::store::StoreCommand::Init, b"").expect("init");
     assert!(data.join("keywarden/store").is_file());
     cmd(
-        keywarden::store::StoreCommand::Set {
+        keywarden::commands::store::StoreCommand::Set {
             reference: "a/b".into(),
             value_on_argv: Vec::new(),
         },
@@ -672,7 +672,7 @@ fn default_path_follows_xdg_data_home() {
     )
     .expect("set");
     let out = cmd(
-        keywarden::store::StoreCommand::Get {
+        keywarden::commands::store::StoreCommand::Get {
             reference: "a/b".into(),
         },
         b"",

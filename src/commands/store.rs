@@ -12,30 +12,13 @@ use std::fmt;
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::format::rfc3339;
-use super::{input, load_keys, store_path, KeyRing, SetOutcome, Store};
 use crate::error::{Error, ErrorKind, Result};
-
-/// Where the store is and where the current key comes from. (Global
-/// options of the main command line.)
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct StoreOptions {
-    /// The store file [default: $XDG_DATA_HOME/keywarden/store]
-    #[arg(
-        long = "store",
-        global = true,
-        env = "KEYWARDEN_STORE",
-        value_name = "PATH"
-    )]
-    pub store: Option<PathBuf>,
-    /// Read the current encryption key (64 lowercase hex characters) from this file, or from the systemd credential cred://NAME, instead of ENCRYPTION_KEY
-    #[arg(long, global = true, env = "KEYWARDEN_KEY_FILE", value_name = "PATH")]
-    pub key_file: Option<PathBuf>,
-}
+use crate::store::format::rfc3339;
+use crate::store::key::KeyRing;
+use crate::store::{input, load_keys, store_path, SetOutcome, Store, StoreOptions};
 
 /// Output format of `store list`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -208,7 +191,7 @@ pub fn run_store_with(
                      e.g. `keywarden store set REF < file`, or run it on a terminal to be prompted",
                 ));
             }
-            let reference = super::normalize(reference)?;
+            let reference = crate::store::normalize(reference)?;
             // Everything that can fail without the value fails first, so
             // nobody types a secret for nothing.
             let mut store = Store::open(&path, load_keys(opts, env)?)?;
@@ -249,7 +232,10 @@ pub fn run_store_with(
         StoreCommand::Rm { reference } => {
             let mut store = Store::open(&path, KeyRing::default())?;
             store.rm(reference)?;
-            say(io, &format!("removed {}", super::normalize(reference)?));
+            say(
+                io,
+                &format!("removed {}", crate::store::normalize(reference)?),
+            );
         }
         StoreCommand::List { format } => {
             let store = Store::open(&path, KeyRing::default())?;
