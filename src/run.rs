@@ -436,7 +436,8 @@ impl Sources {
                 &me.vault,
             )?;
             let lease = outcomes.first().and_then(|o| o.lease);
-            let value = require_all(outcomes)?
+            let value = require_all(outcomes)
+                .map_err(|e| me.scrub_error(e))?
                 .pop()
                 .ok_or_else(|| Error::new(ErrorKind::Software, "nothing resolved"))?;
             // A value that changed since it was last resolved (its TTL ran
@@ -451,6 +452,21 @@ impl Sources {
         })
         .join()
         .map_err(|_| Error::new(ErrorKind::Software, "the resolver thread failed"))?
+    }
+
+    /// `e` with every form of every value seen in this run (and of the
+    /// always-denied variables) masked: a re-resolution's error may quote a
+    /// provider's stderr.
+    fn scrub_error(&self, e: Error) -> Error {
+        let r = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        let known: Vec<(&str, &[u8])> = r
+            .seen
+            .iter()
+            .map(|(id, v)| (id.as_str(), v.expose()))
+            .chain(r.token.iter().map(|t| (api::TOKEN_VAR, t.expose())))
+            .collect();
+        let text = redaction::Scrubber::new(&known, &self.process_env).scrub(e.message());
+        Error::new(e.kind(), text)
     }
 
     /// Re-read registry and policy and resolve everything again.
@@ -469,7 +485,7 @@ impl Sources {
                 &me.vault,
             )?;
             let leases: Vec<_> = outcomes.iter().map(|o| o.lease).collect();
-            let values = require_all(outcomes)?;
+            let values = require_all(outcomes).map_err(|e| me.scrub_error(e))?;
             me.rotated(&plan, &values);
             let now = SystemTime::now();
             Ok(plan
@@ -598,11 +614,12 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     {
         // Keeps the run's token alive for re-resolutions (a no-op thread
         // end when the token does not expire).
-        let ctx = crate::secret::providers::Context {
-            env: process_env.iter().cloned().collect(),
-        };
+        let ctx = crate::secret::providers::Context::new(
+            process_env.iter().cloned().collect(),
+            &plan.env_sources,
+        );
         let options = VaultOptions::from_env(&ctx);
-        if let Err(e) = start_renewer(Arc::clone(&vault), options, ctx.env) {
+        if let Err(e) = start_renewer(Arc::clone(&vault), options, ctx) {
             tracing::warn!("cannot start the Vault token renewer: {e}");
         }
     }
@@ -784,6 +801,16 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             user.as_ref(),
             &api_env,
         );
+        if let Err(problem) = envfilter::exec_limits(&env, &opts.command, sys::arg_max()) {
+            return Err(Error::new(
+                ErrorKind::Data,
+                format!(
+                    "variable {}: {}; the command was not started",
+                    problem.variable(),
+                    problem.reason()
+                ),
+            ));
+        }
         let path_var = env
             .iter()
             .find(|(k, _)| k == "PATH")
