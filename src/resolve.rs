@@ -301,3 +301,21 @@ pub fn secret_dates(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_jobs_from_the_environment() {
+        let env = |v: &str| vec![(OsString::from(JOBS_VAR), OsString::from(v))];
+        assert_eq!(provider_jobs(&[]).expect("default"), default_jobs());
+        assert_eq!(provider_jobs(&env("3")).expect("three"), 3);
+        assert_eq!(provider_jobs(&env(" 12 ")).expect("spaces"), 12);
+        for bad in ["0", "-1", "many", ""] {
+            let err = provider_jobs(&env(bad)).expect_err(bad);
+            assert_eq!(err.exit_code(), 78);
+            assert!(err.to_string().starts_with(JOBS_VAR), "{err}");
+        }
+    }
+}

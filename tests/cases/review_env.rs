@@ -343,11 +343,12 @@ fn review_22_provider_programs_run_within_a_bound_and_all_resolve() {
     let dir = Dir::new();
     std::fs::create_dir_all(dir.join("live")).expect("mkdir");
     // Each run marks itself live, records how many are live, and stays a
-    // moment; the timeout (2 s) is shorter than the whole queue takes.
+    // moment; the timeout (3 s) is shorter than the whole queue takes, so
+    // it must count from each program's start.
     dir.script(
         "slow",
         &format!(
-            "touch '{live}/'$$\nls '{live}' | wc -l >> '{counts}'\nsleep 0.05\nrm -f '{live}/'$$\necho \"value-$1-padding\"\n",
+            "touch '{live}/'$$\nls '{live}' | wc -l >> '{counts}'\nsleep 0.08\nrm -f '{live}/'$$\necho \"value-$1-padding\"\n",
             live = dir.join("live").display(),
             counts = dir.join("counts").display()
         ),
@@ -358,15 +359,20 @@ fn review_22_provider_programs_run_within_a_bound_and_all_resolve() {
         .collect();
     dir.write("reg.yaml", registry);
     let bound = 3;
+    let started = std::time::Instant::now();
     let out = output(
         kw(
             &dir,
             &["check", "--registry", "reg.yaml", "--format", "json"],
         )
         .env("KEYWARDEN_PROVIDER_JOBS", bound.to_string())
-        .env("KEYWARDEN_RESOLVE_TIMEOUT", "2s"),
+        .env("KEYWARDEN_RESOLVE_TIMEOUT", "3s"),
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "the queue outlasts the timeout"
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let ok = report["secrets"]
         .as_array()

@@ -243,10 +243,12 @@ impl Resolver {
         }
     }
 
-    /// Run at most `jobs` provider programs at once (process-wide; the
-    /// first resolver to start one fixes the bound).
+    /// Run at most `jobs` provider programs at once. The bound is
+    /// process-wide: the first resolver given one (or, failing that, the
+    /// first to start a program) fixes it.
     pub fn with_jobs(mut self, jobs: usize) -> Self {
         self.jobs = jobs.max(1);
+        PROGRAM_SLOTS.get_or_init(|| tokio::sync::Semaphore::new(self.jobs));
         self
     }
 
