@@ -12,7 +12,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
@@ -108,11 +107,11 @@ pub fn denied_values(current: &[(OsString, OsString)]) -> Vec<&[u8]> {
 
 /// Values that must not reach the child inside another variable: a value
 /// equal to one of them, or holding one of [`MIN_CONTAINED_LEN`] bytes or
-/// more, is stripped. Found through their first bytes, so the cost is one
-/// hash lookup per byte of the environment, whatever the number of values.
+/// more, is stripped. Kept sorted, so a lookup is a binary search and
+/// building costs one sort: no hashing, no allocation per value (this runs
+/// at every start, with up to tens of thousands of secrets).
 struct Needles<'a> {
-    equal: HashSet<&'a [u8]>,
-    by_prefix: HashMap<&'a [u8], Vec<&'a [u8]>>,
+    sorted: Vec<&'a [u8]>,
 }
 
 impl<'a> Needles<'a> {
@@ -120,36 +119,37 @@ impl<'a> Needles<'a> {
     /// from [`MIN_CONTAINED_LEN`] bytes (`ENCRYPTION_KEY_VERSION=1` must not
     /// strip every variable that is `1`).
     fn new(secrets: &[&'a [u8]], denied: &[&'a [u8]]) -> Self {
-        let mut equal = HashSet::new();
-        let mut by_prefix: HashMap<&[u8], Vec<&[u8]>> = HashMap::new();
-        for &v in secrets.iter().chain(denied) {
-            if v.len() >= MIN_CONTAINED_LEN {
-                by_prefix
-                    .entry(&v[..MIN_CONTAINED_LEN])
-                    .or_default()
-                    .push(v);
-            }
-        }
-        for &v in secrets {
-            if !v.is_empty() {
-                equal.insert(v);
-            }
-        }
-        Needles { equal, by_prefix }
+        let mut sorted: Vec<&[u8]> = secrets
+            .iter()
+            .copied()
+            .filter(|v| !v.is_empty())
+            .chain(
+                denied
+                    .iter()
+                    .copied()
+                    .filter(|v| v.len() >= MIN_CONTAINED_LEN),
+            )
+            .collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        Needles { sorted }
     }
 
     /// Whether `value` equals or contains a needle.
     fn found_in(&self, value: &[u8]) -> bool {
-        if self.equal.contains(value) {
+        if self.sorted.binary_search(&value).is_ok() {
             return true;
         }
-        if self.by_prefix.is_empty() || value.len() < MIN_CONTAINED_LEN {
+        if value.len() < MIN_CONTAINED_LEN {
             return false;
         }
         (0..=value.len() - MIN_CONTAINED_LEN).any(|i| {
-            self.by_prefix
-                .get(&value[i..i + MIN_CONTAINED_LEN])
-                .is_some_and(|vs| vs.iter().any(|v| value[i..].starts_with(v)))
+            let window = &value[i..i + MIN_CONTAINED_LEN];
+            let first = self.sorted.partition_point(|v| *v < window);
+            self.sorted[first..]
+                .iter()
+                .take_while(|v| v.starts_with(window))
+                .any(|v| value[i..].starts_with(v))
         })
     }
 }
