@@ -1,27 +1,40 @@
 //! The child's environment, computed as a value (pure, table-tested).
 //!
 //! Child env = keywarden's env − always-denied names − policy `deny_env`
-//! globs − `env://` sources − variables whose value equals a resolved secret
-//! (− everything not in `keep_env` with `--clean-env`) + refs resolved in
-//! place + registry injections + fixed extras (e.g. `HOME` for `--user`).
+//! globs − `env://` sources − variables whose value equals or contains a
+//! resolved secret or an always-denied variable's value (− everything not
+//! in `keep_env` with `--clean-env`) + refs resolved in place + registry
+//! injections + fixed extras (e.g. `HOME` for `--user`).
+//!
+//! Providers that keywarden starts get [`provider_env`]: keywarden's env
+//! − always-denied names − `env://` sources − `KEYWARDEN_*`. And
+//! [`exec_limits`] says, before `execve`, which variable cannot be passed.
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-/// Names never passed to the child, whatever the policy says (SPEC's list,
-/// plus the audit fingerprint key).
+/// Names never passed to the child nor to a provider, whatever the policy
+/// says (SPEC's list, plus the audit fingerprint key). Matched without
+/// regard to case.
 pub const ALWAYS_DENIED: [&str; 7] = [
     "INTERNAL_API_TOKEN",
     "ENCRYPTION_KEY*",
-    "*_MASTER_KEY",
-    "*_MANAGEMENT_KEY",
+    "*MASTER_KEY",
+    "*MANAGEMENT_KEY",
     "HITL_CHALLENGE_HMAC_KEY",
     "KEYWARDEN_ADMIN_*",
     "KEYWARDEN_AUDIT_KEY",
 ];
+
+/// The prefix of keywarden's own variables: never passed to a provider,
+/// never injected by the registry.
+pub const OWN_PREFIX: &str = "KEYWARDEN_";
+
+/// A value of this many bytes or more is stripped wherever it appears
+/// inside another variable's value (a shorter one only when equal).
+pub const MIN_CONTAINED_LEN: usize = 8;
 
 /// `*` matches any run of characters (including none); everything else
 /// matches itself. Case-sensitive, like variable names.
@@ -47,7 +60,23 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
-/// The always-denied names plus the policy's globs.
+/// Whether `name` is on the fixed list (`encryption_key` and
+/// `Internal_Api_Token` too: a variable spelt in another case holds the
+/// same key for the many programs that read names case-insensitively).
+pub fn is_always_denied(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    ALWAYS_DENIED.iter().any(|g| glob_match(g, &upper))
+}
+
+/// Whether `name` is one of keywarden's own variables (`KEYWARDEN_*`, in
+/// any case).
+pub fn is_own(name: &str) -> bool {
+    name.len() >= OWN_PREFIX.len()
+        && name.as_bytes()[..OWN_PREFIX.len()].eq_ignore_ascii_case(OWN_PREFIX.as_bytes())
+}
+
+/// The always-denied names plus the policy's globs (these match as
+/// written: variable names are case-sensitive).
 #[derive(Debug, Clone)]
 pub struct DenyList {
     globs: Vec<String>,
@@ -56,14 +85,72 @@ pub struct DenyList {
 impl DenyList {
     /// The fixed list plus `extra` globs.
     pub fn new(extra: &[String]) -> Self {
-        let mut globs: Vec<String> = ALWAYS_DENIED.iter().map(|s| s.to_string()).collect();
-        globs.extend(extra.iter().cloned());
-        DenyList { globs }
+        DenyList {
+            globs: extra.to_vec(),
+        }
     }
 
     /// Whether `name` must never reach the child.
     pub fn is_denied(&self, name: &str) -> bool {
-        self.globs.iter().any(|g| glob_match(g, name))
+        is_always_denied(name) || self.globs.iter().any(|g| glob_match(g, name))
+    }
+}
+
+/// The values of keywarden's always-denied variables (non-empty ones).
+pub fn denied_values(current: &[(OsString, OsString)]) -> Vec<&[u8]> {
+    current
+        .iter()
+        .filter(|(name, value)| !value.is_empty() && is_always_denied(&name.to_string_lossy()))
+        .map(|(_, value)| value.as_bytes())
+        .collect()
+}
+
+/// Values that must not reach the child inside another variable: a value
+/// equal to one of them, or holding one of [`MIN_CONTAINED_LEN`] bytes or
+/// more, is stripped. Kept sorted, so a lookup is a binary search and
+/// building costs one sort: no hashing, no allocation per value (this runs
+/// at every start, with up to tens of thousands of secrets).
+struct Needles<'a> {
+    sorted: Vec<&'a [u8]>,
+}
+
+impl<'a> Needles<'a> {
+    /// `secrets` strip an equal value of any length; `denied` values only
+    /// from [`MIN_CONTAINED_LEN`] bytes (`ENCRYPTION_KEY_VERSION=1` must not
+    /// strip every variable that is `1`).
+    fn new(secrets: &[&'a [u8]], denied: &[&'a [u8]]) -> Self {
+        let mut sorted: Vec<&[u8]> = secrets
+            .iter()
+            .copied()
+            .filter(|v| !v.is_empty())
+            .chain(
+                denied
+                    .iter()
+                    .copied()
+                    .filter(|v| v.len() >= MIN_CONTAINED_LEN),
+            )
+            .collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        Needles { sorted }
+    }
+
+    /// Whether `value` equals or contains a needle.
+    fn found_in(&self, value: &[u8]) -> bool {
+        if self.sorted.binary_search(&value).is_ok() {
+            return true;
+        }
+        if value.len() < MIN_CONTAINED_LEN {
+            return false;
+        }
+        (0..=value.len() - MIN_CONTAINED_LEN).any(|i| {
+            let window = &value[i..i + MIN_CONTAINED_LEN];
+            let first = self.sorted.partition_point(|v| *v < window);
+            self.sorted[first..]
+                .iter()
+                .take_while(|v| v.starts_with(window))
+                .any(|v| value[i..].starts_with(v))
+        })
     }
 }
 
@@ -94,15 +181,17 @@ pub struct EnvSpec {
     pub extras: Vec<(String, OsString)>,
 }
 
-/// Compute the child's environment. `secrets[i]` is the value of secret `i`;
-/// any inherited variable whose value equals one of them is dropped.
+/// Compute the child's environment. `secrets[i]` is the value of secret
+/// `i`; an inherited variable whose value equals or contains one of them,
+/// or an always-denied variable's value, is dropped (an injected one is
+/// replaced, never checked).
 pub fn build(
     current: &[(OsString, OsString)],
     spec: &EnvSpec,
     secrets: &[&[u8]],
 ) -> Vec<(OsString, EnvValue)> {
     let deny = DenyList::new(&spec.deny);
-    let values: HashSet<&[u8]> = secrets.iter().copied().filter(|v| !v.is_empty()).collect();
+    let needles = Needles::new(secrets, &denied_values(current));
     let injected = |name: &OsStr| spec.inject.iter().any(|(n, _)| OsStr::new(n) == name);
     let extra = |name: &OsStr| spec.extras.iter().any(|(n, _)| OsStr::new(n) == name);
     let mut out: Vec<(OsString, EnvValue)> = Vec::with_capacity(current.len() + spec.inject.len());
@@ -113,7 +202,7 @@ pub fn build(
             || injected(name)
             || extra(name)
             || (spec.clean && !spec.keep.iter().any(|k| k.as_str() == text))
-            || values.contains(value.as_bytes())
+            || needles.found_in(value.as_bytes())
         {
             continue;
         }
@@ -128,6 +217,95 @@ pub fn build(
         out.push((OsString::from(name), EnvValue::Plain(value.clone())));
     }
     out
+}
+
+/// The environment of a provider program keywarden starts (`exec://`,
+/// `pass`, `op`): keywarden's own, minus every always-denied variable,
+/// every `env://` source and every `KEYWARDEN_*` variable.
+pub fn provider_env(
+    current: &[(OsString, OsString)],
+    env_sources: &[String],
+) -> Vec<(OsString, OsString)> {
+    current
+        .iter()
+        .filter(|(name, _)| {
+            let text = name.to_string_lossy();
+            !is_always_denied(&text)
+                && !is_own(&text)
+                && !env_sources.iter().any(|s| s.as_str() == text)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The kernel's cap on one argument or `NAME=value` string, its NUL
+/// included (`MAX_ARG_STRLEN`: 32 pages of 4 KiB).
+pub const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// Why the environment cannot be passed to `execve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecProblem {
+    /// This variable's value holds a NUL byte.
+    Nul(String),
+    /// This variable's `NAME=value` string is longer than `MAX_ARG_STRLEN`.
+    TooLong(String),
+    /// Arguments and environment together exceed `ARG_MAX`; this variable
+    /// is the largest.
+    TooMuch(String),
+}
+
+impl ExecProblem {
+    /// The variable at fault.
+    pub fn variable(&self) -> &str {
+        match self {
+            ExecProblem::Nul(v) | ExecProblem::TooLong(v) | ExecProblem::TooMuch(v) => v,
+        }
+    }
+
+    /// What is wrong, for a message that names the variable.
+    pub fn reason(&self) -> String {
+        match self {
+            ExecProblem::Nul(_) => "its value holds a NUL byte, which no environment can carry".into(),
+            ExecProblem::TooLong(_) => format!(
+                "its value is larger than the {} KiB the kernel passes in one variable",
+                MAX_ARG_STRLEN / 1024
+            ),
+            ExecProblem::TooMuch(_) => {
+                "the environment (this is its largest variable) is larger than the kernel passes to a command".into()
+            }
+        }
+    }
+}
+
+/// Check `env` (with `argv`) against what `execve` accepts: no NUL in a
+/// value, no `NAME=value` string longer than [`MAX_ARG_STRLEN`], and every
+/// string plus its pointer within `arg_max` bytes (`sysconf(_SC_ARG_MAX)`).
+pub fn exec_limits(
+    env: &[(OsString, OsString)],
+    argv: &[OsString],
+    arg_max: usize,
+) -> Result<(), ExecProblem> {
+    let name = |n: &OsString| n.to_string_lossy().into_owned();
+    let pointer = std::mem::size_of::<usize>();
+    let mut total: usize = argv.iter().map(|a| a.len() + 1 + pointer).sum();
+    let mut largest: Option<(&OsString, usize)> = None;
+    for (k, v) in env {
+        if v.as_bytes().contains(&0) {
+            return Err(ExecProblem::Nul(name(k)));
+        }
+        let len = k.len() + 1 + v.len() + 1;
+        if len > MAX_ARG_STRLEN {
+            return Err(ExecProblem::TooLong(name(k)));
+        }
+        total += len + pointer;
+        if largest.is_none_or(|(_, l)| len > l) {
+            largest = Some((k, len));
+        }
+    }
+    match largest {
+        Some((k, _)) if total > arg_max => Err(ExecProblem::TooMuch(name(k))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -244,5 +422,129 @@ mod tests {
             env,
             vec![(OsString::from("OPENAI_API_KEY"), EnvValue::Secret(0))]
         );
+    }
+
+    #[test]
+    fn review_21_always_denied_names_match_in_any_case_and_bare_master_key() {
+        let table = [
+            ("INTERNAL_API_TOKEN", true),
+            ("Internal_Api_Token", true),
+            ("encryption_key", true),
+            ("Encryption_Key_V0", true),
+            ("MASTER_KEY", true),
+            ("master_key", true),
+            ("LITELLM_MASTER_KEY", true),
+            ("LITELLMMASTER_KEY", true),
+            ("MANAGEMENT_KEY", true),
+            ("openrouter_management_key", true),
+            ("hitl_challenge_hmac_key", true),
+            ("keywarden_admin_token", true),
+            ("MASTER_KEY_HINT", false),
+            ("MY_ENCRYPTION_KEY_FILE", false),
+            ("KEYWARDEN_REGISTRY", false),
+            ("PATH", false),
+        ];
+        for (name, want) in table {
+            assert_eq!(is_always_denied(name), want, "{name}");
+        }
+        // Policy globs keep matching as written.
+        let deny = DenyList::new(&["AWS_*".to_string()]);
+        assert!(deny.is_denied("AWS_SECRET") && !deny.is_denied("aws_secret"));
+        assert!(deny.is_denied("encryption_key"));
+    }
+
+    #[test]
+    fn review_04_copies_and_holders_of_denied_values_and_secrets_are_stripped() {
+        let master = "m4st3r-k3y-value";
+        let secret = "r3solved-s3cret";
+        let current = vars(&[
+            ("ENCRYPTION_KEY", master),
+            ("ENCRYPTION_KEY_VERSION", "1"),
+            ("BACKUP_KEY", master),
+            ("WRAPPED", &format!("url=https://x/?k={master}&y")),
+            ("HOLDS_SECRET", &format!("Bearer {secret}")),
+            ("HOLDS_PART", &secret[..7]),
+            ("SHLVL", "1"),
+            ("INJECTED", &format!("x{secret}")),
+            ("PLAIN", "nothing here"),
+        ]);
+        let spec = EnvSpec {
+            inject: vec![("INJECTED".into(), 0)],
+            ..EnvSpec::default()
+        };
+        let env = build(&current, &spec, &[secret.as_bytes()]);
+        assert_eq!(
+            names(&env),
+            vec!["HOLDS_PART", "SHLVL", "PLAIN", "INJECTED"]
+        );
+        // A short secret strips an equal value only.
+        let env = build(
+            &vars(&[("A", "abc"), ("B", "xabcx")]),
+            &EnvSpec::default(),
+            &[b"abc"],
+        );
+        assert_eq!(names(&env), vec!["B"]);
+    }
+
+    #[test]
+    fn review_01_providers_get_no_denied_no_source_and_no_own_variable() {
+        let current = vars(&[
+            ("PATH", "/bin"),
+            ("ENCRYPTION_KEY", "k"),
+            ("internal_api_token", "t"),
+            ("LITELLM_MASTER_KEY", "m"),
+            ("SRC", "s"),
+            ("KEYWARDEN_TOKEN", "kt"),
+            ("keywarden_registry", "r"),
+            ("GNUPGHOME", "/g"),
+        ]);
+        let env = provider_env(&current, &["SRC".to_string()]);
+        let got: Vec<_> = env
+            .iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(got, vec!["PATH", "GNUPGHOME"]);
+    }
+
+    #[test]
+    fn review_20_exec_limits_name_the_variable() {
+        let big = "x".repeat(MAX_ARG_STRLEN);
+        let half = "y".repeat(MAX_ARG_STRLEN / 2);
+        let argv = [OsString::from("env")];
+        type Case = (Vec<(OsString, OsString)>, usize, Result<(), ExecProblem>);
+        let table: Vec<Case> = vec![
+            (vars(&[("A", "1"), ("B", "2")]), 4096, Ok(())),
+            (
+                vec![
+                    (OsString::from("OK"), OsString::from("v")),
+                    (
+                        OsString::from("WITH_NUL"),
+                        std::ffi::OsStr::from_bytes(b"a\0b").to_owned(),
+                    ),
+                ],
+                1 << 21,
+                Err(ExecProblem::Nul("WITH_NUL".into())),
+            ),
+            (
+                vars(&[("HUGE", &big)]),
+                1 << 30,
+                Err(ExecProblem::TooLong("HUGE".into())),
+            ),
+            (vars(&[("H", &big[..MAX_ARG_STRLEN - 3])]), 1 << 21, Ok(())),
+            (
+                vars(&[
+                    ("A", &half),
+                    ("B", &half),
+                    ("LARGEST", &format!("{half}z")),
+                    ("C", "c"),
+                ]),
+                3 * MAX_ARG_STRLEN / 2,
+                Err(ExecProblem::TooMuch("LARGEST".into())),
+            ),
+        ];
+        for (env, max, want) in table {
+            assert_eq!(exec_limits(&env, &argv, max), want);
+        }
+        assert!(ExecProblem::Nul("V".into()).reason().contains("NUL"));
     }
 }

@@ -9,8 +9,11 @@ use std::sync::Arc;
 
 use crate::config::{KvBackendConfig, LaunchPlan};
 use crate::error::{Error, ErrorKind, Result};
+use crate::redact::live::Scrubber;
 use crate::secret::providers::KvBackend;
-use crate::secret::providers::{scrub, Context, Outcome, Resolver, VaultSession};
+use crate::secret::providers::{
+    default_jobs, scrub, Context, Outcome, Resolver, VaultSession, JOBS_VAR,
+};
 use crate::secret::Scheme;
 use crate::secret::SecretBytes;
 use crate::store::StoreOptions;
@@ -78,6 +81,54 @@ pub fn backend_of(plan: &LaunchPlan, secret: &crate::config::PlannedSecret) -> &
     }
 }
 
+/// How many provider programs may run at once: `KEYWARDEN_PROVIDER_JOBS`,
+/// else twice the CPUs.
+pub fn provider_jobs(process_env: &[(OsString, OsString)]) -> Result<usize> {
+    let Some((_, value)) = process_env.iter().find(|(k, _)| k == JOBS_VAR) else {
+        return Ok(default_jobs());
+    };
+    value
+        .to_str()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            Error::config(format!(
+                "{JOBS_VAR}: expected a positive number of provider programs run at once"
+            ))
+        })
+}
+
+/// Mask, in every error reason (which may quote a provider's stderr or a
+/// server's message), every form of the values resolved and of the
+/// always-denied variables.
+fn scrub_reasons(
+    plan: &LaunchPlan,
+    outcomes: &mut [Outcome],
+    process_env: &[(OsString, OsString)],
+) {
+    if outcomes.iter().all(|o| o.result.is_ok()) {
+        return;
+    }
+    let scrubbed: Vec<Option<String>> = {
+        let known: Vec<(&str, &[u8])> = plan
+            .secrets
+            .iter()
+            .zip(outcomes.iter())
+            .filter_map(|(p, o)| o.result.as_ref().ok().map(|v| (p.id.as_str(), v.expose())))
+            .collect();
+        let scrubber = Scrubber::new(&known, process_env);
+        outcomes
+            .iter()
+            .map(|o| o.result.as_ref().err().map(|e| scrubber.scrub(&e.reason)))
+            .collect()
+    };
+    for (o, text) in outcomes.iter_mut().zip(scrubbed) {
+        if let (Err(e), Some(text)) = (&mut o.result, text) {
+            e.reason = text;
+        }
+    }
+}
+
 /// Resolve every secret of `plan`; outcomes in plan order.
 pub fn resolve_plan(
     plan: &LaunchPlan,
@@ -99,10 +150,11 @@ pub fn resolve_plan(
         .build()
         .map_err(|e| Error::new(ErrorKind::Os, format!("cannot start the resolver: {e}")))?;
     let kv = kv_backend(plan, store, process_env)?;
-    let context = Context {
-        env: process_env.iter().cloned().collect(),
-    };
-    let resolver = Resolver::new(context, timeout, kv).with_vault_session(Arc::clone(vault));
+    let jobs = provider_jobs(process_env)?;
+    let context = Context::new(process_env.iter().cloned().collect(), &plan.env_sources);
+    let resolver = Resolver::new(context, timeout, kv)
+        .with_vault_session(Arc::clone(vault))
+        .with_jobs(jobs);
     let requests = plan.secrets.iter().map(|s| request_for(plan, s)).collect();
     let outcome = runtime.block_on(async {
         match signals {
@@ -122,6 +174,7 @@ pub fn resolve_plan(
                     .map(|l| l.duration)
                     .filter(|d| !d.is_zero());
             }
+            scrub_reasons(plan, &mut outcomes, process_env);
             Ok(outcomes)
         }
         Err(Ok(sig)) => Err(Error::new(
@@ -247,4 +300,22 @@ pub fn secret_dates(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_jobs_from_the_environment() {
+        let env = |v: &str| vec![(OsString::from(JOBS_VAR), OsString::from(v))];
+        assert_eq!(provider_jobs(&[]).expect("default"), default_jobs());
+        assert_eq!(provider_jobs(&env("3")).expect("three"), 3);
+        assert_eq!(provider_jobs(&env(" 12 ")).expect("spaces"), 12);
+        for bad in ["0", "-1", "many", ""] {
+            let err = provider_jobs(&env(bad)).expect_err(bad);
+            assert_eq!(err.exit_code(), 78);
+            assert!(err.to_string().starts_with(JOBS_VAR), "{err}");
+        }
+    }
 }

@@ -82,16 +82,33 @@ pub struct LaunchPlan {
     pub policy: Policy,
     /// The registry file, if any.
     pub registry_path: Option<PathBuf>,
+    /// Variables read through `env://` refs, kept apart from `secrets`
+    /// (which a revocation or a re-resolution narrows): every one of them
+    /// is stripped from the child and from providers, skipped entries' too.
+    pub env_sources: Vec<String>,
 }
 
 impl LaunchPlan {
-    /// Names of variables read through `env://` refs (stripped from the child).
+    /// Names of variables read through `env://` refs (stripped from the
+    /// child and from the providers keywarden starts).
     pub fn env_sources(&self) -> Vec<String> {
-        self.secrets
-            .iter()
-            .filter(|s| s.reference.scheme() == crate::secret::Scheme::Env)
-            .map(|s| s.reference.path().to_string())
-            .collect()
+        self.env_sources.clone()
+    }
+}
+
+/// The name an `env://` ref reads, when `reference` is one.
+fn env_source(reference: &SecretRef) -> Option<&str> {
+    (reference.scheme() == crate::secret::Scheme::Env).then(|| reference.path())
+}
+
+/// An `env://` ref must not read an always-denied variable: that would
+/// pass the master key on under another name.
+fn check_env_source(reference: &SecretRef) -> std::result::Result<(), String> {
+    match env_source(reference) {
+        Some(name) if envfilter::is_always_denied(name) => Err(format!(
+            "{reference} reads {name}, an always-denied variable, which is never passed on"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -111,6 +128,7 @@ pub fn build_plan(
     let deny = envfilter::DenyList::new(&policy.deny_env);
     let mut secrets: Vec<PlannedSecret> = Vec::new();
     let mut skipped = Vec::new();
+    let mut env_sources: Vec<String> = Vec::new();
     if let Some(reg) = &config.registry {
         let file = reg.path.display();
         let base = reg.base_dir();
@@ -126,6 +144,7 @@ pub fn build_plan(
                     env.as_str()
                 ))
             };
+            env_sources.extend(env_source(&e.secret_ref).map(str::to_string));
             if !policy.allows_secret(&entry.id) {
                 skipped.push(Skipped {
                     id: entry.id.clone(),
@@ -139,7 +158,13 @@ pub fn build_plan(
                     "scheme '{scheme}' is not allowed by {policy_name}"
                 )));
             }
+            check_env_source(&e.secret_ref).map_err(|why| at(format!("secret_ref: {why}")))?;
             if let Some(var) = &e.env_var {
+                if envfilter::is_own(var) {
+                    return Err(at(format!(
+                        "env: {var} is keywarden's own variable and is never injected"
+                    )));
+                }
                 if deny.is_denied(var) {
                     return Err(at(format!(
                         "env: {var} is a denied variable and is never injected"
@@ -179,7 +204,7 @@ pub fn build_plan(
         let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
             continue;
         };
-        if !looks_like_ref(value) || deny.is_denied(name) || name.starts_with("KEYWARDEN_") {
+        if !looks_like_ref(value) || deny.is_denied(name) || envfilter::is_own(name) {
             continue;
         }
         if secrets.iter().any(|s| s.env_var.as_deref() == Some(name)) {
@@ -193,6 +218,9 @@ pub fn build_plan(
                 "variable {name}: scheme '{scheme}' is not allowed by {policy_name}"
             )));
         }
+        check_env_source(&reference)
+            .map_err(|why| Error::config(format!("variable {name}: {why}")))?;
+        env_sources.extend(env_source(&reference).map(str::to_string));
         secrets.push(PlannedSecret {
             id: name.to_string(),
             reference,
@@ -211,6 +239,7 @@ pub fn build_plan(
         skipped,
         policy: policy.clone(),
         registry_path: config.registry.as_ref().map(|r| r.path.clone()),
+        env_sources,
     })
 }
 
@@ -335,5 +364,57 @@ mod tests {
                 .contains("variable T: scheme 'env' is not allowed"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn review_05_env_refs_to_always_denied_variables_are_refused() {
+        for value in [
+            "env://ENCRYPTION_KEY",
+            "env://internal_api_token",
+            "env://MASTER_KEY",
+        ] {
+            let err = build_plan(
+                &Config::default(),
+                Environment::Dev,
+                &env(&[("APP_KEY", value)]),
+                Path::new("/"),
+            )
+            .expect_err(value);
+            assert_eq!(err.exit_code(), 78);
+            assert!(err.to_string().starts_with("variable APP_KEY: "), "{err}");
+            assert!(err.to_string().contains("always-denied"), "{err}");
+        }
+        let reg = "a:\n  dev:\n    secret_ref: env://HITL_CHALLENGE_HMAC_KEY\n    env: A\n";
+        let err = build_plan(&config(reg, "{}"), Environment::Dev, &[], Path::new("/"))
+            .expect_err("registry");
+        assert_eq!(err.exit_code(), 78);
+        assert!(
+            err.to_string()
+                .contains("secret 'a' env 'dev': secret_ref: env://HITL_CHALLENGE_HMAC_KEY reads"),
+            "{err}"
+        );
+        let ok = build_plan(
+            &config("a:\n  dev:\n    secret_ref: env://SRC\n", "{}"),
+            Environment::Dev,
+            &env(&[("B", "env://OTHER")]),
+            Path::new("/"),
+        )
+        .expect("ordinary sources");
+        assert_eq!(ok.env_sources, vec!["SRC", "OTHER"]);
+    }
+
+    #[test]
+    fn review_14_injecting_a_keywarden_variable_is_refused() {
+        for var in ["KEYWARDEN_TOKEN", "KEYWARDEN_SOCKET", "KEYWARDEN_ANYTHING"] {
+            let reg = format!("a:\n  dev:\n    secret_ref: kv://a\n    env: {var}\n");
+            let err = build_plan(&config(&reg, "{}"), Environment::Dev, &[], Path::new("/"))
+                .expect_err(var);
+            assert_eq!(err.exit_code(), 78);
+            assert!(
+                err.to_string()
+                    .contains(&format!("env: {var} is keywarden's own variable")),
+                "{err}"
+            );
+        }
     }
 }

@@ -46,6 +46,55 @@ pub fn matcher_for(
     Matcher::new(&secrets, mask)
 }
 
+/// Masks every form of known values in messages that quote what a provider
+/// printed (its stderr, a server's reason): the values resolved so far and
+/// those of keywarden's always-denied variables.
+pub struct Scrubber<'a> {
+    matcher: Matcher,
+    raw: Vec<&'a [u8]>,
+}
+
+impl std::fmt::Debug for Scrubber<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrubber")
+            .field("values", &self.raw.len())
+            .finish()
+    }
+}
+
+impl<'a> Scrubber<'a> {
+    /// Over `known` (id, value) pairs and the always-denied variables of
+    /// `process_env`.
+    pub fn new(known: &[(&'a str, &'a [u8])], process_env: &'a [(OsString, OsString)]) -> Self {
+        let mut secrets: Vec<Secret<'a>> = known
+            .iter()
+            .map(|&(id, value)| Secret { id, value })
+            .collect();
+        for (name, value) in process_env {
+            let Some(name) = name.to_str() else { continue };
+            if crate::envfilter::is_always_denied(name) && !value.is_empty() {
+                secrets.push(Secret {
+                    id: name,
+                    value: value.as_bytes(),
+                });
+            }
+        }
+        Scrubber {
+            matcher: Matcher::new(&secrets, &Mask::default()),
+            raw: secrets.iter().map(|s| s.value).collect(),
+        }
+    }
+
+    /// `text` with every form of every value masked (and raw values too
+    /// short for the matcher replaced as well).
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = Vec::with_capacity(text.len());
+        self.matcher
+            .redact_all(text.as_bytes(), &mut out, &mut Counts::default());
+        crate::secret::providers::scrub(&String::from_utf8_lossy(&out), &self.raw)
+    }
+}
+
 /// Ids whose values are too short to mask safely.
 pub fn too_short(plan: &LaunchPlan, values: &[SecretBytes]) -> Vec<String> {
     let secrets: Vec<Secret<'_>> = plan

@@ -351,6 +351,16 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     }
 }
 
+/// How many bytes of arguments and environment `execve` accepts
+/// (`sysconf(_SC_ARG_MAX)`: a quarter of the stack limit on Linux), at
+/// least the kernel's floor of 32 pages.
+pub fn arg_max() -> usize {
+    // SAFETY: sysconf reads a system setting; it takes no pointer and has
+    // no precondition.
+    let n = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+    usize::try_from(n).unwrap_or(0).max(32 * 4096)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

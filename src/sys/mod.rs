@@ -13,7 +13,7 @@ mod signals;
 mod start;
 mod user;
 
-pub use child::{Credentials, ExecPlan, StartError, Step};
+pub use child::{arg_max, Credentials, ExecPlan, StartError, Step};
 pub use harden::{harden_process, set_child_subreaper};
 pub use memlock::{lock_memory, unlock_memory};
 pub use pty::{has_controlling_tty, open_pty, set_window_size, window_size, Pty, RawMode};

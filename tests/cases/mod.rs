@@ -11,6 +11,7 @@ mod providers;
 mod pty;
 mod redaction;
 mod remote;
+mod review_env;
 mod sidecar;
 mod signals;
 mod store;

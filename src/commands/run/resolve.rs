@@ -66,11 +66,9 @@ pub(super) fn resolve(
     {
         // Keeps the run's token alive for re-resolutions (a no-op thread
         // end when the token does not expire).
-        let ctx = Context {
-            env: world.env.iter().cloned().collect(),
-        };
+        let ctx = Context::new(world.env.iter().cloned().collect(), &plan.env_sources);
         let options = VaultOptions::from_env(&ctx);
-        if let Err(e) = start_renewer(Arc::clone(&vault), options, ctx.env) {
+        if let Err(e) = start_renewer(Arc::clone(&vault), options, ctx) {
             tracing::warn!("cannot start the Vault token renewer: {e}");
         }
     }

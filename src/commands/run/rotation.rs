@@ -157,7 +157,8 @@ impl Sources {
                 &me.vault,
             )?;
             let lease = outcomes.first().and_then(|o| o.lease);
-            let value = require_all(outcomes)?
+            let value = require_all(outcomes)
+                .map_err(|e| me.scrub_error(e))?
                 .pop()
                 .ok_or_else(|| Error::new(ErrorKind::Software, "nothing resolved"))?;
             // A value that changed since it was last resolved (its TTL ran
@@ -172,6 +173,21 @@ impl Sources {
         })
         .join()
         .map_err(|_| Error::new(ErrorKind::Software, "the resolver thread failed"))?
+    }
+
+    /// `e` with every form of every value seen in this run (and of the
+    /// always-denied variables) masked: a re-resolution's error may quote a
+    /// provider's stderr.
+    fn scrub_error(&self, e: Error) -> Error {
+        let r = self.rotation();
+        let known: Vec<(&str, &[u8])> = r
+            .seen
+            .iter()
+            .map(|(id, v)| (id.as_str(), v.expose()))
+            .chain(r.token.iter().map(|t| (api::TOKEN_VAR, t.expose())))
+            .collect();
+        let text = redaction::Scrubber::new(&known, &self.process_env).scrub(e.message());
+        Error::new(e.kind(), text)
     }
 
     /// Re-read registry and policy and resolve everything again.
@@ -190,7 +206,7 @@ impl Sources {
                 &me.vault,
             )?;
             let leases: Vec<_> = outcomes.iter().map(|o| o.lease).collect();
-            let values = require_all(outcomes)?;
+            let values = require_all(outcomes).map_err(|e| me.scrub_error(e))?;
             me.rotated(&plan, &values);
             let now = SystemTime::now();
             Ok(plan

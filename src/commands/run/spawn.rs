@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::audit::{Auditor, Event, EventKind};
 use crate::config::LaunchPlan;
+use crate::envfilter;
 use crate::error::{Error, ErrorKind, Result};
 use crate::redact::live::{MatcherCell, RedactFilter};
 use crate::redact::Counts;
@@ -41,6 +42,17 @@ pub(super) fn spawn(
     plan: &LaunchPlan,
     mut env: ChildEnv,
 ) -> Result<(supervise::Spawned, Option<OwnedFd>)> {
+    if let Err(problem) = envfilter::exec_limits(&env.vars, &launch.opts.command, sys::arg_max()) {
+        env.wipe();
+        return Err(Error::new(
+            ErrorKind::Data,
+            format!(
+                "variable {}: {}; the command was not started",
+                problem.variable(),
+                problem.reason()
+            ),
+        ));
+    }
     let path_var = env
         .vars
         .iter()

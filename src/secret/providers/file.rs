@@ -5,23 +5,37 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::{non_empty, trim_newline, Context, Provider, Request, ResolveError, ResolveFuture};
+use super::{
+    non_empty, trim_newline, Context, Provider, Request, ResolveError, ResolveFuture, MAX_SOURCE,
+};
 use crate::secret::SecretBytes;
 
 pub(super) struct FileProvider;
 pub(super) struct CredProvider;
 
 /// Read a whole file into a buffer sized up front, so no reallocation leaves
-/// a stray copy of the secret on the heap.
+/// a stray copy of the secret on the heap. More than [`MAX_SOURCE`] bytes
+/// (a device like `/dev/zero` says it has none) is `FileTooLarge`, and
+/// nothing past them is read.
 pub(super) fn read_secret_file(path: &Path) -> Result<Vec<u8>, std::io::Error> {
+    use zeroize::Zeroize;
     let mut file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
     if meta.is_dir() {
         return Err(std::io::Error::other("is a directory"));
     }
-    let size = usize::try_from(meta.len()).unwrap_or(0);
+    let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+    if size > MAX_SOURCE {
+        return Err(std::io::ErrorKind::FileTooLarge.into());
+    }
     let mut buf = Vec::with_capacity(size.saturating_add(1).max(64));
-    file.read_to_end(&mut buf)?;
+    (&mut file)
+        .take(MAX_SOURCE as u64 + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() > MAX_SOURCE {
+        buf.zeroize();
+        return Err(std::io::ErrorKind::FileTooLarge.into());
+    }
     Ok(buf)
 }
 

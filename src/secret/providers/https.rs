@@ -82,8 +82,8 @@ pub(super) fn transport(e: &(dyn std::error::Error + 'static)) -> String {
     last
 }
 
-/// Largest answer body read (a secret's answer is small).
-pub(super) const MAX_BODY: usize = 1 << 20;
+/// Largest answer body read (a secret's answer is small): a source's cap.
+pub(super) const MAX_BODY: usize = super::MAX_SOURCE;
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -138,8 +138,8 @@ pub(super) async fn exchange(
             transport(&*e)
         ))),
         Ok(Err(e)) => Ok(Err(format!("cannot reach {shown}: {}", transport(&*e)))),
-        Ok(Ok(Err(status))) => Err(ResolveError::unavailable(format!(
-            "the answer of {shown} ({status}) is larger than {MAX_BODY} bytes"
+        Ok(Ok(Err(status))) => Err(ResolveError::too_large(&format!(
+            "the answer of {shown} ({status})"
         ))),
         Ok(Ok(Ok(answer))) => Ok(Ok(answer)),
     }

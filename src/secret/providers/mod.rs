@@ -24,7 +24,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::{Scheme, SecretBytes, SecretRef};
@@ -39,6 +39,28 @@ pub use vault::{
     start_renewer, Lease, LeaseBook, TokenLife, TokenSource, VaultOptions, VaultProvider,
     VaultSession,
 };
+
+/// The largest value a source may hold: a file, a `.env` file, a
+/// credential, a provider program's output or a server's answer. A larger
+/// one is bad input (65) and is read no further (`file:///dev/zero`).
+pub const MAX_SOURCE: usize = 1 << 20;
+
+/// The variable that bounds how many provider programs run at once.
+pub const JOBS_VAR: &str = "KEYWARDEN_PROVIDER_JOBS";
+
+/// Provider programs running at once, in the whole process: a run's first
+/// resolution, the socket's re-resolutions and reloads share the bound.
+static PROGRAM_SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+
+/// The default bound: twice the CPUs.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
+}
+
+/// Whether the provider for `scheme` starts a program.
+fn starts_a_program(scheme: Scheme) -> bool {
+    matches!(scheme, Scheme::Exec | Scheme::Pass | Scheme::Op)
+}
 
 /// The future a provider returns.
 pub type ResolveFuture<'a> =
@@ -62,14 +84,27 @@ pub struct Request {
 }
 
 /// What providers may read of the world: keywarden's environment as it was
-/// at start-up.
-#[derive(Debug, Default)]
+/// at start-up, and the part of it that the programs they start get.
+#[derive(Debug, Default, Clone)]
 pub struct Context {
     /// keywarden's own environment.
     pub env: HashMap<OsString, OsString>,
+    /// The environment of provider programs (`exec://`, `pass`, `op`):
+    /// `env` minus always-denied variables, `env://` sources and
+    /// `KEYWARDEN_*` (see [`crate::envfilter::provider_env`]).
+    pub tool_env: Vec<(OsString, OsString)>,
 }
 
 impl Context {
+    /// The context for keywarden's environment `env`, whose variables
+    /// `env_sources` are read through `env://` refs.
+    pub fn new(env: HashMap<OsString, OsString>, env_sources: &[String]) -> Self {
+        let pairs: Vec<(OsString, OsString)> =
+            env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let tool_env = crate::envfilter::provider_env(&pairs, env_sources);
+        Context { env, tool_env }
+    }
+
     /// A variable of keywarden's environment.
     pub fn var(&self, name: &str) -> Option<&OsString> {
         self.env.get(std::ffi::OsStr::new(name))
@@ -102,8 +137,22 @@ impl ResolveError {
         }
     }
 
+    /// `what` holds more than [`MAX_SOURCE`] bytes: exit 65.
+    pub fn too_large(what: &str) -> Self {
+        ResolveError {
+            kind: ErrorKind::Data,
+            reason: format!(
+                "{what} is larger than {} MiB: read no further",
+                MAX_SOURCE >> 20
+            ),
+        }
+    }
+
     /// From an I/O error while reading `what`.
     pub fn io(what: &str, e: &std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::FileTooLarge {
+            return ResolveError::too_large(what);
+        }
         let kind = crate::error::io_kind(e);
         let reason = match e.kind() {
             std::io::ErrorKind::NotFound => format!("{what}: no such file"),
@@ -150,6 +199,7 @@ pub struct Resolver {
     providers: HashMap<Scheme, Box<dyn Provider>>,
     context: Context,
     timeout: Duration,
+    jobs: usize,
 }
 
 impl fmt::Debug for Resolver {
@@ -159,6 +209,7 @@ impl fmt::Debug for Resolver {
         f.debug_struct("Resolver")
             .field("schemes", &schemes)
             .field("timeout", &self.timeout)
+            .field("jobs", &self.jobs)
             .finish()
     }
 }
@@ -188,7 +239,17 @@ impl Resolver {
             providers,
             context,
             timeout,
+            jobs: default_jobs(),
         }
+    }
+
+    /// Run at most `jobs` provider programs at once. The bound is
+    /// process-wide: the first resolver given one (or, failing that, the
+    /// first to start a program) fixes it.
+    pub fn with_jobs(mut self, jobs: usize) -> Self {
+        self.jobs = jobs.max(1);
+        PROGRAM_SLOTS.get_or_init(|| tokio::sync::Semaphore::new(self.jobs));
+        self
     }
 
     /// Replace the Vault provider with one using `options`; the lease book
@@ -217,13 +278,22 @@ impl Resolver {
         self
     }
 
-    /// Resolve one request, bounded by the timeout.
+    /// Resolve one request, bounded by the timeout. A provider that starts
+    /// a program first waits for one of the process-wide slots; its
+    /// timeout runs from then, not from when it was queued.
     pub async fn resolve(&self, req: &Request) -> Result<SecretBytes, ResolveError> {
         let scheme = req.reference.scheme();
         let Some(provider) = self.providers.get(&scheme) else {
             return Err(ResolveError::unavailable(format!(
                 "no provider for '{scheme}://' in this build"
             )));
+        };
+        let _slot = if starts_a_program(scheme) {
+            let slots = PROGRAM_SLOTS.get_or_init(|| tokio::sync::Semaphore::new(self.jobs));
+            // The semaphore is never closed.
+            slots.acquire().await.ok()
+        } else {
+            None
         };
         match tokio::time::timeout(self.timeout, provider.resolve(req, &self.context)).await {
             Ok(r) => r,

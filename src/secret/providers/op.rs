@@ -1,8 +1,9 @@
 //! `op://vault/item/field`: 1Password through its CLI, `op read
 //! op://vault/item/field` (the ref is passed to `op` as written). `op` is
 //! taken from the `PATH` of keywarden's environment and runs with that
-//! environment (`OP_SERVICE_ACCOUNT_TOKEN`, `OP_CONNECT_*`, a signed-in
-//! session); without it the ref fails with an error naming `op` (69).
+//! environment less what no provider may see (`OP_SERVICE_ACCOUNT_TOKEN`,
+//! `OP_CONNECT_*`, a signed-in session pass); without it the ref fails
+//! with an error naming `op` (69).
 //! One trailing newline of the output is trimmed.
 
 use super::{Context, Provider, Request, ResolveError, ResolveFuture};

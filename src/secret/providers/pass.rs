@@ -1,7 +1,9 @@
 //! `pass://path`: the first line of `pass show path` (the password; later
 //! lines are pass's free-form metadata). `pass` is taken from the `PATH` of
-//! keywarden's environment and runs with that environment, so
-//! `PASSWORD_STORE_DIR`, `GNUPGHOME` and the gpg agent apply as usual.
+//! keywarden's environment and runs with that environment less what no
+//! provider may see (always-denied variables, `env://` sources,
+//! `KEYWARDEN_*`), so `PASSWORD_STORE_DIR`, `GNUPGHOME` and the gpg agent
+//! apply as usual.
 
 use super::{Context, Provider, Request, ResolveError, ResolveFuture};
 use zeroize::Zeroize;

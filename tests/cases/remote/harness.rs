@@ -383,7 +383,7 @@ pub fn env_of(pairs: &[(&str, &str)]) -> HashMap<OsString, OsString> {
 /// A resolver with keywarden's built-ins plus the remote providers.
 pub fn resolver(env: HashMap<OsString, OsString>, options: VaultOptions) -> (Resolver, LeaseBook) {
     let base = Resolver::new(
-        Context { env },
+        Context::new(env, &[]),
         Duration::from_secs(30),
         Err("no kv backend in these tests".into()),
     );

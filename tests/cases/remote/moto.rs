@@ -249,7 +249,7 @@ fn setup() -> Fixture {
 
 fn ctx(vars: &[(&str, &str)]) -> Context {
     let env: HashMap<OsString, OsString> = vars.iter().map(|(k, v)| (k.into(), v.into())).collect();
-    Context { env }
+    Context::new(env, &[])
 }
 
 fn request(r: &str) -> Request {

@@ -890,9 +890,7 @@ async fn secret_id(ctx: &Context) -> Result<SecretBytes, ResolveError> {
         )));
     }
     let local = Resolver::new(
-        Context {
-            env: ctx.env.clone(),
-        },
+        ctx.clone(),
         Duration::from_secs(10),
         Err("not available for VAULT_SECRET_ID".into()),
     );
@@ -1090,10 +1088,13 @@ mod tests {
 
     #[test]
     fn vault_max_retries_sets_the_attempts() {
-        let ctx = |v: &str| Context {
-            env: [("VAULT_MAX_RETRIES".into(), v.into())]
-                .into_iter()
-                .collect(),
+        let ctx = |v: &str| {
+            Context::new(
+                [("VAULT_MAX_RETRIES".into(), v.into())]
+                    .into_iter()
+                    .collect(),
+                &[],
+            )
         };
         assert_eq!(VaultOptions::from_env(&Context::default()).attempts, 5);
         assert_eq!(VaultOptions::from_env(&ctx("0")).attempts, 1);

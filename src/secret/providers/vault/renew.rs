@@ -5,8 +5,6 @@
 //! reported once, with the time it expires; re-resolving after that fails
 //! closed with the server's 403.
 
-use std::collections::HashMap;
-use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -135,12 +133,12 @@ impl VaultProvider {
 }
 
 /// Renew the session's token in the background for as long as the process
-/// lives (the thread ends when there is nothing left to renew). `env` is
+/// lives (the thread ends when there is nothing left to renew). `ctx` is
 /// keywarden's environment, as the providers see it.
 pub fn start_renewer(
     session: Arc<VaultSession>,
     options: VaultOptions,
-    env: HashMap<OsString, OsString>,
+    ctx: Context,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("vault-renew".into())
@@ -156,7 +154,6 @@ pub fn start_renewer(
                     return;
                 }
             };
-            let ctx = Context { env };
             let provider = VaultProvider::with_session(options, session);
             runtime.block_on(provider.keep_alive(&ctx));
         })?;
