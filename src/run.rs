@@ -725,6 +725,9 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     }
     let counts = Arc::new(Mutex::new(Counts::default()));
     let pid1 = std::process::id() == 1;
+    // Orphans are re-parented here as PID 1, with --subreaper, and when the
+    // attribute was inherited across exec (as tini checks): reap them all.
+    let reap_all = pid1 || opts.subreaper || sys::is_child_subreaper();
     if opts.subreaper && !pid1 {
         sys::set_child_subreaper()?;
     }
@@ -829,7 +832,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
 
         let supervisor = Supervisor {
             child: spawned.pid,
-            reap_all: opts.subreaper || pid1,
+            reap_all,
             grace: opts.grace,
             own_group: own_group && master.is_none(),
         };

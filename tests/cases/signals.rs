@@ -113,6 +113,26 @@ fn orphans_are_reaped_with_subreaper() {
     assert_eq!(stdout(&out), "zombies=0\n");
 }
 
+/// A parent that sets `PR_SET_CHILD_SUBREAPER` (36) and execs the rest of
+/// its command line, as a container runtime or tini's own suite does.
+const SUBREAPER_PARENT: &str = "import ctypes, os, sys\n\
+                                libc = ctypes.CDLL(None, use_errno=True)\n\
+                                assert libc.prctl(36, 1, 0, 0, 0) == 0, ctypes.get_errno()\n\
+                                os.execv(sys.argv[1], sys.argv[1:])\n";
+
+#[test]
+fn review_18_orphans_are_reaped_when_the_subreaper_attribute_is_inherited() {
+    let dir = Dir::new();
+    dir.script("orphan", ORPHAN);
+    let out = output(&mut kw_under(
+        &dir,
+        &["python3", "-c", SUBREAPER_PARENT],
+        &["run", "--", "./orphan"],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "zombies=0\n");
+}
+
 #[test]
 fn orphans_are_reaped_as_pid_1_in_a_pid_namespace() {
     if !have("unshare") {

@@ -94,6 +94,14 @@ pub fn kw_on_ctty(dir: &Dir, args: &[&str]) -> Command {
     prepare(dir, c)
 }
 
+/// `kw` started through `wrapper` (a program and its arguments, which end
+/// by exec'ing the rest of the command line: keywarden and `args`).
+pub fn kw_under(dir: &Dir, wrapper: &[&str], args: &[&str]) -> Command {
+    let mut c = Command::new(wrapper[0]);
+    c.args(&wrapper[1..]).arg(bin()).args(args);
+    prepare(dir, c)
+}
+
 fn prepare(dir: &Dir, mut c: Command) -> Command {
     c.current_dir(dir.path());
     for v in [
