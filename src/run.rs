@@ -610,11 +610,16 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     // The socket API's sockets are bound (and listen) before the child
     // starts, which gets their address and a token (never a secret) in its
     // environment; the server thread starts after the spawn (see below).
-    let (child_uid, child_gid) = match &user {
-        Some(u) => (u.credentials.uid.as_raw(), u.credentials.gid.as_raw()),
+    let (child_uid, child_gid, child_groups) = match &user {
+        Some(u) => (
+            u.credentials.uid.as_raw(),
+            u.credentials.gid.as_raw(),
+            u.credentials.groups.iter().map(|g| g.as_raw()).collect(),
+        ),
         None => (
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),
+            Vec::new(),
         ),
     };
     let sources = Arc::new(Sources {
@@ -678,6 +683,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
                 runtime_dir: api::socket::runtime_dir(var),
                 child_uid,
                 child_gid,
+                child_groups,
                 child_scopes: plan.policy.child_scopes.clone().unwrap_or_else(|| {
                     api::DEFAULT_CHILD_SCOPES
                         .iter()

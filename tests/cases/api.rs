@@ -128,6 +128,7 @@ impl Fixture {
             runtime_dir: self.dir.path().to_path_buf(),
             child_uid: self.child_uid,
             child_gid: self.child_uid,
+            child_groups: Vec::new(),
             child_scopes: CHILD_SCOPES.iter().map(|s| s.to_string()).collect(),
             env: Environment::Dev,
             max_ttl_seconds: Some(900),

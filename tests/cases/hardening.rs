@@ -223,3 +223,81 @@ fn mlock_refusal_is_warned_about_once() {
         stderr(&out)
     );
 }
+
+/// A runtime folder only root can enter, as `/run/user/0` is.
+fn root_only_runtime_dir(dir: &Dir) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let run = dir.join("run");
+    std::fs::create_dir(&run).expect("mkdir");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    run
+}
+
+#[test]
+fn review_15_a_user_child_can_open_its_socket_under_a_root_only_runtime_dir() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = Dir::new();
+    let run = root_only_runtime_dir(&dir);
+    // The child calls its API with its token, then tries the runtime
+    // folder, where the admin socket stays.
+    let script = "curl -sS --max-time 10 --unix-socket \"$KEYWARDEN_SOCKET\" \
+                  -H \"Authorization: Bearer $KEYWARDEN_TOKEN\" http://kw/v1/health; echo; \
+                  id -u; stat -c '%u %a' \"$KEYWARDEN_SOCKET\" \"$(dirname \"$KEYWARDEN_SOCKET\")\"; \
+                  ls \"$RUN\" >/dev/null 2>&1 && echo admin-folder-open || echo admin-folder-closed";
+    let out = output(
+        kw(&dir, &["run", "--user", "nobody", "--", "sh", "-c", script])
+            .env("XDG_RUNTIME_DIR", &run)
+            .env("RUN", &run),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "{\"status\":\"ok\"}", "{text}\n{}", stderr(&out));
+    assert_eq!(lines[1], "65534");
+    assert_eq!(lines[2], "65534 600", "the socket is the child's, 0600");
+    assert_eq!(lines[3], "65534 700", "its folder is the child's, 0700");
+    assert_eq!(lines[4], "admin-folder-closed", "{text}");
+    // The admin socket stayed in the root-only folder, and works.
+    let admin: Vec<_> = std::fs::read_dir(&run)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("keywarden-admin-")
+        })
+        .collect();
+    assert!(admin.is_empty(), "removed on exit: {admin:?}");
+}
+
+#[test]
+fn review_15_a_chosen_socket_the_user_child_cannot_reach_is_78() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = Dir::new();
+    let run = root_only_runtime_dir(&dir);
+    let socket = run.join("api.sock");
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--user",
+            "nobody",
+            "--socket",
+            &socket.to_string_lossy(),
+            "--",
+            "touch",
+            "ran",
+        ],
+    ));
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("uid 65534"), "{err}");
+    assert!(err.contains(&run.to_string_lossy().into_owned()), "{err}");
+    assert!(!dir.join("ran").exists());
+}
