@@ -95,6 +95,7 @@ impl TerminalLink {
         }
         if let Some(r) = self.raw.as_mut() {
             r.enter();
+            crate::relay::write_all_fd(&self.master, &r.take_pending());
         }
         self.sync_size();
     }

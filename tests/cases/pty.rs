@@ -249,3 +249,69 @@ fn output_on_the_pty_is_redacted_too() {
     assert!(t.wait_for("key=[REDACTED:K]"), "{:?}", t.text());
     assert!(!t.text().contains(&value));
 }
+
+/// `keywarden ARGS` under `script -qec` (a terminal that `script` holds),
+/// with `script`'s own stdin fed `input`: once it ends, `script` sends the
+/// terminal's EOF character, often before keywarden switches it to raw mode.
+fn under_script(dir: &Dir, args: &str, input: &[u8]) -> Option<Vec<u8>> {
+    let mut c = std::process::Command::new("script");
+    c.args(["-qec", &format!("{} {args}", bin()), "/dev/null"]);
+    let mut child = prepare(dir, c)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn script");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input).expect("write");
+    }
+    let mut out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        let _ = out.read_to_end(&mut bytes);
+        let _ = tx.send(bytes);
+    });
+    wait_timeout(&mut child, Duration::from_secs(10))?;
+    rx.recv_timeout(Duration::from_secs(10)).ok()
+}
+
+#[test]
+fn review_20_no_stray_nul_when_stdin_ends_before_raw_mode() {
+    assert!(
+        have("script"),
+        "needs script (util-linux): apt-get install bsdutils"
+    );
+    let dir = Dir::new();
+    for run in 0..20 {
+        let out = under_script(&dir, "run --pty auto -- echo hello", b"").expect("exits");
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            !out.contains(&0) && !text.contains("^@"),
+            "run {run}: {text:?}"
+        );
+        assert_eq!(text, "hello\r\n", "run {run}");
+    }
+}
+
+#[test]
+fn review_20_input_and_eof_sent_before_raw_mode_reach_the_child() {
+    assert!(
+        have("script"),
+        "needs script (util-linux): apt-get install bsdutils"
+    );
+    let dir = Dir::new();
+    for run in 0..5 {
+        let out = under_script(&dir, "run --pty auto -- cat", b"typed ahead\n")
+            .unwrap_or_else(|| panic!("run {run}: cat never saw the end of its input"));
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            !out.contains(&0) && !text.contains("^@"),
+            "run {run}: {text:?}"
+        );
+        assert!(text.contains("typed ahead"), "run {run}: {text:?}");
+    }
+}

@@ -102,7 +102,8 @@ pub fn kw_under(dir: &Dir, wrapper: &[&str], args: &[&str]) -> Command {
     prepare(dir, c)
 }
 
-fn prepare(dir: &Dir, mut c: Command) -> Command {
+/// `c` set up as `kw` sets up keywarden: in `dir`, from a known environment.
+pub fn prepare(dir: &Dir, mut c: Command) -> Command {
     c.current_dir(dir.path());
     for v in [
         "CI",
