@@ -246,6 +246,7 @@ fn curl_as(
     token: Option<&[u8]>,
     body: Option<&str>,
 ) -> (i32, u16, String) {
+    crate::util::need("curl");
     let mut args: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
     args.extend(
         [

@@ -133,6 +133,7 @@ fn a_window_change_resizes_the_childs_terminal() {
 /// stdin not a terminal the child reads it as it is (no echo, no pump).
 #[test]
 fn a_terminal_on_stdout_alone_gives_a_pty_with_stdin_as_it_is() {
+    need("ps");
     let dir = Dir::new();
     let mut t = OnTerminal::start_full(
         &dir,
@@ -281,10 +282,7 @@ fn under_script(dir: &Dir, args: &str, input: &[u8]) -> Option<Vec<u8>> {
 
 #[test]
 fn review_20_no_stray_nul_when_stdin_ends_before_raw_mode() {
-    assert!(
-        have("script"),
-        "needs script (util-linux): apt-get install bsdutils"
-    );
+    need("script");
     let dir = Dir::new();
     for run in 0..20 {
         let out = under_script(&dir, "run --pty auto -- echo hello", b"").expect("exits");
@@ -299,10 +297,7 @@ fn review_20_no_stray_nul_when_stdin_ends_before_raw_mode() {
 
 #[test]
 fn review_20_input_and_eof_sent_before_raw_mode_reach_the_child() {
-    assert!(
-        have("script"),
-        "needs script (util-linux): apt-get install bsdutils"
-    );
+    need("script");
     let dir = Dir::new();
     for run in 0..5 {
         let out = under_script(&dir, "run --pty auto -- cat", b"typed ahead\n")

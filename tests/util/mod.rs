@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+mod tools;
+pub use tools::{need, venv_bin};
+
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
