@@ -296,7 +296,7 @@ fn review_20_no_stray_nul_when_stdin_ends_before_raw_mode() {
 }
 
 #[test]
-fn review_20_input_and_eof_sent_before_raw_mode_reach_the_child() {
+fn input_and_an_eof_sent_before_raw_mode_reach_the_child_in_order() {
     need("script");
     let dir = Dir::new();
     for run in 0..5 {
