@@ -201,6 +201,7 @@ fn main() {
         runtime_dir: dir.clone(),
         child_uid: nix::unistd::geteuid().as_raw(),
         child_gid: nix::unistd::getegid().as_raw(),
+        child_groups: Vec::new(),
         child_scopes: vec!["pool".into()],
         env: Environment::Dev,
         max_ttl_seconds: None,

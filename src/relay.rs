@@ -293,12 +293,17 @@ impl Watch for Relay {
     }
 }
 
-/// Copy keywarden's stdin to the pty master until stdin ends (PTY mode).
-/// The thread is left behind at exit: a blocking read cannot be cancelled.
-pub fn pump_stdin(master: OwnedFd) -> io::Result<()> {
+/// Copy `first` (input read before, e.g. while the terminal switched to
+/// raw mode), then keywarden's stdin, to the pty master until stdin ends
+/// (PTY mode). The thread is left behind at exit: a blocking read cannot
+/// be cancelled.
+pub fn pump_stdin(master: OwnedFd, first: Vec<u8>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
+            if !write_all_fd(&master, &first) {
+                return;
+            }
             let mut buf = vec![0u8; 16 * 1024];
             let stdin = io::stdin();
             loop {
@@ -306,17 +311,24 @@ pub fn pump_stdin(master: OwnedFd) -> io::Result<()> {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                let mut data = &buf[..n];
-                while !data.is_empty() {
-                    match nix::unistd::write(&master, data) {
-                        Ok(w) => data = &data[w..],
-                        Err(Errno::EINTR) => {}
-                        Err(_) => return,
-                    }
+                if !write_all_fd(&master, &buf[..n]) {
+                    return;
                 }
             }
         })?;
     Ok(())
+}
+
+/// Write all of `data` to `fd`; false on an error.
+pub fn write_all_fd(fd: &OwnedFd, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(w) => data = &data[w..],
+            Err(Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// The read buffer, allocated on the first read that has data to fetch: a

@@ -134,6 +134,9 @@ pub struct ApiOptions {
     pub child_uid: u32,
     /// The child's group, for the socket's folder in separate-uid mode.
     pub child_gid: u32,
+    /// Every group the child is in: whether it can reach the runtime
+    /// folder depends on them.
+    pub child_groups: Vec<u32>,
     /// Scopes of the child's token (policy `child_scopes`).
     pub child_scopes: Vec<String>,
     /// The environment (dev, ci, prod).

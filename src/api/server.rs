@@ -392,6 +392,62 @@ pub fn start(
     Ok(api)
 }
 
+/// Where the child's socket folder goes when the child runs as another
+/// user: the runtime folder if that user can pass through it, else the temp
+/// folder (the folder made there is still 0700 and the child's). A socket
+/// path the user chose must be reachable as it is. Neither: 78, saying why.
+fn child_socket_base(
+    chosen: Option<&Path>,
+    runtime_dir: &Path,
+    who: &socket::Owner,
+) -> Result<PathBuf> {
+    if let Some(path) = chosen {
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        return match socket::first_closed(parent, who) {
+            None => Ok(runtime_dir.to_path_buf()),
+            Some(closed) => Err(Error::config(format!(
+                "--socket {}: uid {} (the --user child) cannot pass through {}, so it \
+                 could not open its socket: choose a folder it can reach",
+                path.display(),
+                who.uid,
+                closed.display()
+            ))),
+        };
+    }
+    let Some(closed) = socket::first_closed(runtime_dir, who) else {
+        return Ok(runtime_dir.to_path_buf());
+    };
+    let mut fallbacks = vec![std::env::temp_dir()];
+    if fallbacks[0] != Path::new("/tmp") {
+        fallbacks.push(PathBuf::from("/tmp"));
+    }
+    match fallbacks
+        .into_iter()
+        .find(|d| socket::first_closed(d, who).is_none())
+    {
+        Some(base) => {
+            tracing::info!(
+                "uid {} (the --user child) cannot pass through {}: its socket folder goes \
+                 under {} instead",
+                who.uid,
+                closed.display(),
+                base.display()
+            );
+            Ok(base)
+        }
+        None => Err(Error::config(format!(
+            "XDG_RUNTIME_DIR: uid {} (the --user child) cannot pass through {}, nor \
+             through the temp folder, so it could not open its socket: set \
+             XDG_RUNTIME_DIR to a folder it can reach, or pass --socket PATH",
+            who.uid,
+            closed.display()
+        ))),
+    }
+}
+
 /// Bind both sockets (listening: a client's `connect` succeeds and waits
 /// in the backlog) and mint the child's token, without starting the server
 /// thread yet: [`RunningApi::serve`] does, e.g. once the child runs, or on
@@ -402,13 +458,21 @@ pub fn bind(
     callbacks: Callbacks,
 ) -> Result<RunningApi> {
     let euid = nix::unistd::geteuid().as_raw();
-    let owner = (opts.child_uid != euid).then_some((opts.child_uid, opts.child_gid));
+    let owner = (opts.child_uid != euid).then(|| socket::Owner {
+        uid: opts.child_uid,
+        gid: opts.child_gid,
+        groups: opts.child_groups.clone(),
+    });
+    let child_base = match &owner {
+        Some(o) => child_socket_base(opts.socket.as_deref(), &opts.runtime_dir, o)?,
+        None => opts.runtime_dir.clone(),
+    };
     let (child_listener, socket) = socket::bind(
         opts.socket.as_deref(),
-        &opts.runtime_dir,
+        &child_base,
         "keywarden",
         "api.sock",
-        owner,
+        owner.as_ref(),
     )?;
     // A folder of its own, even when the child has keywarden's uid: the
     // child is never told about the admin socket, and a listing of its own

@@ -23,6 +23,48 @@ pub fn runtime_dir(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
 }
 
+/// Another user a socket is made for: the child's, in separate-uid mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary group.
+    pub gid: u32,
+    /// Every group it is in (supplementary ones included).
+    pub groups: Vec<u32>,
+}
+
+/// Whether a folder with this owner, group and mode can be passed through
+/// (searched) by `who`, by its mode bits as the kernel checks them: the
+/// owner's bits for its owner, the group's for a member, the others' for
+/// the rest. Root passes everywhere.
+pub fn passable(uid: u32, gid: u32, mode: u32, who: &Owner) -> bool {
+    let bit = if who.uid == 0 {
+        return true;
+    } else if who.uid == uid {
+        0o100
+    } else if who.gid == gid || who.groups.contains(&gid) {
+        0o010
+    } else {
+        0o001
+    };
+    mode & bit != 0
+}
+
+/// The first folder on the way to `dir` (`dir` included) that `who`
+/// cannot pass through, if any. A folder that cannot be inspected counts
+/// as closed.
+pub fn first_closed(dir: &Path, who: &Owner) -> Option<PathBuf> {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut chain: Vec<&Path> = dir.ancestors().collect();
+    chain.reverse();
+    chain.into_iter().find_map(|p| {
+        let open = std::fs::metadata(p)
+            .is_ok_and(|m| m.is_dir() && passable(m.uid(), m.gid(), m.mode(), who));
+        (!open).then(|| p.to_path_buf())
+    })
+}
+
 /// Removes a socket (and the folder made for it) when dropped.
 #[derive(Debug)]
 pub struct SocketGuard {
@@ -162,9 +204,9 @@ fn identity_of(meta: &std::fs::Metadata) -> (u64, u64, i128) {
     )
 }
 
-fn finish(path: &Path, owner: Option<(u32, u32)>) -> Result<(u64, u64, i128)> {
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+fn finish(path: &Path, owner: Option<&Owner>) -> Result<(u64, u64, i128)> {
+    if let Some(o) = owner {
+        std::os::unix::fs::chown(path, Some(o.uid), Some(o.gid))
             .map_err(|e| os_err(path, "give the socket to the child's user", e))?;
     }
     let mut meta =
@@ -192,7 +234,7 @@ pub fn bind(
     base: &Path,
     prefix: &str,
     file_name: &str,
-    owner: Option<(u32, u32)>,
+    owner: Option<&Owner>,
 ) -> Result<(UnixListener, SocketGuard)> {
     match path {
         None => {
@@ -202,12 +244,14 @@ pub fn bind(
                 identity: None,
                 dir: Some(dir.clone()),
             };
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                    .map_err(|e| os_err(&dir, "give the socket folder to the child's user", e))?;
-            }
             let listener = bind_private(&guard.path, &guard.path)?;
             guard.identity = Some(finish(&guard.path, owner)?);
+            // Handed over last: until then nobody else can put anything in
+            // the folder.
+            if let Some(o) = owner {
+                std::os::unix::fs::chown(&dir, Some(o.uid), Some(o.gid))
+                    .map_err(|e| os_err(&dir, "give the socket folder to the child's user", e))?;
+            }
             Ok((listener, guard))
         }
         Some(path) => {
@@ -254,6 +298,36 @@ mod tests {
             .permissions()
             .mode()
             & 0o777
+    }
+
+    #[test]
+    fn passable_by_mode_bits() {
+        let who = Owner {
+            uid: 1000,
+            gid: 100,
+            groups: vec![100, 27],
+        };
+        let root = Owner {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+        };
+        // (owner uid, group, mode, passable by `who`)
+        let table = [
+            (0, 0, 0o700, false),
+            (0, 0, 0o711, true),
+            (0, 0, 0o755, true),
+            (1000, 0, 0o700, true),
+            (1000, 0, 0o070, false),
+            (0, 100, 0o710, true),
+            (0, 27, 0o750, true),
+            (0, 27, 0o701, false),
+            (0, 5, 0o1777, true),
+        ];
+        for (uid, gid, mode, want) in table {
+            assert_eq!(passable(uid, gid, mode, &who), want, "{uid} {gid} {mode:o}");
+            assert!(passable(uid, gid, mode, &root));
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   (`KEYWARDEN_KEY_FILE`; `cred://NAME` names a systemd credential),
 //!   `ENCRYPTION_KEY`, the systemd credential
 //!   `$CREDENTIALS_DIRECTORY/encryption_key`; its version is
-//!   `ENCRYPTION_KEY_VERSION` (default 1);
+//!   `ENCRYPTION_KEY_VERSION`, 0 when unset (so rotating keeps the current
+//!   key as `ENCRYPTION_KEY_V0` and sets the new one as version 1);
 //! - older keys, for reading what they sealed: `ENCRYPTION_KEY_V<n>` or the
 //!   credential `encryption_key_v<n>`.
 //!
@@ -40,7 +41,7 @@ pub const CREDENTIAL: &str = "encryption_key";
 /// Systemd credentials holding older keys: `encryption_key_v<n>`.
 pub const OLD_CREDENTIAL_PREFIX: &str = "encryption_key_v";
 /// The version of the current key when `ENCRYPTION_KEY_VERSION` is unset.
-pub const DEFAULT_VERSION: u32 = 1;
+pub const DEFAULT_VERSION: u32 = 0;
 
 const HEX_LEN: usize = KEY_LEN * 2;
 const HOW_TO_MAKE: &str = "expected exactly 64 lowercase hex characters \
@@ -387,7 +388,7 @@ mod tests {
     fn current_key_and_default_version() {
         let ring = load(&[(KEY_VAR, &hex_key(1))]).expect("ring");
         let k = ring.require_current().expect("current");
-        assert_eq!(k.version(), 1);
+        assert_eq!(k.version(), 0);
         assert_eq!(k.source(), KEY_VAR);
         assert_eq!(k.expose(), key_bytes(1));
     }
@@ -459,7 +460,7 @@ mod tests {
         let e = load(&[("ENCRYPTION_KEY_V01", &hex_key(1))]).expect_err("leading zero");
         assert!(e.to_string().contains("ENCRYPTION_KEY_V01"), "{e}");
         let ring = load(&[(KEY_VAR, &hex_key(1)), (VERSION_VAR, "")]).expect("empty = default");
-        assert_eq!(ring.require_current().expect("k").version(), 1);
+        assert_eq!(ring.require_current().expect("k").version(), 0);
     }
 
     #[test]

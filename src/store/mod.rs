@@ -6,6 +6,12 @@
 //! `rotate_key`); [`StoreBackend`] serves `kv://` refs to the resolver;
 //! `keywarden store …` is a command: `crate::commands::store`.
 //!
+//! A key's version is what the key ring says (an `ENCRYPTION_KEY` with no
+//! `ENCRYPTION_KEY_VERSION` is version 0); the store's key checks tell
+//! which key sealed what, so a store whose versions are numbered otherwise
+//! (written when the default was 1, say) is renumbered as it is read:
+//! [`renumber`].
+//!
 //! Reads use the key of the entry's version; writes use the current key,
 //! and refuse to write under a key that does not match what the store
 //! already holds for that version, or under an older version than the
@@ -132,7 +138,8 @@ impl Store {
         let key = keys.require_current()?;
         file::create_folder(&path)?;
         let lock = file::lock(&path)?;
-        if let Some(existing) = file::read(&path)? {
+        if let Some(mut existing) = file::read(&path)? {
+            renumber(&mut existing, &keys)?;
             writable_with(&path, &existing, key)?;
             drop(lock);
             return Ok((Store::assemble(path, existing, keys)?, false));
@@ -144,7 +151,8 @@ impl Store {
         Ok((Store::assemble(path, fresh, keys)?, true))
     }
 
-    fn assemble(path: PathBuf, file: StoreFile, keys: KeyRing) -> Result<Store> {
+    fn assemble(path: PathBuf, mut file: StoreFile, keys: KeyRing) -> Result<Store> {
+        renumber(&mut file, &keys)?;
         let status = key_status(&file, &keys)?;
         Ok(Store {
             path,
@@ -239,7 +247,7 @@ impl Store {
         }
         let key = self.keys.require_current()?;
         let now = file::now();
-        let (fresh, outcome) = modify(&self.path, |path, f| {
+        let (fresh, outcome) = modify(&self.path, &self.keys, |path, f| {
             check_write_key(path, f, key)?;
             let (created, updated, outcome) = match f.find(&reference) {
                 None => (now, now, SetOutcome::Created),
@@ -280,7 +288,7 @@ impl Store {
     /// Remove `reference`. Needs no key.
     pub fn rm(&mut self, reference: &str) -> Result<()> {
         let reference = normalize(reference)?;
-        let (fresh, ()) = modify(&self.path, |path, f| {
+        let (fresh, ()) = modify(&self.path, &self.keys, |path, f| {
             if f.remove(&reference) {
                 Ok(())
             } else {
@@ -299,7 +307,7 @@ impl Store {
     /// dropped, so the old keys are no longer needed, nor accepted.
     pub fn rotate_key(&mut self) -> Result<RotateReport> {
         let current = self.keys.require_current()?;
-        let (fresh, report) = modify(&self.path, |path, f| {
+        let (fresh, report) = modify(&self.path, &self.keys, |path, f| {
             check_write_key(path, f, current)?;
             let mut report = RotateReport {
                 version: current.version(),
@@ -527,11 +535,87 @@ fn unseal(
 /// error from it writes nothing.
 fn modify<T>(
     path: &Path,
+    keys: &KeyRing,
     change: impl FnOnce(&Path, &mut StoreFile) -> Result<T>,
 ) -> Result<(StoreFile, T)> {
     let lock = file::lock(path)?;
     let mut fresh = file::read(path)?.ok_or_else(|| file::no_store(path))?;
+    renumber(&mut fresh, keys)?;
     let out = change(path, &mut fresh)?;
     file::write(&lock, path, &fresh)?;
     Ok((fresh, out))
+}
+
+/// Number the store's key versions as the key ring does.
+///
+/// Each key check is passed by at most one key; when the ring holds that
+/// key under another version (a store written while an unversioned key was
+/// version 1, now read with the key as version 0, or kept as
+/// `ENCRYPTION_KEY_V0` to rotate), the entries of that version are
+/// re-sealed in memory under the ring's version, with the same key and
+/// fresh nonces, and the key check follows: reads then find their key, and
+/// the next write stores the new numbering. Nothing is renumbered when two
+/// different keys would end up under one version.
+fn renumber(f: &mut StoreFile, keys: &KeyRing) -> Result<()> {
+    let mut moves: BTreeMap<u32, u32> = BTreeMap::new();
+    for check in &f.key_checks {
+        if let Some(own) = keys.get(check.version) {
+            if key_matches(own, check)? {
+                continue;
+            }
+        }
+        for key in keys.iter().filter(|k| k.version() != check.version) {
+            if key_matches(key, check)? {
+                moves.insert(check.version, key.version());
+                break;
+            }
+        }
+    }
+    if moves.is_empty() {
+        return Ok(());
+    }
+    // A version that stays must not be taken by a moved one, unless the
+    // ring's key for it is the one it was written with (then they merge).
+    for (&from, &to) in &moves {
+        let Some(staying) = f.key_check(to).filter(|_| !moves.contains_key(&to)) else {
+            continue;
+        };
+        let same = keys.get(to).map(|k| key_matches(k, staying)).transpose()?;
+        if same != Some(true) {
+            tracing::debug!("key version {from} of the store is not renumbered to {to}: taken");
+            return Ok(());
+        }
+    }
+    let mut out = f.clone();
+    for entry in out.entries.iter_mut() {
+        let Some(&to) = moves.get(&entry.key_version) else {
+            continue;
+        };
+        let Some(key) = keys.get(to) else {
+            continue;
+        };
+        let nonce = file::random_nonce()?;
+        // One that does not open is damaged: relabelled as it is, it still
+        // fails, and is reported as damaged, when read.
+        if let Ok(sealed) = format::reseal(key.expose(), key.expose(), to, entry, nonce) {
+            entry.nonce = nonce;
+            entry.sealed = sealed;
+        }
+        entry.key_version = to;
+    }
+    out.key_checks.retain(|c| !moves.contains_key(&c.version));
+    for &to in moves.values() {
+        if out.key_check(to).is_none() {
+            if let Some(key) = keys.get(to) {
+                let check = format::make_key_check(key.expose(), to, file::random_nonce()?)
+                    .map_err(crypto_bug)?;
+                out.put_key_check(check);
+            }
+        }
+    }
+    for (from, to) in &moves {
+        tracing::debug!("the store's key version {from} is the keys' version {to}: renumbered");
+    }
+    *f = out;
+    Ok(())
 }

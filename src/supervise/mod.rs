@@ -95,6 +95,7 @@ impl TerminalLink {
         }
         if let Some(r) = self.raw.as_mut() {
             r.enter();
+            crate::relay::write_all_fd(&self.master, &r.take_pending());
         }
         self.sync_size();
     }
@@ -125,7 +126,8 @@ pub trait Watch {
 pub struct Supervisor {
     /// The main child.
     pub child: Pid,
-    /// Reap every child (`--subreaper`, or PID 1), not just the main one.
+    /// Reap every child (PID 1, `--subreaper` or an inherited subreaper
+    /// attribute), not just the main one.
     pub reap_all: bool,
     /// How long a stopping child gets before SIGKILL.
     pub grace: Duration,

@@ -27,3 +27,10 @@ pub fn set_child_subreaper() -> Result<()> {
     prctl::set_child_subreaper(true)
         .map_err(|e| Error::new(ErrorKind::Os, format!("cannot become a subreaper: {e}")))
 }
+
+/// Whether keywarden is a subreaper already: a parent set
+/// `PR_SET_CHILD_SUBREAPER` and exec'd it (the attribute survives exec), so
+/// orphans are re-parented here and must be reaped. An error reads as no.
+pub fn is_child_subreaper() -> bool {
+    prctl::get_child_subreaper().unwrap_or(false)
+}

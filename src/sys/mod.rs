@@ -14,7 +14,7 @@ mod start;
 mod user;
 
 pub use child::{arg_max, Credentials, ExecPlan, StartError, Step};
-pub use harden::{harden_process, set_child_subreaper};
+pub use harden::{harden_process, is_child_subreaper, set_child_subreaper};
 pub use memlock::{lock_memory, unlock_memory};
 pub use pty::{has_controlling_tty, open_pty, set_window_size, window_size, Pty, RawMode};
 pub use signals::{block_signals, signal_name, Signals, FORWARDED_SIGNALS, STOP_SIGNALS};

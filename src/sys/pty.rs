@@ -4,8 +4,11 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::pty::{openpty, Winsize};
-use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
+use nix::sys::termios::{
+    cfmakeraw, tcgetattr, tcsetattr, LocalFlags, SetArg, SpecialCharacterIndices, Termios,
+};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -70,7 +73,14 @@ pub struct RawMode {
     fd: OwnedFd,
     saved: Termios,
     active: bool,
+    /// Input completed in the saved (line) mode before the switch: see
+    /// [`RawMode::take_pending`].
+    pending: Vec<u8>,
 }
+
+/// At most this many reads of input completed before the switch to raw
+/// mode (a hung-up terminal reads as end-of-file forever).
+const MAX_PENDING_READS: usize = 64;
 
 impl RawMode {
     /// Save the mode of the terminal on `fd` and switch it to raw.
@@ -85,16 +95,60 @@ impl RawMode {
             fd,
             saved,
             active: false,
+            pending: Vec::new(),
         };
         raw.enter();
         Ok(raw)
     }
 
     /// Switch to raw mode (again).
+    ///
+    /// In line mode the terminal keeps an end-of-file (the EOF character,
+    /// as `script` sends when its own input ends) as a NUL byte that ends a
+    /// line; a switch to raw mode would hand that NUL over as input. So the
+    /// EOF character is first turned off, which leaves any later one as a
+    /// plain byte, and the lines and end-of-files already complete are read
+    /// in line mode: see [`RawMode::take_pending`].
     pub fn enter(&mut self) {
+        let eof = self.saved.control_chars[SpecialCharacterIndices::VEOF as usize];
+        if self.saved.local_flags.contains(LocalFlags::ICANON) && eof != 0 {
+            let mut no_eof = self.saved.clone();
+            no_eof.control_chars[SpecialCharacterIndices::VEOF as usize] = 0;
+            if tcsetattr(&self.fd, SetArg::TCSANOW, &no_eof).is_ok() {
+                self.read_complete_lines(eof);
+            }
+        }
         let mut t = self.saved.clone();
         cfmakeraw(&mut t);
         self.active = tcsetattr(&self.fd, SetArg::TCSADRAIN, &t).is_ok();
+    }
+
+    /// Read what line mode has completed (lines, and end-of-files, kept as
+    /// the EOF character `eof`, as raw mode would have passed it on),
+    /// without waiting for more.
+    fn read_complete_lines(&mut self, eof: u8) {
+        let mut buf = [0u8; 4096];
+        for _ in 0..MAX_PENDING_READS {
+            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            let ready = poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+                && fds[0]
+                    .revents()
+                    .is_some_and(|r| r.contains(PollFlags::POLLIN));
+            if !ready {
+                return;
+            }
+            match nix::unistd::read(&self.fd, &mut buf) {
+                Ok(0) => self.pending.push(eof),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The input read while switching to raw mode, for the child, in order
+    /// before anything read later.
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
     }
 
     /// Put the saved mode back.

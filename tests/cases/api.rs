@@ -129,6 +129,7 @@ impl Fixture {
             runtime_dir: self.dir.path().to_path_buf(),
             child_uid: self.child_uid,
             child_gid: self.child_uid,
+            child_groups: Vec::new(),
             child_scopes: CHILD_SCOPES.iter().map(|s| s.to_string()).collect(),
             env: Environment::Dev,
             max_ttl_seconds: Some(900),
@@ -246,6 +247,7 @@ fn curl_as(
     token: Option<&[u8]>,
     body: Option<&str>,
 ) -> (i32, u16, String) {
+    crate::util::need("curl");
     let mut args: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
     args.extend(
         [

@@ -37,10 +37,11 @@ fn as_nobody(dir: &Dir, args: &[&str]) -> std::process::Command {
 
 #[test]
 fn a_same_uid_child_cannot_read_keywardens_environ() {
-    if !is_root() || !have("setpriv") {
-        eprintln!("skipped: needs root and setpriv");
+    if !is_root() {
+        eprintln!("skipped: needs root");
         return;
     }
+    need("setpriv");
     let dir = Dir::new();
     let value = secret(32);
     let script = "if cat /proc/$PPID/environ >/dev/null 2>&1; then echo parent-readable; else echo parent-denied; fi; \
@@ -152,10 +153,11 @@ fn user_switches_uid_groups_and_home() {
 
 #[test]
 fn user_is_refused_when_not_root() {
-    if !is_root() || !have("setpriv") {
-        eprintln!("skipped: needs root and setpriv");
+    if !is_root() {
+        eprintln!("skipped: needs root");
         return;
     }
+    need("setpriv");
     let dir = Dir::new();
     let out = output(&mut as_nobody(
         &dir,
@@ -172,10 +174,11 @@ fn user_is_refused_when_not_root() {
 
 #[test]
 fn an_unreadable_secret_file_is_permission_denied_77() {
-    if !is_root() || !have("setpriv") {
-        eprintln!("skipped: needs root and setpriv");
+    if !is_root() {
+        eprintln!("skipped: needs root");
         return;
     }
+    need("setpriv");
     let dir = Dir::new();
     let p = dir.write("k", secret(20));
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
@@ -187,10 +190,12 @@ fn an_unreadable_secret_file_is_permission_denied_77() {
 
 #[test]
 fn mlock_refusal_is_warned_about_once() {
-    if !is_root() || !have("setpriv") || !have("prlimit") {
-        eprintln!("skipped: needs root, setpriv and prlimit");
+    if !is_root() {
+        eprintln!("skipped: needs root");
         return;
     }
+    need("setpriv");
+    need("prlimit");
     let dir = Dir::new();
     for name in ["a", "b", "c"] {
         dir.write(name, secret(24));
@@ -222,4 +227,83 @@ fn mlock_refusal_is_warned_about_once() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A runtime folder only root can enter, as `/run/user/0` is.
+fn root_only_runtime_dir(dir: &Dir) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let run = dir.join("run");
+    std::fs::create_dir(&run).expect("mkdir");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    run
+}
+
+#[test]
+fn review_15_a_user_child_can_open_its_socket_under_a_root_only_runtime_dir() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    need("curl");
+    let dir = Dir::new();
+    let run = root_only_runtime_dir(&dir);
+    // The child calls its API with its token, then tries the runtime
+    // folder, where the admin socket stays.
+    let script = "curl -sS --max-time 10 --unix-socket \"$KEYWARDEN_SOCKET\" \
+                  -H \"Authorization: Bearer $KEYWARDEN_TOKEN\" http://kw/v1/health; echo; \
+                  id -u; stat -c '%u %a' \"$KEYWARDEN_SOCKET\" \"$(dirname \"$KEYWARDEN_SOCKET\")\"; \
+                  ls \"$RUN\" >/dev/null 2>&1 && echo admin-folder-open || echo admin-folder-closed";
+    let out = output(
+        kw(&dir, &["run", "--user", "nobody", "--", "sh", "-c", script])
+            .env("XDG_RUNTIME_DIR", &run)
+            .env("RUN", &run),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "{\"status\":\"ok\"}", "{text}\n{}", stderr(&out));
+    assert_eq!(lines[1], "65534");
+    assert_eq!(lines[2], "65534 600", "the socket is the child's, 0600");
+    assert_eq!(lines[3], "65534 700", "its folder is the child's, 0700");
+    assert_eq!(lines[4], "admin-folder-closed", "{text}");
+    // The admin socket stayed in the root-only folder, and works.
+    let admin: Vec<_> = std::fs::read_dir(&run)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("keywarden-admin-")
+        })
+        .collect();
+    assert!(admin.is_empty(), "removed on exit: {admin:?}");
+}
+
+#[test]
+fn review_15_a_chosen_socket_the_user_child_cannot_reach_is_78() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = Dir::new();
+    let run = root_only_runtime_dir(&dir);
+    let socket = run.join("api.sock");
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--user",
+            "nobody",
+            "--socket",
+            &socket.to_string_lossy(),
+            "--",
+            "touch",
+            "ran",
+        ],
+    ));
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("uid 65534"), "{err}");
+    assert!(err.contains(&run.to_string_lossy().into_owned()), "{err}");
+    assert!(!dir.join("ran").exists());
 }

@@ -133,6 +133,7 @@ fn a_window_change_resizes_the_childs_terminal() {
 /// stdin not a terminal the child reads it as it is (no echo, no pump).
 #[test]
 fn a_terminal_on_stdout_alone_gives_a_pty_with_stdin_as_it_is() {
+    need("ps");
     let dir = Dir::new();
     let mut t = OnTerminal::start_full(
         &dir,
@@ -248,4 +249,64 @@ fn output_on_the_pty_is_redacted_too() {
     wait_timeout(&mut t.child, Duration::from_secs(10)).expect("exits");
     assert!(t.wait_for("key=[REDACTED:K]"), "{:?}", t.text());
     assert!(!t.text().contains(&value));
+}
+
+/// `keywarden ARGS` under `script -qec` (a terminal that `script` holds),
+/// with `script`'s own stdin fed `input`: once it ends, `script` sends the
+/// terminal's EOF character, often before keywarden switches it to raw mode.
+fn under_script(dir: &Dir, args: &str, input: &[u8]) -> Option<Vec<u8>> {
+    let mut c = std::process::Command::new("script");
+    c.args(["-qec", &format!("{} {args}", bin()), "/dev/null"]);
+    let mut child = prepare(dir, c)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn script");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input).expect("write");
+    }
+    let mut out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        let _ = out.read_to_end(&mut bytes);
+        let _ = tx.send(bytes);
+    });
+    wait_timeout(&mut child, Duration::from_secs(10))?;
+    rx.recv_timeout(Duration::from_secs(10)).ok()
+}
+
+#[test]
+fn review_20_no_stray_nul_when_stdin_ends_before_raw_mode() {
+    need("script");
+    let dir = Dir::new();
+    for run in 0..20 {
+        let out = under_script(&dir, "run --pty auto -- echo hello", b"").expect("exits");
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            !out.contains(&0) && !text.contains("^@"),
+            "run {run}: {text:?}"
+        );
+        assert_eq!(text, "hello\r\n", "run {run}");
+    }
+}
+
+#[test]
+fn input_and_an_eof_sent_before_raw_mode_reach_the_child_in_order() {
+    need("script");
+    let dir = Dir::new();
+    for run in 0..5 {
+        let out = under_script(&dir, "run --pty auto -- cat", b"typed ahead\n")
+            .unwrap_or_else(|| panic!("run {run}: cat never saw the end of its input"));
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            !out.contains(&0) && !text.contains("^@"),
+            "run {run}: {text:?}"
+        );
+        assert!(text.contains("typed ahead"), "run {run}: {text:?}");
+    }
 }

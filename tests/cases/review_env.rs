@@ -72,7 +72,7 @@ fn review_01_providers_never_see_denied_variables_sources_or_keywardens_own() {
         format!("curl -s --unix-socket \"$KEYWARDEN_SOCKET\" -H \"Authorization: Bearer $KEYWARDEN_TOKEN\" http://kw/v1/secrets/{id} > /dev/null")
     };
     let script = format!(
-        "i=0; while [ \"$(grep -c -- ---- dumps)\" -lt 4 ] && [ $i -lt 150 ]; do {}; {}; sleep 0.1; i=$((i+1)); done",
+        "i=0; while [ \"$(grep -c -- ---- dumps)\" -lt 4 ] && [ $i -lt 600 ]; do {}; {}; sleep 0.1; i=$((i+1)); done",
         fetch("prov"),
         fetch("gpg")
     );

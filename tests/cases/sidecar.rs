@@ -22,6 +22,7 @@ fn setup(dir: &Dir) -> String {
 
 #[test]
 fn the_child_fetches_in_scope_secrets_with_its_token() {
+    need("curl");
     let dir = Dir::new();
     setup(&dir);
     let script = format!(
@@ -500,6 +501,7 @@ fn default_sockets_are_found_and_leave_the_umask_alone() {
 /// learns it before the socket hands it out.
 #[test]
 fn a_value_resolved_again_after_its_ttl_is_masked_too() {
+    need("curl");
     let dir = Dir::new();
     dir.write("secrets/openai", secret(40));
     dir.write(

@@ -15,9 +15,16 @@ const TRAPS: &str =
 fn every_forwarded_signal_reaches_the_child_exactly_once() {
     let dir = Dir::new();
     dir.script("counter", TRAPS);
-    let mut kwp = kw(&dir, &["run", "--grace", "30s", "--", "./counter"])
-        .spawn()
-        .expect("spawn");
+    // With default dispositions: what keywarden inherits as ignored (HUP
+    // under nohup, INT and QUIT in a background job) stays ignored in the
+    // child, whose shell then cannot trap it.
+    let mut kwp = kw_under(
+        &dir,
+        &["env", "--default-signal"],
+        &["run", "--grace", "30s", "--", "./counter"],
+    )
+    .spawn()
+    .expect("spawn");
     assert!(eventually(Duration::from_secs(5), || dir
         .join("ready")
         .exists()));
@@ -113,12 +120,29 @@ fn orphans_are_reaped_with_subreaper() {
     assert_eq!(stdout(&out), "zombies=0\n");
 }
 
+/// A parent that sets `PR_SET_CHILD_SUBREAPER` (36) and execs the rest of
+/// its command line, as a container runtime or tini's own suite does.
+const SUBREAPER_PARENT: &str = "import ctypes, os, sys\n\
+                                libc = ctypes.CDLL(None, use_errno=True)\n\
+                                assert libc.prctl(36, 1, 0, 0, 0) == 0, ctypes.get_errno()\n\
+                                os.execv(sys.argv[1], sys.argv[1:])\n";
+
+#[test]
+fn review_18_orphans_are_reaped_when_the_subreaper_attribute_is_inherited() {
+    let dir = Dir::new();
+    dir.script("orphan", ORPHAN);
+    let out = output(&mut kw_under(
+        &dir,
+        &["python3", "-c", SUBREAPER_PARENT],
+        &["run", "--", "./orphan"],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "zombies=0\n");
+}
+
 #[test]
 fn orphans_are_reaped_as_pid_1_in_a_pid_namespace() {
-    if !have("unshare") {
-        eprintln!("skipped: no unshare");
-        return;
-    }
+    need("unshare");
     let dir = Dir::new();
     dir.script(
         "orphan",

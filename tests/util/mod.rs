@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+mod tools;
+pub use tools::{need, venv_bin};
+
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -94,7 +97,16 @@ pub fn kw_on_ctty(dir: &Dir, args: &[&str]) -> Command {
     prepare(dir, c)
 }
 
-fn prepare(dir: &Dir, mut c: Command) -> Command {
+/// `kw` started through `wrapper` (a program and its arguments, which end
+/// by exec'ing the rest of the command line: keywarden and `args`).
+pub fn kw_under(dir: &Dir, wrapper: &[&str], args: &[&str]) -> Command {
+    let mut c = Command::new(wrapper[0]);
+    c.args(&wrapper[1..]).arg(bin()).args(args);
+    prepare(dir, c)
+}
+
+/// `c` set up as `kw` sets up keywarden: in `dir`, from a known environment.
+pub fn prepare(dir: &Dir, mut c: Command) -> Command {
     c.current_dir(dir.path());
     for v in [
         "CI",

@@ -195,6 +195,10 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     }
     let counts = Arc::new(Mutex::new(Counts::default()));
     let session = Session {
+        // Orphans are re-parented here as PID 1, with --subreaper, and when
+        // the attribute was inherited across exec (as tini checks): reap
+        // them all.
+        reap_all: std::process::id() == 1 || opts.subreaper || sys::is_child_subreaper(),
         opts,
         world: &world,
         planned: &planned,
@@ -235,6 +239,8 @@ impl Offered {
 
 /// What every start of the child shares.
 struct Session<'a> {
+    /// Reap every zombie, not only the child's.
+    reap_all: bool,
     opts: &'a RunOptions,
     world: &'a World,
     planned: &'a plan::Planned,
@@ -336,7 +342,7 @@ impl Session<'_> {
         let (spawned, master) = spawn::spawn(&launch, plan, child_env)?;
         let supervisor = Supervisor {
             child: spawned.pid,
-            reap_all: opts.subreaper || std::process::id() == 1,
+            reap_all: self.reap_all,
             grace: opts.grace,
             own_group: terminals.own_group && master.is_none(),
         };

@@ -94,11 +94,16 @@ impl SocketApi {
         sources: &Arc<Sources>,
     ) -> Result<SocketApi> {
         let (plan, audit) = (&planned.plan, &planned.audit);
-        let (child_uid, child_gid) = match &planned.user {
-            Some(u) => (u.credentials.uid.as_raw(), u.credentials.gid.as_raw()),
+        let (child_uid, child_gid, child_groups) = match &planned.user {
+            Some(u) => (
+                u.credentials.uid.as_raw(),
+                u.credentials.gid.as_raw(),
+                u.credentials.groups.iter().map(|g| g.as_raw()).collect(),
+            ),
             None => (
                 nix::unistd::geteuid().as_raw(),
                 nix::unistd::getegid().as_raw(),
+                Vec::new(),
             ),
         };
         let now = SystemTime::now();
@@ -132,6 +137,7 @@ impl SocketApi {
                 runtime_dir: api::socket::runtime_dir(|k| var(env, k)),
                 child_uid,
                 child_gid,
+                child_groups,
                 child_scopes: plan.policy.child_scopes.clone().unwrap_or_else(|| {
                     api::DEFAULT_CHILD_SCOPES
                         .iter()

@@ -167,9 +167,13 @@ fn relay_streams(
             filter: filter(),
         });
         // The child's stdin is the pty only when keywarden's is a terminal.
+        // Raw mode first: the relay then never reads the terminal in line
+        // mode (where an end-of-file ends its reading).
         let raw = if stdin_tty {
-            relay::pump_stdin(dup(&master)?).map_err(|e| os("cannot start the input relay", e))?;
-            Some(sys::RawMode::new(std::io::stdin().as_fd())?)
+            let mut raw = sys::RawMode::new(std::io::stdin().as_fd())?;
+            relay::pump_stdin(dup(&master)?, raw.take_pending())
+                .map_err(|e| os("cannot start the input relay", e))?;
+            Some(raw)
         } else {
             None
         };

@@ -32,16 +32,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `bao`: `$BAO_BIN`, the crate's `.venv`, or `PATH`.
+/// `bao`: `$BAO_BIN`, else the test `.venv`'s, set up on first use. Never
+/// `None`: a test that cannot have it fails, naming the install step.
 pub fn bao_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("BAO_BIN") {
-        return Some(PathBuf::from(p)).filter(|p| p.exists());
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "BAO_BIN={} does not exist", p.display());
+        return Some(p);
     }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/bao");
-    if venv.exists() {
-        return Some(venv);
-    }
-    which::which("bao").ok()
+    Some(crate::util::venv_bin("bao"))
 }
 
 /// A running `bao server -dev`, stopped by pid when dropped.

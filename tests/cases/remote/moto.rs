@@ -45,8 +45,9 @@ fn start_moto() -> Moto {
 }
 
 fn start_moto_on(port: u16, free_calls: Option<usize>) -> Moto {
-    let bin = std::env::var("MOTO_SERVER")
-        .unwrap_or_else(|_| format!("{}/.venv/bin/moto_server", env!("CARGO_MANIFEST_DIR")));
+    let bin = std::env::var_os("MOTO_SERVER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::util::venv_bin("moto_server"));
     let mut cmd = Command::new(bin);
     cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
     if let Some(n) = free_calls {
@@ -633,7 +634,7 @@ fn aws_refs_through_run_and_check() {
              aws_access_key_id=sys.argv[1], aws_secret_access_key=sys.argv[2])\n\
          c.put_secret_value(SecretId='agent/db', SecretString=json.dumps({{'password': sys.argv[3]}}))\n"
     );
-    let python = format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR"));
+    let python = crate::util::venv_bin("python").display().to_string();
     let script = format!(
         "{kw} get db > first; {python} -c \"$1\" \"$2\" \"$3\" \"$4\" || echo rotate-failed; sleep 1.5; {kw} get db > second",
         kw = crate::util::bin()

@@ -238,7 +238,7 @@ fn wrong_key_is_a_clear_error_and_reveals_nothing() {
     let out = get(&fx, "a/b", &[(KEY, &other)]);
     out.fails(
         78,
-        "ENCRYPTION_KEY is not the key this store was written with for key version 1",
+        "ENCRYPTION_KEY is not the key this store was written with for key version 0",
     );
     assert!(out.stderr.contains("kv://a/b"), "{}", out.stderr);
     assert!(out.stdout.is_empty());
@@ -256,10 +256,10 @@ fn missing_key_version_names_the_version_and_the_ref() {
     set(&fx, "a/b", b"v", &[(KEY, &key)]);
     let other = new_key();
     let out = get(&fx, "a/b", &[(KEY, &other), (VERSION, "3")]);
-    out.fails(78, "kv://a/b: encrypted with key version 1");
-    assert!(out.stderr.contains("ENCRYPTION_KEY_V1"), "{}", out.stderr);
+    out.fails(78, "kv://a/b: encrypted with key version 0");
+    assert!(out.stderr.contains("ENCRYPTION_KEY_V0"), "{}", out.stderr);
     // No key at all.
-    get(&fx, "a/b", &[]).fails(78, "kv://a/b: encrypted with key version 1");
+    get(&fx, "a/b", &[]).fails(78, "kv://a/b: encrypted with key version 0");
 }
 
 /// The key version of each ref, as `list` shows them.
@@ -340,6 +340,148 @@ fn rotation_from_v0_to_a_new_key() {
     rotation(0, 1);
 }
 
+/// `keywarden store ARGS` as a process, to the end.
+fn cli(fx: &Fx, args: &[&str], vars: &[(&str, &str)], stdin: &[u8]) -> Out {
+    run_process(store_process(fx, args, vars), stdin)
+}
+
+/// Every value still reads with `vars`, through the process.
+fn assert_reads(fx: &Fx, values: &[(String, String)], vars: &[(&str, &str)]) {
+    for (r, v) in values {
+        assert_eq!(cli(fx, &["get", r], vars, b"").ok().stdout, v.as_bytes());
+    }
+}
+
+/// The rotation the OCMT procedure runs, step by step with the CLI, from a
+/// store written with no `ENCRYPTION_KEY_VERSION` (key version 0).
+#[test]
+fn review_19_key_rotation_runs_as_the_ocmt_procedure_describes() {
+    let fx = Fx::new();
+    let (old, new) = (new_key(), new_key());
+    let before = [(KEY, old.as_str())];
+    cli(&fx, &["init"], &before, b"").ok();
+    let values: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("kv://svc/{i}"), canary(&format!("ocmt{i}"))))
+        .collect();
+    for (r, v) in &values {
+        cli(&fx, &["set", r], &before, v.as_bytes()).ok();
+    }
+    assert!(
+        versions(&fx).values().all(|&v| v == 0),
+        "{:?}",
+        versions(&fx)
+    );
+
+    // Keep the current key as V0, the new one as ENCRYPTION_KEY, version 1.
+    let rotating = [
+        ("ENCRYPTION_KEY_V0", old.as_str()),
+        (KEY, new.as_str()),
+        (VERSION, "1"),
+    ];
+    assert_reads(&fx, &values, &rotating);
+    let out = cli(&fx, &["rotate-key"], &rotating, b"");
+    out.ok();
+    assert!(
+        out.stderr
+            .contains("re-encrypted 3 entries under key version 1"),
+        "{}",
+        out.stderr
+    );
+    assert!(versions(&fx).values().all(|&v| v == 1));
+    // Drop V0.
+    let after = [(KEY, new.as_str()), (VERSION, "1")];
+    assert_reads(&fx, &values, &after);
+    let more = canary("after");
+    cli(&fx, &["set", "svc/more"], &after, more.as_bytes()).ok();
+    assert_eq!(
+        cli(&fx, &["get", "svc/more"], &after, b"").ok().stdout,
+        more.as_bytes()
+    );
+    assert_absent(&fx.bytes(), old.as_bytes(), "store");
+    assert_absent(&fx.bytes(), new.as_bytes(), "store");
+}
+
+/// A store as keywarden wrote it while an unversioned key was version 1:
+/// every entry and its key check labelled 1.
+fn store_with_the_old_default(fx: &Fx, key: &str, values: &[(String, String)]) {
+    let old_default = || KeyRing::from_keys(Some((1, key_bytes(key))), Vec::new()).expect("ring");
+    let (mut s, created) = Store::init(&fx.store, old_default()).expect("init");
+    assert!(created);
+    for (r, v) in values {
+        s.set(r, &SecretBytes::copy_from(v.as_bytes()))
+            .expect("set");
+    }
+    assert!(versions(fx).values().all(|&v| v == 1));
+}
+
+#[test]
+fn review_19_a_store_written_with_the_old_default_version_opens_and_migrates() {
+    let fx = Fx::new();
+    let key = new_key();
+    let values: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("kv://old/{i}"), canary(&format!("legacy{i}"))))
+        .collect();
+    store_with_the_old_default(&fx, &key, &values);
+    let k = [(KEY, key.as_str())];
+    // Read as it is (nothing written), by the CLI and by the kv:// backend.
+    let untouched = fx.bytes();
+    assert_reads(&fx, &values, &k);
+    assert_eq!(fx.bytes(), untouched, "a read writes nothing");
+    let opts = StoreOptions {
+        store: Some(fx.store.clone()),
+        key_file: None,
+    };
+    let backend = open_backend(&opts, &env(&k))
+        .expect("open")
+        .expect("a store");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("rt");
+    let got = rt
+        .block_on(keywarden::secret::providers::KvBackend::get(
+            &*backend, "old/0",
+        ))
+        .expect("get");
+    assert_eq!(got.expose(), values[0].1.as_bytes());
+    // The first write keeps the key's version as the ring numbers it now.
+    let fresh = canary("fresh");
+    cli(&fx, &["set", "old/new"], &k, fresh.as_bytes()).ok();
+    assert!(
+        versions(&fx).values().all(|&v| v == 0),
+        "{:?}",
+        versions(&fx)
+    );
+    assert_reads(&fx, &values, &k);
+    // A wrong key is still named as such.
+    cli(&fx, &["get", "old/0"], &[(KEY, &new_key())], b"").fails(
+        78,
+        "is not the key this store was written with for key version 0",
+    );
+}
+
+#[test]
+fn review_19_the_ocmt_rotation_of_a_store_written_with_the_old_default() {
+    let fx = Fx::new();
+    let (old, new) = (new_key(), new_key());
+    let values: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("kv://old/{i}"), canary(&format!("legacy{i}"))))
+        .collect();
+    store_with_the_old_default(&fx, &old, &values);
+    let rotating = [
+        ("ENCRYPTION_KEY_V0", old.as_str()),
+        (KEY, new.as_str()),
+        (VERSION, "1"),
+    ];
+    assert_reads(&fx, &values, &rotating);
+    cli(&fx, &["rotate-key"], &rotating, b"").ok();
+    assert!(versions(&fx).values().all(|&v| v == 1));
+    let after = [(KEY, new.as_str()), (VERSION, "1")];
+    assert_reads(&fx, &values, &after);
+    // The old key no longer opens anything.
+    cli(&fx, &["get", "old/0"], &[(KEY, old.as_str())], b"")
+        .fails(78, "encrypted with key version 1, but no key");
+}
+
 #[test]
 fn rotation_stops_without_a_change_when_an_old_key_is_missing() {
     let (fx, old) = initialised();
@@ -347,7 +489,7 @@ fn rotation_stops_without_a_change_when_an_old_key_is_missing() {
     let before = fx.bytes();
     let new = new_key();
     store(&fx, &["rotate-key"], &[(KEY, &new), (VERSION, "2")], b"")
-        .fails(78, "kv://a/b: encrypted with key version 1, but no key");
+        .fails(78, "kv://a/b: encrypted with key version 0, but no key");
     assert_eq!(fx.bytes(), before);
 }
 
@@ -373,7 +515,7 @@ fn swapped_or_relabelled_ciphertexts_fail() {
     });
     for r in ["x/a", "x/b"] {
         let out = get(&fx, r, &k);
-        out.fails(65, "failed authentication under key version 1");
+        out.fails(65, "failed authentication under key version 0");
         assert!(out.stderr.contains(&format!("kv://{r}")), "{}", out.stderr);
         assert_absent(&out.all(), va.as_bytes(), "output");
         assert_absent(&out.all(), vb.as_bytes(), "output");
@@ -565,14 +707,14 @@ fn list_shows_metadata_and_never_values() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert!(lines[0].starts_with("REF"), "{text}");
-    assert!(lines[1].starts_with("kv://openai/dev/api_key  1"), "{text}");
+    assert!(lines[1].starts_with("kv://openai/dev/api_key  0"), "{text}");
     assert!(lines[2].starts_with("kv://slack/prod/bot"), "{text}");
     let json = store(&fx, &["list", "--format", "json"], &[], b"");
     let doc: serde_json::Value = serde_json::from_slice(&json.ok().stdout).expect("json");
     let entries = doc["entries"].as_array().expect("entries");
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[0]["ref"], "kv://openai/dev/api_key");
-    assert_eq!(entries[0]["key_version"], 1);
+    assert_eq!(entries[0]["key_version"], 0);
     let created = entries[0]["created"].as_str().expect("created");
     assert!(created.ends_with('Z') && created.len() == 20, "{created}");
     assert_eq!(doc["store"], fx.store.display().to_string());
@@ -747,7 +889,7 @@ fn canary_keys_and_values_never_appear_in_messages() {
         (vec!["get", "a/b"], vec![("ENCRYPTION_KEY_V1", &other)], b""),
         (
             vec!["get", "a/b"],
-            vec![(KEY, &key), ("ENCRYPTION_KEY_V1", &other)],
+            vec![(KEY, &key), ("ENCRYPTION_KEY_V0", &other)],
             b"",
         ),
         (vec!["get", "a/b"], vec![(KEY, &key), (VERSION, &key)], b""),
