@@ -5,23 +5,35 @@
 # their encodings). Prints best-of-N wall times, MB/s and the ratio
 # (pipe time / keywarden time: 1.0 = as fast as the plain pipe), also net of
 # keywarden's start-up with the same registry (`keywarden run -- true`).
+# Each round runs the pipe, then keywarden, then keywarden's start-up alone,
+# so that both see the same load; every ratio is taken within one round and
+# printed as min/median/max over the rounds, next to the pipe's own speed.
+# TEXT=base64 relays random base64 lines instead of log lines.
 #
-#   scripts/bench-relay.sh [SIZE_MIB=256] [ROUNDS=5] [COUNTS="0 10 100 1000 10000"]
+#   [TEXT=log|base64] scripts/bench-relay.sh [SIZE_MIB=256] [ROUNDS=5] [COUNTS="0 10 100 1000 10000"]
 set -euo pipefail
 size_mib=${1:-256}
 rounds=${2:-5}
 counts=${3:-"0 10 100 1000 10000"}
 root=$(cd "$(dirname "$0")/.." && pwd)
+text=${TEXT:-log}
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-kw="$root/target/release/keywarden"
+kw="${CARGO_TARGET_DIR:-$root/target}/release/keywarden"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
-python3 - "$size_mib" <<'PY'
-import random, sys
+python3 - "$size_mib" "$text" <<'PY'
+import base64, random, sys
 size = int(sys.argv[1]) << 20
 rnd = random.Random(7)
+if sys.argv[2] == "base64":
+    block = b"".join(base64.b64encode(rnd.randbytes(57)) + b"\n" for _ in range((4 << 20) // 77))
+    with open("log.txt", "wb") as f:
+        written = 0
+        while written < size:
+            f.write(block); written += len(block)
+    sys.exit(0)
 levels = ["INFO", "DEBUG", "WARN", "ERROR"]
 words = "request completed user session cache miss upstream latency token bucket retry gateway model reply stream chunk".split()
 lines, total = [], 0
@@ -55,26 +67,34 @@ PY
 }
 
 now() { date +%s.%N; }
-best() { sort -g | head -1; }
-printf '%-8s %9s %9s %9s %10s %10s %10s %7s %7s\n' secrets "pipe s" "kw s" "start s" "pipe MB/s" "kw MB/s" "net MB/s" ratio "net"
+printf 'text: %s, %s MiB; MB/s and ratios as min/median/max over %s rounds\n' "$text" "$size_mib" "$rounds"
+printf '%-7s %-16s %-16s %-16s %-8s %-16s\n' secrets "pipe MB/s" "keywarden MB/s" "ratio" "start s" "net ratio"
 for n in $counts; do
   make_secrets "$n"
   args=(run --pty never --env dev --registry reg.yaml --)
   [ "$n" = 0 ] && args=(run --pty never --env dev --)
-  pipe_times=(); kw_times=(); start_times=()
+  : > times.txt
   for r in $(seq "$rounds"); do
-    t0=$(now); "$kw" "${args[@]}" true; t1=$(now)
-    start_times+=("$(echo "$t1 - $t0" | bc -l)")
     t0=$(now); cat log.txt | cat > /dev/null; t1=$(now)
     "$kw" "${args[@]}" cat log.txt > /dev/null; t2=$(now)
-    pipe_times+=("$(echo "$t1 - $t0" | bc -l)")
-    kw_times+=("$(echo "$t2 - $t1" | bc -l)")
+    "$kw" "${args[@]}" true; t3=$(now)
+    echo "$t0 $t1 $t2 $t3" >> times.txt
   done
-  p=$(printf '%s\n' "${pipe_times[@]}" | best)
-  k=$(printf '%s\n' "${kw_times[@]}" | best)
-  s=$(printf '%s\n' "${start_times[@]}" | best)
-  mb=$(echo "$size_mib * 1.048576" | bc -l)
-  printf '%-8s %9.3f %9.3f %9.3f %10.0f %10.0f %10.0f %7.2f %7.2f\n' "$n" "$p" "$k" "$s" \
-    "$(echo "$mb / $p" | bc -l)" "$(echo "$mb / $k" | bc -l)" "$(echo "$mb / ($k - $s)" | bc -l)" \
-    "$(echo "$p / $k" | bc -l)" "$(echo "$p / ($k - $s)" | bc -l)"
+  python3 - "$n" "$size_mib" <<'PY'
+import statistics, sys
+n, mib = sys.argv[1], int(sys.argv[2])
+mb = mib * 1.048576
+rows = [list(map(float, l.split())) for l in open("times.txt")]
+pipe = [b - a for a, b, _, _ in rows]
+kw = [c - b for _, b, c, _ in rows]
+start = [d - c for _, _, c, d in rows]
+def three(xs, fmt):
+    xs = sorted(xs)
+    return "/".join(fmt % x for x in (xs[0], statistics.median(xs), xs[-1]))
+ratio = [p / k for p, k in zip(pipe, kw)]
+net = [p / max(k - s, 1e-9) for p, k, s in zip(pipe, kw, start)]
+print("%-7s %-16s %-16s %-16s %-8.3f %-16s" % (
+    n, three([mb / p for p in pipe], "%.0f"), three([mb / k for k in kw], "%.0f"),
+    three(ratio, "%.2f"), statistics.median(start), three(net, "%.2f")))
+PY
 done

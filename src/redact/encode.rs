@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 pub(crate) const BASE64_STD: &[u8; 64] =
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 /// The RFC 4648 "URL and filename safe" alphabet.
+#[cfg(test)]
 pub(crate) const BASE64_URL: &[u8; 64] =
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
@@ -18,7 +19,327 @@ const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// A derived secret: bytes wiped when dropped.
-pub(crate) type Form = Zeroizing<Vec<u8>>;
+pub(crate) type Bytes = Zeroizing<Vec<u8>>;
+
+/// How a pattern's bytes compare with the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Flavor {
+    /// Byte for byte.
+    Exact,
+    /// ASCII letters in either case (hex digits).
+    Hex,
+    /// `+` and `-`, `/` and `_` are the same (base64 and base64url).
+    Base64,
+}
+
+impl Flavor {
+    /// The byte as this flavour compares it.
+    #[inline(always)]
+    pub(crate) fn canon(self, b: u8) -> u8 {
+        match self {
+            Flavor::Exact => b,
+            Flavor::Hex => b.to_ascii_lowercase(),
+            Flavor::Base64 => match b {
+                b'+' => b'-',
+                b'/' => b'_',
+                _ => b,
+            },
+        }
+    }
+
+    /// Do `a` and `b` (the same length) compare equal?
+    #[inline]
+    pub(crate) fn eq(self, a: &[u8], b: &[u8]) -> bool {
+        match self {
+            Flavor::Exact => a == b,
+            _ => {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|(&x, &y)| self.canon(x) == self.canon(y))
+            }
+        }
+    }
+}
+
+/// The byte as every flavour's index sees it: ASCII lower case, `+` as `-`
+/// and `/` as `_`. Patterns are indexed and the input is probed through this
+/// fold, so that one index entry serves hex in both cases and both base64
+/// alphabets; candidates are then checked with their own [`Flavor`].
+#[inline(always)]
+pub(crate) fn fold(b: u8) -> u8 {
+    match b {
+        b'A'..=b'Z' => b | 0x20,
+        b'+' => b'-',
+        b'/' => b'_',
+        _ => b,
+    }
+}
+
+/// One pattern: `bytes` = `back` bytes, then the core, then `fwd` bytes.
+/// The core must occur in full; an occurrence then extends over as many of
+/// the last bytes of `back` and the first bytes of `fwd` as the input holds
+/// next to it. So one form stands for every `back[j..] + core + fwd[..i]`:
+/// a value and all its long prefixes (core = the shortest prefix masked), all
+/// its long suffixes (core = the shortest suffix), or base64 with and without
+/// its last character and padding and with the characters that straddle
+/// the bytes before it.
+pub(crate) struct Form {
+    pub(crate) bytes: Bytes,
+    pub(crate) back: usize,
+    pub(crate) fwd: usize,
+    pub(crate) flavor: Flavor,
+}
+
+impl Form {
+    fn exact(bytes: Bytes) -> Form {
+        Form {
+            bytes,
+            back: 0,
+            fwd: 0,
+            flavor: Flavor::Exact,
+        }
+    }
+}
+
+fn copy(bytes: &[u8]) -> Bytes {
+    let mut out = Zeroizing::new(Vec::with_capacity(bytes.len()));
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Every form of one secret value of at least `MIN_SECRET_LEN` bytes, in a
+/// fixed order: the value (with its truncated copies), each line of a
+/// multi-line value, and its encodings; then the same for each value derived
+/// from it (the value without surrounding whitespace, the inner value of a
+/// quoted one). Forms may repeat each other; the caller removes duplicates.
+pub(crate) fn forms(value: &[u8], out: &mut Vec<Form>) {
+    value_forms(value, out);
+    for derived in derived_values(value) {
+        value_forms(derived, out);
+    }
+}
+
+/// Values derived from `value` that a program is likely to print instead:
+/// without trailing whitespace (a `rstrip()`), without whitespace at either
+/// end (a `strip()`), and the inner value of one wrapped in double or single
+/// quotes. Each at least `MIN_SECRET_LEN` bytes and different from `value`.
+pub(crate) fn derived_values(value: &[u8]) -> Vec<&[u8]> {
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c);
+    let end = value.len() - value.iter().rev().take_while(|b| space(b)).count();
+    let start = value[..end].iter().take_while(|b| space(b)).count();
+    let mut out: Vec<&[u8]> = vec![&value[..end], &value[start..end]];
+    if let [q @ (b'"' | b'\''), inner @ .., last] = value {
+        if last == q {
+            out.push(inner);
+        }
+    }
+    let mut kept: Vec<&[u8]> = Vec::new();
+    for d in out {
+        if d.len() >= super::MIN_SECRET_LEN && d != value && !kept.contains(&d) {
+            kept.push(d);
+        }
+    }
+    kept
+}
+
+/// The forms of one value (no derived values).
+fn value_forms(value: &[u8], out: &mut Vec<Form>) {
+    truncated_forms(value, out);
+    for line in lines(value) {
+        if line.len() >= super::MIN_SECRET_LEN {
+            out.push(Form::exact(copy(line)));
+        }
+    }
+    for shift in 0..3 {
+        base64_shifted(value, shift, out);
+    }
+    base64_wrapped(value, out);
+    out.push(Form {
+        bytes: hex(value, HEX_LOWER),
+        back: 0,
+        fwd: 0,
+        flavor: Flavor::Hex,
+    });
+    let before = out.len();
+    text_forms(value, out);
+    // A text escape that changes nothing repeats the value.
+    let mut i = before;
+    while i < out.len() {
+        if &out[i].bytes[..] == value {
+            out.swap_remove(i);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Bytes a truncated copy must keep: 16, or half the value if longer.
+pub(crate) const TRUNCATED_MIN: usize = 16;
+
+/// The value itself, every prefix and every suffix of it that is at least
+/// [`TRUNCATED_MIN`] bytes and at least half its length: one form whose
+/// core is the shortest such prefix (extending forward over the rest), one
+/// whose core is the shortest such suffix (extending back). A value shorter
+/// than 17 bytes is one plain form.
+fn truncated_forms(value: &[u8], out: &mut Vec<Form>) {
+    let n = value.len();
+    let min = TRUNCATED_MIN.max(n.div_ceil(2));
+    if n <= min {
+        out.push(Form::exact(copy(value)));
+        return;
+    }
+    out.push(Form {
+        bytes: copy(value),
+        back: 0,
+        fwd: n - min,
+        flavor: Flavor::Exact,
+    });
+    out.push(Form {
+        bytes: copy(value),
+        back: n - min,
+        fwd: 0,
+        flavor: Flavor::Exact,
+    });
+}
+
+/// Base64 of `value[shift..]` as it appears on its own or inside a larger
+/// encoded blob. The core is the characters that depend on those bytes
+/// alone; forward it extends over the last character (its low bits zero, as
+/// at the end of a blob) and the `=` padding; back over the one or two
+/// characters that the bytes `value[..shift]` fill when the value starts at
+/// byte offset 1 or 2 of a 3-byte group. So the three shifts cover the value
+/// at every alignment inside a blob, and the standalone encodings of the
+/// value with its first one or two bytes cut off (the runner's offset
+/// trimming). The standard alphabet stands for base64url too
+/// ([`Flavor::Base64`]).
+fn base64_shifted(value: &[u8], shift: usize, out: &mut Vec<Form>) {
+    let n = value.len();
+    if n <= shift {
+        return;
+    }
+    // The value at byte offset k of the stream, so that value[shift] starts
+    // a 3-byte group (character 4 when k > 0).
+    let k = (3 - shift) % 3;
+    let first = (8 * k).div_ceil(6);
+    let boundary = if k == 0 { 0 } else { 4 };
+    let bits = 8 * (k + n);
+    let whole = bits / 6;
+    let last = bits.div_ceil(6);
+    let m = n - shift;
+    let pad = (3 - m % 3) % 3;
+    let mut bytes = base64_range(value, k, first, last, BASE64_STD, pad);
+    let len = bytes.len();
+    bytes.resize(len + pad, b'=');
+    out.push(Form {
+        bytes,
+        back: boundary - first,
+        fwd: last - whole + pad,
+        flavor: Flavor::Base64,
+    });
+}
+
+/// Standalone base64 of the whole value wrapped at 64 (PEM, `openssl`) and
+/// 76 (MIME, the `base64` tool) columns, with `\n` and `\r\n` line ends;
+/// only when it is longer than one line. The padding may be left out.
+fn base64_wrapped(value: &[u8], out: &mut Vec<Form>) {
+    let chars = (8 * value.len()).div_ceil(6);
+    let padded = chars.next_multiple_of(4);
+    let pad = padded - chars;
+    for width in [64, 76] {
+        if padded <= width {
+            continue;
+        }
+        let plain = base64_range(value, 0, 0, chars, BASE64_STD, 0);
+        for eol in [&b"\n"[..], b"\r\n"] {
+            let lines = padded.div_ceil(width);
+            let mut bytes = Zeroizing::new(Vec::with_capacity(padded + lines * eol.len()));
+            for (i, &c) in plain.iter().chain(&[b'=', b'='][..pad]).enumerate() {
+                if i > 0 && i % width == 0 {
+                    bytes.extend_from_slice(eol);
+                }
+                bytes.push(c);
+            }
+            out.push(Form {
+                bytes,
+                back: 0,
+                fwd: pad,
+                flavor: Flavor::Base64,
+            });
+        }
+    }
+}
+
+/// Text escapes: JSON (also nested once), percent-encoding as common
+/// encoders write it, XML/HTML entities, quote doubling, the runner's
+/// command-line escape, and the sections of a value that PowerShell colour
+/// codes split at `&`. Each is plain bytes ([`Flavor::Exact`]).
+fn text_forms(value: &[u8], out: &mut Vec<Form>) {
+    let mut json_bodies = Vec::new();
+    json_forms(value, &mut json_bodies);
+    let nested = json(&json_bodies[0], JSON_MINIMAL);
+    if nested[..] != json_bodies[0][..] {
+        json_bodies.push(nested);
+    }
+    out.extend(json_bodies.into_iter().map(Form::exact));
+    if value.iter().any(|&b| !is_unreserved(b)) {
+        for style in PERCENT_STYLES {
+            out.push(Form::exact(percent(value, style)));
+        }
+    }
+    if value.iter().any(|b| b"<>&\"'".contains(b)) {
+        for style in ENTITY_STYLES {
+            out.push(Form::exact(entities(value, style)));
+        }
+    }
+    for (quote, escaped) in [(b'\'', &b"''"[..]), (b'"', b"\"\""), (b'"', b"\\\"")] {
+        if value.contains(&quote) {
+            out.push(Form::exact(replace(value, quote, escaped)));
+        }
+    }
+    for section in ampersand_sections(value) {
+        if section.len() >= super::MIN_SECRET_LEN {
+            out.push(Form::exact(copy(section)));
+        }
+    }
+}
+
+fn replace(value: &[u8], from: u8, to: &[u8]) -> Bytes {
+    let extra = value.iter().filter(|&&b| b == from).count() * (to.len() - 1);
+    let mut out = Zeroizing::new(Vec::with_capacity(value.len() + extra));
+    for &b in value {
+        if b == from {
+            out.extend_from_slice(to);
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// The pieces PowerShell prints of a value holding `&` when colour codes
+/// split it: each `&`-separated section, and the runner's two sections
+/// (everything up to the last `&`, or up to the first `&+`; everything
+/// after the last `&`, or after `&+` and the one character it colours).
+pub(crate) fn ampersand_sections(value: &[u8]) -> Vec<&[u8]> {
+    if !value.contains(&b'&') {
+        return Vec::new();
+    }
+    let mut out: Vec<&[u8]> = value.split(|&b| b == b'&').collect();
+    let plus = value.windows(2).position(|w| w == b"&+");
+    let last = value.iter().rposition(|&b| b == b'&').unwrap_or(0);
+    match plus {
+        Some(i) => {
+            out.push(&value[..i + 2]);
+            out.push(&value[(i + 3).min(value.len())..]);
+        }
+        None => {
+            out.push(&value[..last + 1]);
+            out.push(&value[last + 1..]);
+        }
+    }
+    out
+}
 
 /// Lines of a multi-line value: split on `\n`, one trailing `\r` trimmed from
 /// each. A value without `\n` has no lines apart from itself (not returned).
@@ -34,62 +355,24 @@ pub(crate) fn lines(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|line| !line.starts_with(b"-----BEGIN ") && !line.starts_with(b"-----END "))
 }
 
-/// Every encoded form of `value`, in a fixed order. Forms may repeat each
-/// other or the raw value (for example percent-encoding of an alphanumeric
-/// value); the caller removes duplicates.
-pub(crate) fn encoded_forms(value: &[u8]) -> Vec<Form> {
-    let mut forms = Vec::with_capacity(20);
-    for alphabet in [BASE64_STD, BASE64_URL] {
-        base64_forms(value, alphabet, &mut forms);
-    }
-    forms.push(hex(value, HEX_LOWER));
-    forms.push(hex(value, HEX_UPPER));
-    forms.push(percent(value, HEX_UPPER, false));
-    forms.push(percent(value, HEX_LOWER, false));
-    if value.contains(&b' ') {
-        forms.push(percent(value, HEX_UPPER, true));
-        forms.push(percent(value, HEX_LOWER, true));
-    }
-    json_forms(value, &mut forms);
-    forms
-}
-
-/// Base64 of `value` as a whole (padded and unpadded) and as a piece of a
-/// larger encoded blob, where it may start at byte offset 0, 1 or 2 of a
-/// 3-byte group. Inside a blob the characters whose 6 bits straddle a
-/// neighbouring byte are unknown, so each aligned form keeps only the
-/// characters that depend on the value alone.
-fn base64_forms(value: &[u8], alphabet: &[u8; 64], forms: &mut Vec<Form>) {
-    let n = value.len();
-    // Standalone: characters [0, ceil(8n/6)), then padding to a multiple of 4.
-    let chars = (8 * n).div_ceil(6);
-    let unpadded = base64_range(value, 0, 0, chars, alphabet);
-    let mut padded = Zeroizing::new(Vec::with_capacity(chars.next_multiple_of(4)));
-    padded.extend_from_slice(&unpadded);
-    padded.resize(chars.next_multiple_of(4), b'=');
-    forms.push(padded);
-    forms.push(unpadded);
-    // Inside a blob: the value occupies bits [8k, 8k + 8n) of the stream;
-    // character i covers bits [6i, 6i + 6).
-    for k in 0..3usize {
-        let first = (8 * k).div_ceil(6);
-        let last = (8 * k + 8 * n) / 6;
-        if last > first {
-            forms.push(base64_range(value, k, first, last, alphabet));
-        }
-    }
-}
-
 /// Characters `first..last` of the base64 encoding of `k` zero bytes, then
-/// `value`, then zero bytes.
-fn base64_range(value: &[u8], k: usize, first: usize, last: usize, alphabet: &[u8; 64]) -> Form {
+/// `value`, then zero bytes; with room for `spare` more bytes (a derived
+/// secret must not grow and leave an unwiped copy behind).
+fn base64_range(
+    value: &[u8],
+    k: usize,
+    first: usize,
+    last: usize,
+    alphabet: &[u8; 64],
+    spare: usize,
+) -> Bytes {
     let byte = |t: usize| -> u16 {
         match t.checked_sub(k) {
             Some(i) if i < value.len() => u16::from(value[i]),
             _ => 0,
         }
     };
-    let mut out = Zeroizing::new(Vec::with_capacity(last.saturating_sub(first)));
+    let mut out = Zeroizing::new(Vec::with_capacity(last.saturating_sub(first) + spare));
     for i in first..last {
         let bit = 6 * i;
         let pair = byte(bit / 8) << 8 | byte(bit / 8 + 1);
@@ -99,7 +382,7 @@ fn base64_range(value: &[u8], k: usize, first: usize, last: usize, alphabet: &[u
     out
 }
 
-fn hex(value: &[u8], digits: &[u8; 16]) -> Form {
+fn hex(value: &[u8], digits: &[u8; 16]) -> Bytes {
     let mut out = Zeroizing::new(Vec::with_capacity(2 * value.len()));
     for &b in value {
         out.push(digits[usize::from(b >> 4)]);
@@ -108,23 +391,117 @@ fn hex(value: &[u8], digits: &[u8; 16]) -> Form {
     out
 }
 
-/// RFC 3986 percent-encoding of every byte that is not unreserved. With
-/// `plus`, a space becomes `+` as in `application/x-www-form-urlencoded`.
-fn percent(value: &[u8], digits: &[u8; 16], plus: bool) -> Form {
+fn is_unreserved(b: u8) -> bool {
+    matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~')
+}
+
+/// Which bytes a percent-encoder leaves as they are, and how it writes the
+/// others.
+#[derive(Clone, Copy)]
+struct PercentStyle {
+    /// Bytes besides ASCII letters and digits left unescaped.
+    keep: &'static [u8],
+    /// A space becomes `+` (form encoding).
+    plus: bool,
+    digits: &'static [u8; 16],
+}
+
+/// RFC 3986 unreserved only (Python `quote(s, safe='')`, .NET
+/// `Uri.EscapeDataString`, PHP `rawurlencode`), also with lower-case hex;
+/// Python `quote` (keeps `/`); `quote_plus` and Go `QueryEscape`;
+/// JavaScript `encodeURIComponent` (keeps `!'()*`); form encoding as the
+/// WHATWG URL standard and Java write it (keeps `*`, escapes `~`); PHP
+/// `urlencode` (escapes `~` and `*`).
+const PERCENT_STYLES: [PercentStyle; 7] = [
+    PercentStyle {
+        keep: b"-._~",
+        plus: false,
+        digits: HEX_UPPER,
+    },
+    PercentStyle {
+        keep: b"-._~",
+        plus: false,
+        digits: HEX_LOWER,
+    },
+    PercentStyle {
+        keep: b"-._~/",
+        plus: false,
+        digits: HEX_UPPER,
+    },
+    PercentStyle {
+        keep: b"-._~",
+        plus: true,
+        digits: HEX_UPPER,
+    },
+    PercentStyle {
+        keep: b"-._~!'()*",
+        plus: false,
+        digits: HEX_UPPER,
+    },
+    PercentStyle {
+        keep: b"-._*",
+        plus: true,
+        digits: HEX_UPPER,
+    },
+    PercentStyle {
+        keep: b"-._",
+        plus: true,
+        digits: HEX_UPPER,
+    },
+];
+
+fn percent(value: &[u8], style: PercentStyle) -> Bytes {
     let mut out = Zeroizing::new(Vec::with_capacity(3 * value.len()));
     for &b in value {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b),
-            b' ' if plus => out.push(b'+'),
-            _ => out.extend_from_slice(&[
+        if b.is_ascii_alphanumeric() || style.keep.contains(&b) {
+            out.push(b);
+        } else if b == b' ' && style.plus {
+            out.push(b'+');
+        } else {
+            out.extend_from_slice(&[
                 b'%',
-                digits[usize::from(b >> 4)],
-                digits[usize::from(b & 15)],
-            ]),
+                style.digits[usize::from(b >> 4)],
+                style.digits[usize::from(b & 15)],
+            ]);
         }
     }
     out
 }
+
+/// How an XML/HTML escaper writes `"` and `'` (`&`, `<`, `>` are always
+/// `&amp;`, `&lt;`, `&gt;`); `None` leaves the character as it is.
+type EntityStyle = (Option<&'static [u8]>, Option<&'static [u8]>);
+
+/// .NET `SecurityElement.Escape` (the runner's XmlDataEscape); text content
+/// only (XML writers, `xml.sax.saxutils.escape`); Python `html.escape`; Go
+/// `html.EscapeString`; PHP `htmlspecialchars` with `ENT_QUOTES`.
+const ENTITY_STYLES: [EntityStyle; 5] = [
+    (Some(b"&quot;"), Some(b"&apos;")),
+    (None, None),
+    (Some(b"&quot;"), Some(b"&#x27;")),
+    (Some(b"&#34;"), Some(b"&#39;")),
+    (Some(b"&quot;"), Some(b"&#039;")),
+];
+
+fn entities(value: &[u8], (dq, sq): EntityStyle) -> Bytes {
+    let mut out = Zeroizing::new(Vec::with_capacity(6 * value.len()));
+    for &b in value {
+        match (b, dq, sq) {
+            (b'&', _, _) => out.extend_from_slice(b"&amp;"),
+            (b'<', _, _) => out.extend_from_slice(b"&lt;"),
+            (b'>', _, _) => out.extend_from_slice(b"&gt;"),
+            (b'"', Some(e), _) | (b'\'', _, Some(e)) => out.extend_from_slice(e),
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+const JSON_MINIMAL: JsonStyle = JsonStyle {
+    slash: false,
+    html: false,
+    ascii: false,
+};
 
 /// Which optional escapes a JSON encoder applies on top of the minimal set.
 #[derive(Clone, Copy)]
@@ -140,7 +517,7 @@ struct JsonStyle {
 
 /// The JSON string bodies (without quotes) that common encoders write for
 /// `value`: first the minimal escaping serde_json does, then variants.
-fn json_forms(value: &[u8], forms: &mut Vec<Form>) {
+fn json_forms(value: &[u8], forms: &mut Vec<Bytes>) {
     let none = JsonStyle {
         slash: false,
         html: false,
@@ -180,7 +557,7 @@ fn json_forms(value: &[u8], forms: &mut Vec<Form>) {
     }
 }
 
-fn json(value: &[u8], style: JsonStyle) -> Form {
+fn json(value: &[u8], style: JsonStyle) -> Bytes {
     // `\uXXXX` is the longest escape: 6 bytes for one input byte, or 12 for a
     // surrogate pair from a 4-byte sequence.
     let mut out = Zeroizing::new(Vec::with_capacity(6 * value.len()));
@@ -242,14 +619,14 @@ fn push_u_escape(out: &mut Vec<u8>, unit: u16) {
 mod tests {
     use super::*;
 
-    fn s(form: &Form) -> &str {
+    fn s(form: &[u8]) -> &str {
         std::str::from_utf8(form).expect("encodings are ASCII")
     }
 
-    fn b64(value: &[u8], alphabet: &[u8; 64]) -> Vec<String> {
+    fn b64(value: &[u8], shift: usize) -> Form {
         let mut forms = Vec::new();
-        base64_forms(value, alphabet, &mut forms);
-        forms.iter().map(|f| s(f).to_owned()).collect()
+        base64_shifted(value, shift, &mut forms);
+        forms.pop().expect("one form")
     }
 
     #[test]
@@ -263,24 +640,37 @@ mod tests {
             ("fooba", "Zm9vYmE="),
             ("foobar", "Zm9vYmFy"),
         ] {
-            let forms = b64(plain.as_bytes(), BASE64_STD);
-            assert_eq!(forms[0], enc, "padded {plain}");
-            assert_eq!(forms[1], enc.trim_end_matches('='), "unpadded {plain}");
+            let form = b64(plain.as_bytes(), 0);
+            assert_eq!(s(&form.bytes), enc, "padded {plain}");
+            assert_eq!(form.back, 0);
+            // Forward: the last character (when partial) and the padding.
+            let unpadded = enc.trim_end_matches('=');
+            let core = &enc[..enc.len() - form.fwd];
+            assert!(unpadded.starts_with(core), "{plain}");
+            assert_eq!(core.len(), 8 * plain.len() / 6, "{plain}");
         }
+        // Shifted: the standalone encoding of the value without its first
+        // one or two bytes, as the runner's offset trimming writes it.
+        let form = b64(b"xfoobar", 1);
+        assert_eq!(s(&form.bytes[form.back..]), "Zm9vYmFy");
+        let form = b64(b"xyfooba", 2);
+        assert_eq!(s(&form.bytes[form.back..]), "Zm9vYmE=");
     }
 
     #[test]
-    fn base64_url_alphabet() {
-        let forms = b64(&[0xfb, 0xff, 0xbf], BASE64_URL);
-        assert_eq!(forms[0], "-_-_");
-        let forms = b64(&[0xfb, 0xff, 0xbf], BASE64_STD);
-        assert_eq!(forms[0], "+/+/");
+    fn base64_flavor_covers_the_url_alphabet() {
+        let form = b64(&[0xfb, 0xff, 0xbf], 0);
+        assert_eq!(s(&form.bytes), "+/+/");
+        assert!(Flavor::Base64.eq(&form.bytes, b"-_-_"));
+        assert!(Flavor::Base64.eq(&form.bytes, b"-/+_"));
+        assert!(!Flavor::Base64.eq(&form.bytes, b"+/+0"));
     }
 
-    /// Every aligned form must occur in the encoding of any blob that holds
-    /// the value at that alignment, whatever the neighbouring bytes.
+    /// Back and core of every shift must occur in the encoding of any blob
+    /// that holds the value at the matching alignment, whatever the
+    /// neighbouring bytes.
     #[test]
-    fn base64_aligned_forms_occur_inside_blobs() {
+    fn base64_shifted_forms_occur_inside_blobs() {
         let value = b"0123456789abcdefXYZ";
         for before in 0..6usize {
             for after in 0..4usize {
@@ -288,11 +678,14 @@ mod tests {
                     let mut blob = vec![fill; before];
                     blob.extend_from_slice(value);
                     blob.extend(std::iter::repeat_n(fill, after));
-                    let whole = b64(&blob, BASE64_STD).swap_remove(1);
-                    let aligned = &b64(value, BASE64_STD)[2 + before % 3];
+                    let whole =
+                        base64_range(&blob, 0, 0, (8 * blob.len()).div_ceil(6), BASE64_STD, 0);
+                    let form = b64(value, (3 - before % 3) % 3);
+                    let inner = s(&form.bytes[..form.bytes.len() - form.fwd]);
                     assert!(
-                        whole.contains(aligned.as_str()),
-                        "before={before} after={after} fill={fill}: {aligned} not in {whole}"
+                        s(&whole).contains(inner),
+                        "before={before} after={after} fill={fill}: {inner} not in {}",
+                        s(&whole)
                     );
                 }
             }
@@ -300,12 +693,40 @@ mod tests {
     }
 
     #[test]
-    fn base64_aligned_form_lengths() {
-        // 8 bytes = 64 bits: offset 0 keeps 10 whole characters, offset 1
-        // (bits 8..72) keeps characters 2..12, offset 2 (bits 16..80) 3..13.
-        let forms = b64(&[7u8; 8], BASE64_STD);
-        let lens: Vec<usize> = forms.iter().map(String::len).collect();
-        assert_eq!(lens, [12, 11, 10, 10, 10]);
+    fn base64_shifted_form_shapes() {
+        // 8 bytes = 64 bits. Shift 0: 10 whole characters, then the partial
+        // one and one `=`. Shift 1 (value at offset 2 of a group): one
+        // character straddles, then 7 bytes = 9 whole characters, a partial
+        // one, two `=`. Shift 2: two straddle, 6 bytes = 8 characters.
+        let shapes: Vec<(usize, usize, usize)> = (0..3)
+            .map(|shift| {
+                let f = b64(&[7u8; 8], shift);
+                (f.back, f.bytes.len() - f.back - f.fwd, f.fwd)
+            })
+            .collect();
+        assert_eq!(shapes, [(0, 10, 2), (1, 9, 3), (2, 8, 0)]);
+    }
+
+    #[test]
+    fn base64_wrapped_at_64_and_76_columns() {
+        let value: Vec<u8> = (0..100u8).collect();
+        let mut forms = Vec::new();
+        base64_wrapped(&value, &mut forms);
+        assert_eq!(forms.len(), 4);
+        let flat = b64(&value, 0);
+        for (form, (width, eol)) in
+            forms
+                .iter()
+                .zip([(64, "\n"), (64, "\r\n"), (76, "\n"), (76, "\r\n")])
+        {
+            let text = s(&form.bytes);
+            assert_eq!(text.replace(eol, ""), s(&flat.bytes));
+            assert!(text.split(eol).all(|l| l.len() <= width));
+            assert_eq!(text.split(eol).next().map(str::len), Some(width));
+        }
+        let mut forms = Vec::new();
+        base64_wrapped(&value[..48], &mut forms);
+        assert!(forms.is_empty(), "one line needs no wrapped form");
     }
 
     #[test]
@@ -315,11 +736,86 @@ mod tests {
     }
 
     #[test]
-    fn percent_encoding() {
-        let v = b"a b/c~d-e.f_g+h\xff";
-        assert_eq!(s(&percent(v, HEX_UPPER, false)), "a%20b%2Fc~d-e.f_g%2Bh%FF");
-        assert_eq!(s(&percent(v, HEX_LOWER, false)), "a%20b%2fc~d-e.f_g%2bh%ff");
-        assert_eq!(s(&percent(v, HEX_UPPER, true)), "a+b%2Fc~d-e.f_g%2Bh%FF");
+    fn percent_encoding_as_common_encoders_write_it() {
+        let v = b"a b/c~d-e.f_g+h!'()*\xff";
+        let got: Vec<String> = PERCENT_STYLES
+            .iter()
+            .map(|&style| s(&percent(v, style)).to_owned())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                // RFC 3986, Python quote(s, safe=''), encodeURIComponent
+                // without its extra characters.
+                "a%20b%2Fc~d-e.f_g%2Bh%21%27%28%29%2A%FF",
+                "a%20b%2fc~d-e.f_g%2bh%21%27%28%29%2a%ff",
+                // Python quote(s): `/` stays.
+                "a%20b/c~d-e.f_g%2Bh%21%27%28%29%2A%FF",
+                // Python quote_plus.
+                "a+b%2Fc~d-e.f_g%2Bh%21%27%28%29%2A%FF",
+                // JavaScript encodeURIComponent.
+                "a%20b%2Fc~d-e.f_g%2Bh!'()*%FF",
+                // WHATWG form encoding.
+                "a+b%2Fc%7Ed-e.f_g%2Bh%21%27%28%29*%FF",
+                // PHP urlencode.
+                "a+b%2Fc%7Ed-e.f_g%2Bh%21%27%28%29%2A%FF",
+            ]
+        );
+    }
+
+    #[test]
+    fn entity_escaping() {
+        let v = b"a<b>&\"c'";
+        let got: Vec<String> = ENTITY_STYLES
+            .iter()
+            .map(|&style| s(&entities(v, style)).to_owned())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "a&lt;b&gt;&amp;&quot;c&apos;",
+                "a&lt;b&gt;&amp;\"c'",
+                "a&lt;b&gt;&amp;&quot;c&#x27;",
+                "a&lt;b&gt;&amp;&#34;c&#39;",
+                "a&lt;b&gt;&amp;&quot;c&#039;",
+            ]
+        );
+    }
+
+    #[test]
+    fn ampersand_sections_as_the_runner_splits_them() {
+        let sections = |v: &str| -> Vec<String> {
+            ampersand_sections(v.as_bytes())
+                .into_iter()
+                .map(|b| s(b).to_owned())
+                .collect()
+        };
+        assert_eq!(
+            sections("abcdef&ghijkl&mnop"),
+            ["abcdef", "ghijkl", "mnop", "abcdef&ghijkl&", "mnop"]
+        );
+        assert_eq!(
+            sections("abc&+ghijklm"),
+            ["abc", "+ghijklm", "abc&+", "hijklm"]
+        );
+        assert!(sections("no ampersand").is_empty());
+    }
+
+    #[test]
+    fn derived_values_trim_whitespace_and_quotes() {
+        let d = |v: &[u8]| -> Vec<Vec<u8>> {
+            derived_values(v).into_iter().map(<[u8]>::to_vec).collect()
+        };
+        assert_eq!(
+            d(b"  value123 \t\r"),
+            [b"  value123".to_vec(), b"value123".to_vec()]
+        );
+        assert_eq!(d(b"value123\r"), [b"value123".to_vec()]);
+        assert_eq!(d(b"\"value123\""), [b"value123".to_vec()]);
+        assert_eq!(d(b"'value123'"), [b"value123".to_vec()]);
+        assert!(d(b"value123").is_empty());
+        // The trimmed value would be under 8 bytes: nothing derived.
+        assert!(d(b"short   ").is_empty());
     }
 
     #[test]
@@ -348,7 +844,7 @@ mod tests {
         let v = "a/b<c>&d\u{e9}\u{1F600}".as_bytes();
         let mut forms = Vec::new();
         json_forms(v, &mut forms);
-        let forms: Vec<&str> = forms.iter().map(s).collect();
+        let forms: Vec<&str> = forms.iter().map(|f| s(f)).collect();
         assert_eq!(
             forms,
             [

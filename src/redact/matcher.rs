@@ -31,8 +31,8 @@ use std::fmt;
 
 use zeroize::Zeroizing;
 
-use super::encode::{self, Form};
-use super::{Counts, Mask, Secret, MIN_ENCODED_LEN, MIN_SECRET_LEN};
+use super::encode::{self, fold, Flavor, Form};
+use super::{Counts, Mask, Secret, MIN_SECRET_LEN};
 
 /// Patterns shorter than this go to their own tier.
 pub(crate) const SHORT_TIER_BELOW: usize = 32;
@@ -50,24 +50,39 @@ const FLUSH_BLOCK: usize = if cfg!(test) { 64 } else { 16 * 1024 };
 /// Offsets are packed in the low bits of an index entry.
 const OFFSET_BITS: u32 = 5;
 
-/// One pattern: a slice of the arena and the secret id it masks.
+/// One pattern: a slice of the arena (`back` bytes, the core, `fwd` bytes;
+/// see [`Form`]), how it compares, and the secret id it masks.
 #[derive(Clone, Copy)]
 struct Pat {
     start: u32,
     len: u32,
+    back: u32,
+    fwd: u32,
     /// Index into `Matcher::ids`.
     id: u32,
+    flavor: Flavor,
+}
+
+impl Pat {
+    fn core_len(&self) -> usize {
+        (self.len - self.back - self.fwd) as usize
+    }
 }
 
 /// The sampled q-gram index of one tier of patterns.
 struct Tier {
-    /// Indices into `Matcher::pats` of this tier's patterns, sorted.
+    /// Indices into `Matcher::pats` of this tier's patterns, ordered by the
+    /// folded first `sample` bytes of their cores.
     members: Vec<u32>,
-    /// Ranges of `members` that share their first `sample` bytes.
+    /// Ranges of `members` whose cores share their folded first `sample`
+    /// bytes.
     groups: Vec<(u32, u32)>,
     q: usize,
     sample: usize,
     step: usize,
+    /// Longest backward extension of a member: an occurrence can start this
+    /// many bytes before its core.
+    back_max: usize,
     /// First test of a window: might its q-gram be indexed?
     probe: Probe,
     /// Bucket `b` holds entries `heads[b]..heads[b + 1]`.
@@ -151,16 +166,22 @@ pub struct Matcher {
     arena: Zeroizing<Vec<u8>>,
     /// Patterns sorted by their bytes, no two equal.
     pats: Vec<Pat>,
+    /// Every place an occurrence can start: `(pattern, j)` for each `j` in
+    /// `0..=back`, ordered by the folded bytes of the pattern from `j`. For
+    /// the hold rule.
+    starts: Vec<(u32, u32)>,
     /// Secret ids, each once, and the rendered mask of each.
     ids: Vec<Box<str>>,
     masks: Vec<Box<[u8]>>,
-    /// One or two tiers, by pattern length.
+    /// One or two tiers, by core length.
     tiers: Vec<Tier>,
+    /// Shortest core.
     min_len: usize,
+    /// Longest pattern, extensions included.
     max_len: usize,
-    /// For the hold rule: exact sets of the first byte and the first two
-    /// bytes of every pattern, and a Bloom filter of the first 4 and first 8
-    /// bytes. Derived from secrets, so wiped on drop.
+    /// For the hold rule, over every start (folded): sets of the first byte
+    /// and the first two bytes, and a Bloom filter of the first 4 and first
+    /// 8 bytes. Derived from secrets, so wiped on drop.
     first1: Zeroizing<Vec<u64>>,
     first2: Zeroizing<Vec<u64>>,
     prefixes: Bloom,
@@ -206,8 +227,9 @@ impl Matcher {
     pub fn new(secrets: &[Secret<'_>], mask: &Mask) -> Matcher {
         let mut ids: Vec<Box<str>> = Vec::new();
         let mut id_index: HashMap<&str, u32> = HashMap::new();
-        // (pattern, id index); order of generation breaks ties.
+        // (form, id index); order of generation breaks ties.
         let mut forms: Vec<(Form, u32)> = Vec::new();
+        let mut scratch: Vec<Form> = Vec::new();
         for secret in secrets {
             if secret.value.len() < MIN_SECRET_LEN {
                 continue;
@@ -216,34 +238,41 @@ impl Matcher {
                 ids.push(secret.id.into());
                 index_u32(ids.len() - 1)
             });
-            forms.push((Zeroizing::new(secret.value.to_vec()), id));
-            for line in encode::lines(secret.value) {
-                if line.len() >= MIN_SECRET_LEN {
-                    forms.push((Zeroizing::new(line.to_vec()), id));
-                }
-            }
-            for form in encode::encoded_forms(secret.value) {
-                if form.len() >= MIN_ENCODED_LEN {
-                    forms.push((form, id));
-                }
-            }
+            encode::forms(secret.value, &mut scratch);
+            forms.extend(scratch.drain(..).map(|f| (f, id)));
         }
-        // Sort by bytes (stable: the first secret wins a tie), drop repeats.
+        // Sort by bytes, then shape (stable: the first secret wins a tie),
+        // and drop repeats. The first 8 bytes as a number decide most
+        // comparisons.
+        let keys: Vec<u64> = forms.iter().map(|(f, _)| key8(&f.bytes, |b| b)).collect();
+        let shape = |f: &Form| (f.back, f.fwd, f.flavor);
         let mut order: Vec<usize> = (0..forms.len()).collect();
-        order.sort_by(|&a, &b| forms[a].0.as_slice().cmp(forms[b].0.as_slice()));
-        order.dedup_by(|b, a| forms[*a].0 == forms[*b].0);
+        order.sort_by(|&a, &b| {
+            let (fa, fb) = (&forms[a].0, &forms[b].0);
+            keys[a]
+                .cmp(&keys[b])
+                .then_with(|| fa.bytes[..].cmp(&fb.bytes[..]))
+                .then_with(|| shape(fa).cmp(&shape(fb)))
+        });
+        order.dedup_by(|b, a| {
+            let (fa, fb) = (&forms[*a].0, &forms[*b].0);
+            fa.bytes[..] == fb.bytes[..] && shape(fa) == shape(fb)
+        });
 
-        let total: usize = order.iter().map(|&i| forms[i].0.len()).sum();
+        let total: usize = order.iter().map(|&i| forms[i].0.bytes.len()).sum();
         let mut arena = Zeroizing::new(Vec::with_capacity(total));
         let mut pats = Vec::with_capacity(order.len());
         for &i in &order {
-            let (bytes, id) = &forms[i];
+            let (form, id) = &forms[i];
             pats.push(Pat {
                 start: index_u32(arena.len()),
-                len: index_u32(bytes.len()),
+                len: index_u32(form.bytes.len()),
+                back: index_u32(form.back),
+                fwd: index_u32(form.fwd),
                 id: *id,
+                flavor: form.flavor,
             });
-            arena.extend_from_slice(bytes);
+            arena.extend_from_slice(&form.bytes);
         }
         drop(forms);
 
@@ -251,32 +280,61 @@ impl Matcher {
             .iter()
             .map(|id| mask.render(id).into_bytes().into_boxed_slice())
             .collect();
-        let min_len = pats.iter().map(|p| p.len as usize).min().unwrap_or(0);
+        let min_len = pats.iter().map(Pat::core_len).min().unwrap_or(0);
         let max_len = pats.iter().map(|p| p.len as usize).max().unwrap_or(0);
 
-        let bytes = |p: &Pat| &arena[p.start as usize..(p.start + p.len) as usize];
         let (short, long): (Vec<u32>, Vec<u32>) = (0..index_u32(pats.len()))
-            .partition(|&i| (pats[i as usize].len as usize) < SHORT_TIER_BELOW);
+            .partition(|&i| pats[i as usize].core_len() < SHORT_TIER_BELOW);
         let tiers = [short, long]
             .into_iter()
             .filter(|members| !members.is_empty())
-            .map(|members| Tier::build(members, &pats, &bytes))
+            .map(|members| Tier::build(members, &pats, &arena))
             .collect();
 
+        let full = |p: &Pat| &arena[p.start as usize..(p.start + p.len) as usize];
+        let n_starts: usize = pats.iter().map(|p| p.back as usize + 1).sum();
+        let mut starts: Vec<(u32, u32)> = Vec::with_capacity(n_starts);
         let mut first1 = Zeroizing::new(vec![0u64; 256 / 64]);
         let mut first2 = Zeroizing::new(vec![0u64; 65536 / 64]);
-        let mut prefixes = Bloom::new(2 * pats.len(), 16);
-        for p in &pats {
-            let b = bytes(p);
-            set_bit(&mut first1, usize::from(b[0]));
-            set_bit(&mut first2, usize::from(b[0]) << 8 | usize::from(b[1]));
-            prefixes.insert(prefix_hash(&b[..4]));
-            prefixes.insert(prefix_hash(&b[..8]));
+        let mut prefixes = Bloom::new(2 * n_starts, 16);
+        for (i, p) in pats.iter().enumerate() {
+            let bytes = full(p);
+            for j in 0..=p.back as usize {
+                let rest = &bytes[j..];
+                starts.push((index_u32(i), index_u32(j)));
+                set_bit(&mut first1, usize::from(fold(rest[0])));
+                set_bit(
+                    &mut first2,
+                    usize::from(fold(rest[0])) << 8 | usize::from(fold(rest[1])),
+                );
+                if rest.len() > 4 {
+                    prefixes.insert(prefix_hash(&rest[..4]));
+                }
+                if rest.len() > 8 {
+                    prefixes.insert(prefix_hash(&rest[..8]));
+                }
+            }
         }
+        let start_keys: Vec<u64> = starts
+            .iter()
+            .map(|&(p, j)| key8(&full(&pats[p as usize])[j as usize..], fold))
+            .collect();
+        let mut order: Vec<u32> = (0..index_u32(starts.len())).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let rest = |k: u32| {
+                let (p, j) = starts[k as usize];
+                &full(&pats[p as usize])[j as usize..]
+            };
+            start_keys[a as usize]
+                .cmp(&start_keys[b as usize])
+                .then_with(|| folded_cmp(rest(a), rest(b)))
+        });
+        let starts = order.iter().map(|&k| starts[k as usize]).collect();
 
         Matcher {
             arena,
             pats,
+            starts,
             ids,
             masks,
             tiers,
@@ -303,13 +361,13 @@ impl Matcher {
         self.pats.is_empty()
     }
 
-    /// Length of the longest pattern: a [`super::Stream`] holds back fewer
-    /// bytes than this.
+    /// Length of the longest pattern (extensions included): a
+    /// [`super::Stream`] holds back fewer bytes than this.
     pub fn max_pattern_len(&self) -> usize {
         self.max_len
     }
 
-    /// Length of the shortest pattern (0 when empty).
+    /// Length of the shortest pattern core (0 when empty).
     pub fn min_pattern_len(&self) -> usize {
         self.min_len
     }
@@ -326,6 +384,7 @@ impl Matcher {
             + self.masks.iter().map(|m| m.len()).sum::<usize>();
         self.arena.capacity()
             + self.pats.capacity() * std::mem::size_of::<Pat>()
+            + self.starts.capacity() * 8
             + 8 * (self.first1.capacity() + self.first2.capacity() + self.prefixes.words.capacity())
             + ids
             + tiers
@@ -387,14 +446,19 @@ impl Matcher {
     /// True when `tail` is a proper prefix of some pattern: the bytes could
     /// still become a match, so a stream must hold them.
     pub(crate) fn could_begin(&self, tail: &[u8]) -> bool {
-        // Every pattern is longer than 2 bytes, so for 1 or 2 bytes the
-        // exact sets answer alone.
         match *tail {
             [] => return false,
-            [a] => return get_bit(&self.first1, usize::from(a)),
+            [a] => {
+                if !get_bit(&self.first1, usize::from(fold(a))) {
+                    return false;
+                }
+            }
             [a, b, ..] => {
                 if tail.len() >= self.max_len
-                    || !get_bit(&self.first2, usize::from(a) << 8 | usize::from(b))
+                    || !get_bit(
+                        &self.first2,
+                        usize::from(fold(a)) << 8 | usize::from(fold(b)),
+                    )
                 {
                     return false;
                 }
@@ -407,13 +471,27 @@ impl Matcher {
         {
             return false;
         }
-        // Patterns that begin with `tail` sit together in sorted order, the
-        // one equal to `tail` (if any) first.
-        let mut i = self.pats.partition_point(|p| self.bytes(p) < tail);
-        if i < self.pats.len() && self.bytes(&self.pats[i]) == tail {
-            i += 1;
+        // Starts whose folded bytes begin with the folded tail sit together
+        // in order; each is then checked with its own flavour.
+        let lo = self
+            .starts
+            .partition_point(|&(p, j)| folded_cmp(self.rest(p, j), tail).is_lt());
+        for &(p, j) in &self.starts[lo..] {
+            let rest = self.rest(p, j);
+            if rest.len() < tail.len() || folded_cmp(&rest[..tail.len()], tail).is_ne() {
+                return false;
+            }
+            let flavor = self.pats[p as usize].flavor;
+            if rest.len() > tail.len() && flavor.eq(&rest[..tail.len()], tail) {
+                return true;
+            }
         }
-        i < self.pats.len() && self.bytes(&self.pats[i]).starts_with(tail)
+        false
+    }
+
+    /// The bytes of pattern `p` from `j` on.
+    fn rest(&self, p: u32, j: u32) -> &[u8] {
+        &self.full(&self.pats[p as usize])[j as usize..]
     }
 
     /// The id a pattern masks.
@@ -421,7 +499,8 @@ impl Matcher {
         &self.ids[self.pats[pat as usize].id as usize]
     }
 
-    fn bytes(&self, p: &Pat) -> &[u8] {
+    /// All bytes of a pattern: back, core, fwd.
+    fn full(&self, p: &Pat) -> &[u8] {
         &self.arena[p.start as usize..(p.start + p.len) as usize]
     }
 
@@ -435,7 +514,7 @@ impl Matcher {
         // once those are all past the limit, or the window runs off the end.
         let mut ends = [0usize; MAX_TIERS];
         for (end, t) in ends.iter_mut().zip(&self.tiers) {
-            *end = (hay.len() + 1 - t.q).min(start_limit + t.step - 1);
+            *end = (hay.len() + 1 - t.q).min(start_limit + t.step - 1 + t.back_max);
         }
         let mut next = [0usize; MAX_TIERS];
         // Occurrences found but not yet handed over: tiers find them out of
@@ -452,13 +531,16 @@ impl Matcher {
                     _ => self.scan_tier::<8>(tier, hay, next[t], stop, start_limit, &mut pending),
                 };
                 if next[t] < ends[t] {
-                    // Windows before next[t] cover every start up to
-                    // next[t] - step.
-                    frontier = frontier.min((next[t] + 1).saturating_sub(tier.step));
+                    // Windows before next[t] cover every core starting up
+                    // to next[t] - step, so every occurrence starting up to
+                    // next[t] - step - back_max.
+                    frontier =
+                        frontier.min((next[t] + 1).saturating_sub(tier.step + tier.back_max));
                 }
             }
             if !pending.is_empty() {
-                pending.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+                pending
+                    .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
                 let ready = pending.partition_point(|m| m.0 < frontier);
                 for &(s, e, pat) in &pending[..ready] {
                     sink.on_match(base + s as u64, base + e as u64, pat);
@@ -539,8 +621,9 @@ impl Matcher {
         w
     }
 
-    /// Checks the index candidates of window `w`, adding for each matching
-    /// group its longest pattern that matches: (start, end, pattern).
+    /// Checks the index candidates of window `w`, adding every pattern
+    /// whose core matches there, extended as far as the input allows:
+    /// (start, end, pattern).
     #[inline(never)]
     fn verify(
         &self,
@@ -561,31 +644,72 @@ impl Matcher {
             }
             let r = tier.refs[k];
             let o = (r & ((1 << OFFSET_BITS) - 1)) as usize;
-            let Some(s) = w.checked_sub(o) else { continue };
-            if s >= start_limit || s + tier.sample > hay.len() {
+            let Some(c) = w.checked_sub(o) else { continue };
+            if c >= start_limit + tier.back_max || c + tier.sample > hay.len() {
                 continue;
             }
             let (first, last) = tier.groups[(r >> OFFSET_BITS) as usize];
             let members = &tier.members[first as usize..last as usize];
-            let window = &hay[s..];
-            if window[..tier.sample] != self.bytes(&self.pats[members[0] as usize])[..tier.sample] {
+            let sample = &self.core(&self.pats[members[0] as usize])[..tier.sample];
+            if folded_cmp(&hay[c..c + tier.sample], sample).is_ne() {
                 continue;
             }
-            let mut best: Option<(usize, u32)> = None;
             for &i in members {
-                let p = self.bytes(&self.pats[i as usize]);
-                if window.len() >= p.len()
-                    && window[tier.sample..p.len()] == p[tier.sample..]
-                    && best.is_none_or(|(len, _)| p.len() > len)
-                {
-                    best = Some((p.len(), i));
+                if let Some((s, e)) = self.extend(&self.pats[i as usize], hay, c) {
+                    if s < start_limit {
+                        pending.push((s, e, i));
+                    }
                 }
-            }
-            if let Some((len, i)) = best {
-                pending.push((s, s + len, i));
             }
         }
     }
+
+    /// The core of `p`.
+    fn core(&self, p: &Pat) -> &[u8] {
+        let full = self.full(p);
+        &full[p.back as usize..full.len() - p.fwd as usize]
+    }
+
+    /// If the core of `p` occurs at `c`, the occurrence extended over as
+    /// much of its back and fwd bytes as `hay` holds next to it.
+    #[inline]
+    fn extend(&self, p: &Pat, hay: &[u8], c: usize) -> Option<(usize, usize)> {
+        let full = self.full(p);
+        let (back, rest) = full.split_at(p.back as usize);
+        let (core, fwd) = rest.split_at(p.core_len());
+        let end = c + core.len();
+        if end > hay.len() || !p.flavor.eq(&hay[c..end], core) {
+            return None;
+        }
+        let canon = |b: u8| p.flavor.canon(b);
+        let more = hay[end..]
+            .iter()
+            .zip(fwd)
+            .take_while(|&(&h, &f)| canon(h) == canon(f))
+            .count();
+        let less = hay[..c]
+            .iter()
+            .rev()
+            .zip(back.iter().rev())
+            .take_while(|&(&h, &b)| canon(h) == canon(b))
+            .count();
+        Some((c - less, end + more))
+    }
+}
+
+/// The first 8 bytes (fewer if shorter, then zeros) as a big-endian number,
+/// each byte mapped by `f`: orders like the bytes themselves.
+fn key8(bytes: &[u8], f: impl Fn(u8) -> u8) -> u64 {
+    let mut key = [0u8; 8];
+    for (k, &b) in key.iter_mut().zip(bytes) {
+        *k = f(b);
+    }
+    u64::from_be_bytes(key)
+}
+
+/// Compares byte strings as their folded bytes.
+fn folded_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.iter().map(|&x| fold(x)).cmp(b.iter().map(|&y| fold(y)))
 }
 
 impl Tier {
@@ -602,18 +726,35 @@ impl Tier {
             + 8 * probe
     }
 
-    /// Indexes the patterns `members` (sorted indices into `pats`).
-    fn build<'a>(members: Vec<u32>, pats: &[Pat], bytes: &impl Fn(&Pat) -> &'a [u8]) -> Tier {
-        let pat = |i: u32| bytes(&pats[i as usize]);
-        let min_len = members.iter().map(|&i| pat(i).len()).min().unwrap_or(0);
+    /// Indexes the cores of the patterns `members` (indices into `pats`).
+    fn build(mut members: Vec<u32>, pats: &[Pat], arena: &[u8]) -> Tier {
+        let core = |i: u32| {
+            let p = &pats[i as usize];
+            let start = (p.start + p.back) as usize;
+            &arena[start..start + p.core_len()]
+        };
+        let min_len = members.iter().map(|&i| core(i).len()).min().unwrap_or(0);
+        let back_max = members
+            .iter()
+            .map(|&i| pats[i as usize].back as usize)
+            .max()
+            .unwrap_or(0);
         let q = if min_len >= 16 { 8 } else { 4 };
         let sample = min_len.min(q + MAX_STEP - 1);
         let step = sample.saturating_sub(q) + 1;
 
+        let sample_of = |i: u32| &core(i)[..sample];
+        members.sort_unstable_by(|&a, &b| {
+            key8(sample_of(a), fold)
+                .cmp(&key8(sample_of(b), fold))
+                .then_with(|| folded_cmp(sample_of(a), sample_of(b)))
+        });
         let mut groups: Vec<(u32, u32)> = Vec::new();
         for (k, &i) in members.iter().enumerate() {
             match groups.last_mut() {
-                Some(g) if pat(members[g.0 as usize])[..sample] == pat(i)[..sample] => g.1 += 1,
+                Some(g) if folded_cmp(sample_of(members[g.0 as usize]), sample_of(i)).is_eq() => {
+                    g.1 += 1
+                }
                 _ => groups.push((index_u32(k), index_u32(k + 1))),
             }
         }
@@ -636,9 +777,9 @@ impl Tier {
             Probe::Large(Bloom::new(n_keys, BLOOM_BITS_PER_ENTRY))
         };
         for (g, &(first, _)) in groups.iter().enumerate() {
-            let head = &pat(members[first as usize])[..sample];
+            let head = sample_of(members[first as usize]);
             for o in 0..step {
-                let gram = load(&head[o..o + q]);
+                let gram = load_folded(&head[o..o + q]);
                 match &mut probe {
                     Probe::Small { table, shift } => {
                         set_bit(table, small_probe_index(gram, *shift))
@@ -674,6 +815,7 @@ impl Tier {
             q,
             sample,
             step,
+            back_max,
             probe,
             heads,
             bucket_shift,
@@ -702,25 +844,42 @@ fn get_bit(words: &[u64], i: usize) -> bool {
     words[i / 64] & 1 << (i % 64) != 0
 }
 
-/// Key of a pattern prefix of 4 or 8 bytes in `Matcher::prefixes`.
+/// Key of a (folded) pattern prefix of 4 or 8 bytes in `Matcher::prefixes`.
 fn prefix_hash(prefix: &[u8]) -> u64 {
-    hash(hash(load(prefix)) ^ prefix.len() as u64)
+    hash(hash(load_folded(prefix)) ^ prefix.len() as u64)
 }
 
-/// The `Q`-byte window at `at`, little-endian.
+/// The `Q`-byte window at `at`, little-endian, folded as [`fold`] does.
 #[inline(always)]
 fn load_gram<const Q: usize>(hay: &[u8], at: usize) -> u64 {
     let mut gram = [0u8; 8];
     gram[..Q].copy_from_slice(&hay[at..at + Q]);
+    fold8(u64::from_le_bytes(gram))
+}
+
+/// Little-endian load of up to 8 bytes, each folded.
+fn load_folded(bytes: &[u8]) -> u64 {
+    let mut gram = [0u8; 8];
+    for (g, &b) in gram.iter_mut().zip(bytes) {
+        *g = fold(b);
+    }
     u64::from_le_bytes(gram)
 }
 
-/// Little-endian load of up to 8 bytes.
+/// [`fold`] on each byte of a word at once: `A`-`Z` to lower case, `+` to
+/// `-`, `/` to `_`; bytes of 0x80 and above unchanged.
 #[inline(always)]
-fn load(bytes: &[u8]) -> u64 {
-    let mut gram = [0u8; 8];
-    gram[..bytes.len()].copy_from_slice(bytes);
-    u64::from_le_bytes(gram)
+fn fold8(g: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LOW7: u64 = !HIGH;
+    // The high bit of each byte of the result is set where the byte is zero.
+    let zero = |t: u64| !(((t & LOW7) + LOW7) | t) & HIGH;
+    let x = g & LOW7;
+    let upper = (x + 0x3f * ONES) & !(x + 0x25 * ONES) & !g & HIGH;
+    let plus = zero(g ^ (b'+' as u64 * ONES));
+    let slash = zero(g ^ (b'/' as u64 * ONES));
+    (g | upper >> 2) + (plus >> 6) + (slash >> 7) * 0x30
 }
 
 /// A folded multiply: one 64x64->128 product, halves xored, so every output
@@ -833,11 +992,20 @@ impl Sink for Emitter<'_> {
 
 #[cfg(test)]
 impl Matcher {
-    /// Every pattern with the id it masks, for the reference matcher.
-    pub(crate) fn patterns(&self) -> Vec<(&[u8], &str)> {
+    /// Every pattern (all its bytes, back, fwd, flavour) with the id it
+    /// masks, for the reference matcher.
+    pub(crate) fn patterns(&self) -> Vec<(&[u8], usize, usize, Flavor, &str)> {
         self.pats
             .iter()
-            .map(|p| (self.bytes(p), &*self.ids[p.id as usize]))
+            .map(|p| {
+                (
+                    self.full(p),
+                    p.back as usize,
+                    p.fwd as usize,
+                    p.flavor,
+                    &*self.ids[p.id as usize],
+                )
+            })
             .collect()
     }
 }

@@ -10,31 +10,58 @@
 //! be UTF-8, and bytes outside masked spans pass through unchanged.
 //!
 //! ## Patterns
-//! For each secret value of at least [`MIN_SECRET_LEN`] (8) bytes:
-//! - the value itself, and each line of a multi-line value (split on `\n`,
-//!   one trailing `\r` trimmed) that is itself at least 8 bytes long, except
-//!   PEM armor lines (`-----BEGIN ...`/`-----END ...`), which are the same
-//!   in every key and so no secret;
-//! - its encoded forms, each kept only if at least [`MIN_ENCODED_LEN`] (12)
-//!   bytes long, since short fragments of encoded text match innocent
-//!   output: base64 and base64url, padded and unpadded, plus for each
-//!   alphabet the three forms of the value inside a larger encoded blob (at
-//!   byte offset 0, 1 or 2 of a 3-byte group, without the edge characters
-//!   that depend on neighbouring bytes); hex, lower and upper case;
-//!   percent-encoding of every byte that is not RFC 3986 unreserved, with
-//!   upper and lower case hex (and with `+` for space when the value has
-//!   one); JSON string escaping as serde_json writes it (`\"`, `\\`, `\n`,
-//!   `\r`, `\t`, `\b`, `\f`, `\u00xx`), plus the `\/`, Go's HTML-safe
-//!   `\u003c`/`\u003e`/`\u0026` and the ASCII-only `\uXXXX` variants when they
-//!   differ.
+//! For each secret value of at least [`MIN_SECRET_LEN`] (8) bytes, and for
+//! each value derived from it (without whitespace at its end, or at both
+//! ends, as a child that `strip()`s it prints it; the inner value of one
+//! wrapped in double or single quotes), when that is 8 bytes or more:
+//! - the value, every prefix and every suffix of it that is at least 16
+//!   bytes and at least half its length (a log line cut short, a debug
+//!   `key[:24]`), and each line of a multi-line value (split on `\n`, one
+//!   trailing `\r` trimmed) of 8 bytes or more, except PEM armor lines;
+//! - base64 and base64url, padded or not, of the value on its own, of the
+//!   value without its first one or two bytes, and of the value inside a
+//!   larger encoded blob at each of the three byte alignments (every
+//!   character that depends on the value's bits alone); and wrapped at 64
+//!   and 76 columns with `\n` or `\r\n` line ends (PEM, MIME, `base64`);
+//! - hex in either case (mixed case too);
+//! - percent-encoding as RFC 3986 (unreserved characters only, upper or
+//!   lower case hex), Python `quote` (keeps `/`) and `quote_plus`,
+//!   JavaScript `encodeURIComponent` (keeps `!'()*`), WHATWG form encoding
+//!   and PHP `urlencode` write it;
+//! - JSON string escaping as serde_json writes it, plus the `\/`, HTML-safe
+//!   and ASCII-only variants, and JSON nested once in a JSON string;
+//! - XML/HTML entities (`SecurityElement.Escape`, text-only, Python, Go and
+//!   PHP quote styles), quote doubling (`''`, `""`), `"` as `\"` (the GitHub
+//!   Actions runner's command-line escape), and each `&`-separated section
+//!   of 8 bytes or more that PowerShell colour codes split out (with the
+//!   runner's two sections around the last `&` or the first `&+`).
 //!
-//! Values shorter than 8 bytes are not masked at all: a short value such as
-//! `true` or `1234` would mask innocent output everywhere. [`Matcher::too_short`]
-//! lists them so `check` can warn.
+//! Every encoded form of a masked value is masked, however short. Values
+//! shorter than 8 bytes are not masked at all: a short value such as `true`
+//! or `1234` would mask innocent output everywhere.
+//! [`Matcher::too_short`] lists them so `check` can warn.
+//!
+//! Not covered: a secret inside a larger base64 blob that is also wrapped
+//! into lines (each line holds a piece; pieces of a value's encoding that
+//! are not themselves prefixes or suffixes of a form are not masked), and
+//! truncated copies of encoded forms.
+//!
+//! Most forms are not stored one by one. A pattern is a core that must
+//! occur in full plus bytes it may extend over on either side (see
+//! `encode::Form`): one pattern holds a value with all its long prefixes,
+//! one all its long suffixes, one each base64 shift with its padding and
+//! straddling characters. Patterns compare in a flavour (exact, hex in
+//! either case, base64 in either alphabet), and the index holds every core
+//! folded (ASCII lower case, `+` as `-`, `/` as `_`), so hex upper and lower
+//! case and the two base64 alphabets share one entry. Text escapes that
+//! change nothing (an alphanumeric value's JSON, XML or percent form) are
+//! not stored.
 //!
 //! ## Semantics
-//! Let O be the set of every occurrence `[start, end)` of every pattern in
-//! the whole input, overlapping ones included. The masked spans are the
+//! A pattern with back bytes `b`, core `c` and forward bytes `f` stands for
+//! every `b[j..] + c + f[..i]`. Let O be the set of every occurrence
+//! `[start, end)` of every pattern in the whole input, overlapping ones
+//! included. The masked spans are the
 //! connected components of the union of O, where two occurrences connect
 //! when they share at least one byte: a secret that is a prefix of another,
 //! two overlapping secrets, or a chain of overlaps all become one span.
@@ -48,12 +75,20 @@
 //! (fewer than [`Matcher::max_pattern_len`] bytes).
 //!
 //! ## Cost
-//! Building costs about 20 ms per 1,000 secrets. Scanning tests one window
-//! every few bytes (every 25 bytes when all patterns are 32 bytes or
-//! longer), so it runs at several GB/s on cached log text; a secret shorter
-//! than 32 bytes adds a second, denser pass for the short patterns only
-//! (2–3 GB/s with one 8-byte secret among 1,000 long ones).
-//! `cargo bench --bench redact` prints the figures next to a plain copy.
+//! A 40-byte alphanumeric secret makes 8 patterns (the value's two, three
+//! base64 shifts and hex indexed once each, plus two wrapped forms only for
+//! values over 48 bytes), about 600 bytes of pattern text and, in the index,
+//! one entry per core for each sampled offset. Building costs a few
+//! microseconds per secret; `cargo bench --bench redact` prints the build
+//! time, the heap and the scan speed next to a plain copy. Scanning tests one
+//! window every few bytes: the step is the shortest core of a tier minus 7
+//! (at most 25), and the cores of truncated copies (16 bytes, or half a
+//! longer value) set it for secrets under 64 bytes. A secret shorter than 16
+//! bytes adds a denser pass with 4-byte windows.
+//! Relaying also checks, at the end of each write, which tail could begin a
+//! pattern: every place a pattern can start is kept in a sorted list (a
+//! value has one per suffix long enough), behind small bit sets and a Bloom
+//! filter.
 
 #![forbid(unsafe_code)]
 
@@ -73,9 +108,6 @@ pub use stream::Stream;
 /// Values shorter than this many bytes are not masked (and lines of a
 /// multi-line value shorter than this are not masked on their own).
 pub const MIN_SECRET_LEN: usize = 8;
-
-/// Encoded forms shorter than this many bytes are not masked.
-pub const MIN_ENCODED_LEN: usize = 12;
 
 /// One secret to mask: its registry id (used in the mask text) and its value.
 #[derive(Clone, Copy)]

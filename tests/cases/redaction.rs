@@ -405,3 +405,180 @@ fn scan_reports_where_secrets_are_and_exits_1() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stdout(&out), "");
 }
+
+/// Runs `cat out.txt` under keywarden with the registry in `dir`; returns
+/// stdout.
+fn cat_through(dir: &Dir, text: &[u8]) -> String {
+    dir.write("out.txt", text);
+    let out = run_cat(dir, "out.txt");
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+fn percent_keeping(b: &[u8], keep: &[u8], plus: bool) -> String {
+    b.iter()
+        .map(|&c| {
+            if c.is_ascii_alphanumeric() || keep.contains(&c) {
+                (c as char).to_string()
+            } else if plus && c == b' ' {
+                "+".to_owned()
+            } else {
+                format!("%{c:02X}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn review_06_percent_encoding_of_an_aws_style_secret_is_masked() {
+    let dir = Dir::new();
+    let value = format!("{}/{}+{} !'()*~", secret(14), secret(10), secret(8));
+    let v = value.as_bytes();
+    registry(&dir, &[("aws", v)]);
+    let forms = [
+        percent_keeping(v, b"-._~/", false),     // Python quote()
+        percent_keeping(v, b"-._~", false),      // quote(s, safe=''), RFC 3986
+        percent_keeping(v, b"-._~", true),       // quote_plus
+        percent_keeping(v, b"-._~!'()*", false), // encodeURIComponent
+        percent_keeping(v, b"-._*", true),       // form encoding
+    ];
+    let text: String = forms.iter().map(|f| format!("<{f}>\n")).collect();
+    let shown = cat_through(&dir, text.as_bytes());
+    assert_eq!(shown, "<[REDACTED:aws]>\n".repeat(forms.len()), "{shown}");
+}
+
+#[test]
+fn review_07_secret_file_with_trailing_whitespace_masks_the_stripped_value() {
+    let dir = Dir::new();
+    let values: Vec<String> = [" ", "  \t", "\r", "\t \r"]
+        .iter()
+        .map(|end| format!("{}{end}", secret(24)))
+        .collect();
+    let ids = ["a", "b", "c", "d"];
+    let pairs: Vec<(&str, &[u8])> = ids
+        .iter()
+        .copied()
+        .zip(values.iter().map(|v| v.as_bytes()))
+        .collect();
+    registry(&dir, &pairs);
+    // What a child that strip()s each value prints.
+    let text: String = values.iter().map(|v| format!("<{}>\n", v.trim())).collect();
+    let shown = cat_through(&dir, text.as_bytes());
+    let want: String = ids
+        .iter()
+        .map(|id| format!("<[REDACTED:{id}]>\n"))
+        .collect();
+    assert_eq!(shown, want);
+}
+
+#[test]
+fn review_10_base64_wrapped_at_64_and_76_columns_is_masked() {
+    let dir = Dir::new();
+    let value = secret(120);
+    registry(&dir, &[("key", value.as_bytes())]);
+    let flat = base64::engine::general_purpose::STANDARD.encode(value.as_bytes());
+    let wrap = |width: usize, eol: &str| -> String {
+        flat.as_bytes()
+            .chunks(width)
+            .map(|c| std::str::from_utf8(c).expect("ASCII"))
+            .collect::<Vec<_>>()
+            .join(eol)
+    };
+    // PEM (64, LF), MIME (76, CRLF), the base64 tool (76, LF).
+    let text = format!(
+        "-----BEGIN X-----\n{}\n-----END X-----\n{}\r\n{}\n",
+        wrap(64, "\n"),
+        wrap(76, "\r\n"),
+        wrap(76, "\n")
+    );
+    let shown = cat_through(&dir, text.as_bytes());
+    assert_eq!(
+        shown,
+        "-----BEGIN X-----\n[REDACTED:key]\n-----END X-----\n[REDACTED:key]\r\n[REDACTED:key]\n"
+    );
+}
+
+#[test]
+fn review_11_encoded_forms_of_short_values_are_masked() {
+    let dir = Dir::new();
+    let eight = secret(8);
+    let nine = secret(9);
+    registry(
+        &dir,
+        &[("eight", eight.as_bytes()), ("nine", nine.as_bytes())],
+    );
+    let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(eight.as_bytes());
+    assert_eq!(unpadded.len(), 11);
+    let mut text = format!("<{unpadded}>\n");
+    for pad in 0..3 {
+        let blob = format!("{}{nine}{}", "x".repeat(3 + pad), "tail");
+        text.push_str(&base64::engine::general_purpose::STANDARD.encode(blob));
+        text.push('\n');
+    }
+    let shown = cat_through(&dir, text.as_bytes());
+    assert!(shown.starts_with("<[REDACTED:eight]>\n"), "{shown}");
+    assert_eq!(shown.matches("[REDACTED:nine]").count(), 3, "{shown}");
+}
+
+#[test]
+fn review_12_json_nested_in_a_json_string_is_masked() {
+    let dir = Dir::new();
+    let value = format!("{}\"q\\{}", secret(12), secret(12));
+    registry(&dir, &[("k", value.as_bytes())]);
+    let inner = serde_json::json!({ "k": value }).to_string();
+    let outer = serde_json::json!({ "a": inner }).to_string();
+    let shown = cat_through(&dir, format!("{outer}\n").as_bytes());
+    assert_eq!(shown, "{\"a\":\"{\\\"k\\\":\\\"[REDACTED:k]\\\"}\"}\n");
+}
+
+#[test]
+fn review_17_forms_the_github_runner_masks_are_masked() {
+    let dir = Dir::new();
+    let (a, b) = (secret(8), secret(8));
+    let value = format!("{a}\"{b}'<x>&+{a}{b}");
+    registry(&dir, &[("s", value.as_bytes())]);
+    let forms = [
+        value.replace('"', "\\\""), // command line
+        value.replace('\'', "''"),  // expression string
+        value
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&apos;"), // XmlDataEscape
+        format!("{a}\"{b}'<x>&+"),  // PowerShell, before &+
+    ];
+    let text: String = forms.iter().map(|f| format!("({f})\n")).collect();
+    let shown = cat_through(&dir, text.as_bytes());
+    assert_eq!(shown, "([REDACTED:s])\n".repeat(forms.len()), "{shown}");
+}
+
+#[test]
+fn review_23_truncated_copies_are_masked_even_split_across_writes() {
+    let dir = Dir::new();
+    let value = secret(40);
+    registry(&dir, &[("t", value.as_bytes())]);
+    // A debug key[:24], and a log line cut at N characters, each written a
+    // few bytes at a time.
+    let script = format!(
+        "import sys, time\nfor s in ['key={p}\\n', 'tail={s}\\n']:\n    for i in range(0, len(s), 5):\n        sys.stdout.write(s[i:i+5]); sys.stdout.flush(); time.sleep(0.001)\n",
+        p = &value[..24],
+        s = &value[14..]
+    );
+    dir.write("drip.py", script);
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--",
+            "python3",
+            "drip.py",
+        ],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "key=[REDACTED:t]\ntail=[REDACTED:t]\n");
+}
