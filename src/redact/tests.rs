@@ -706,7 +706,14 @@ fn unmasked_segments<'o>(out: &'o [u8], ids: &[String]) -> Vec<&'o [u8]> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    // Failing cases are kept beside this file
+    // (`tests.proptest-regressions`) and replayed first.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::with_cases(200)
+    })]
 
     /// Short patterns: the 4-byte-gram filter.
     #[test]
