@@ -212,6 +212,7 @@ fn main() {
     let callbacks = Callbacks {
         resolve: Arc::new(|_| Err(Error::config("bench: no provider"))),
         reload: Arc::new(|| Err(Error::config("bench: no reload"))),
+        mask_token: Arc::new(|_, _| {}),
     };
     let mut api = kwapi::start(opts, vec![secret], callbacks).expect("start");
     let token = api.take_child_token().expect("token").expose().to_vec();

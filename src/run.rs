@@ -318,6 +318,9 @@ struct Rotation {
     seen: Vec<(String, SecretBytes)>,
     /// The child's token, masked too.
     token: Option<SecretBytes>,
+    /// Tokens minted over the socket, masked like the child's token
+    /// until they expire (then they open nothing).
+    minted: Vec<(std::time::Instant, SecretBytes)>,
     /// Injected variable → value, as the child got them.
     injected: Vec<(String, SecretBytes)>,
     /// The running child.
@@ -354,6 +357,7 @@ impl Sources {
         if let Some(t) = &r.token {
             extra.push((api::TOKEN_VAR, t.expose()));
         }
+        extra.extend(r.minted.iter().map(|(_, t)| (api::TOKEN_VAR, t.expose())));
         let base = LaunchPlan {
             secrets: Vec::new(),
             ..plan.clone()
@@ -416,6 +420,15 @@ impl Sources {
 }
 
 impl Sources {
+    /// Mask a token minted over the socket (before it is handed out).
+    fn mask_token(&self, token: SecretBytes, expires: std::time::Instant) {
+        let mut r = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        r.minted.retain(|(until, _)| *until > now);
+        r.minted.push((expires, token));
+        self.rebuild_matcher(&r, &self.plan);
+    }
+
     /// Resolve one secret again (its TTL ran out). Runs on a thread of its
     /// own: the resolver starts its own runtime.
     fn resolve_one(self: &Arc<Self>, id: &str) -> Result<api::Fresh> {
@@ -631,6 +644,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
                 .map(|(p, v)| (p.id.clone(), v.duplicate()))
                 .collect(),
             token: None,
+            minted: Vec::new(),
             injected: Vec::new(),
             child: None,
             on_rotate: opts.on_rotate,
@@ -664,7 +678,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
                 s.dates = *d;
             }
         }
-        let (s1, s2) = (sources.clone(), sources.clone());
+        let (s1, s2, s3) = (sources.clone(), sources.clone(), sources.clone());
         let var = |k: &str| {
             process_env
                 .iter()
@@ -697,6 +711,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             Callbacks {
                 resolve: Arc::new(move |id: &str| s1.resolve_one(id)),
                 reload: Arc::new(move || s2.reload()),
+                mask_token: Arc::new(move |token, expires| s3.mask_token(token, expires)),
             },
         )?)
     };
@@ -833,7 +848,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
             grace: opts.grace,
             own_group: own_group && master.is_none(),
         };
-        if first && !opts.no_redact {
+        if first {
             let mask = Mask::new(&opts.mask);
             // The child's own token is masked too: it is a credential.
             let extra: Vec<(&str, &[u8])> = api_env
@@ -841,18 +856,24 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
                 .filter(|(k, _)| k == api::TOKEN_VAR)
                 .map(|(k, v)| (k.as_str(), v.expose()))
                 .collect();
-            matcher = Some(Arc::new(MatcherCell::new(redaction::matcher_for(
+            let cell = Arc::new(MatcherCell::new(redaction::matcher_for(
                 &current,
                 &current_values,
                 &process_env,
                 &extra,
                 &mask,
-            ))));
+            )));
+            // keywarden's own records (audit, log lines, the API's error
+            // replies) go through it too, even with --no-redact.
+            redaction::scrub_records_with(cell.clone());
             sources
                 .rotation
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .cell = matcher.clone();
+                .cell = Some(cell.clone());
+            if !opts.no_redact {
+                matcher = Some(cell);
+            }
         }
         let started = start_io(
             spawned.outputs,

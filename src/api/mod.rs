@@ -166,6 +166,11 @@ pub type ResolveFn = dyn Fn(&str) -> Result<Fresh> + Send + Sync;
 /// Re-read registry and policy and resolve again (blocking thread).
 pub type ReloadFn = dyn Fn() -> Result<Vec<ServedSecret>> + Send + Sync;
 
+/// Mask a token just minted in the child's output (blocking thread; the
+/// token is handed out once this returns).
+/// It opens nothing after the instant given.
+pub type MaskTokenFn = dyn Fn(SecretBytes, std::time::Instant) + Send + Sync;
+
 /// What the server calls back into `run` for.
 #[derive(Clone)]
 pub struct Callbacks {
@@ -173,6 +178,8 @@ pub struct Callbacks {
     pub resolve: Arc<ResolveFn>,
     /// Admin reload.
     pub reload: Arc<ReloadFn>,
+    /// Mask a minted token.
+    pub mask_token: Arc<MaskTokenFn>,
 }
 
 impl std::fmt::Debug for Callbacks {

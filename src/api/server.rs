@@ -572,6 +572,16 @@ async fn serve(
 }
 
 fn response(status: u16, body: Body, retry_after: Option<u64>) -> Response<OutBody> {
+    // An error never quotes what the request sent; its text still goes
+    // through the records' matcher, as a defence in depth (a reply that
+    // deliberately returns a value is left alone).
+    let body = match status {
+        400.. => match crate::redaction::scrub_record(&String::from_utf8_lossy(&body)) {
+            Some(clean) => Body::new(clean.into_bytes()),
+            None => body,
+        },
+        _ => body,
+    };
     let mut r = Response::new(OutBody::new(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = r.headers_mut();
@@ -602,7 +612,14 @@ async fn respond(
     req: Request<Incoming>,
 ) -> Response<OutBody> {
     let now = Now::system();
-    let call_name = || format!("{} {}", req.method(), req.uri().path());
+    let call_name = || {
+        routes::call_label(
+            &shared.state(),
+            kind == Kind::Admin,
+            req.method(),
+            req.uri().path(),
+        )
+    };
     if !peer.allowed {
         let reason = match peer.uid {
             Some(uid) => format!("peer uid {uid} may not use this socket"),
@@ -704,7 +721,7 @@ async fn child_call(
             let why = format!("too many failed attempts; retry in {secs}s");
             if first {
                 let mut ev = Event::new(EventKind::AuthFailure)
-                    .actor(peer.actor(call.bearer.and_then(token_id_of).map(str::to_string)))
+                    .actor(peer.actor(presented_id(shared, call.bearer)))
                     .result(Outcome::Denied)
                     .status(429)
                     .reason(format!(
@@ -720,7 +737,7 @@ async fn child_call(
     }
     let mut random = random_token_bytes;
     let mut rounds = 0;
-    let reply = loop {
+    let mut reply = loop {
         let handled = routes::handle(&mut shared.state(), call, now, &mut random);
         match handled {
             Handled::Reply(r) => break r,
@@ -739,6 +756,14 @@ async fn child_call(
             }
         }
     };
+    if let Some((token, expires)) = reply.minted.take() {
+        // The relay masks the new token before the child can print it.
+        let mask = shared.callbacks.mask_token.clone();
+        let masked = tokio::task::spawn_blocking(move || mask(token, expires)).await;
+        if masked.is_err() {
+            tracing::error!("cannot add a minted token to the relay's masks");
+        }
+    }
     if let Some(opened) = &reply.challenge {
         let who = match (peer.pid, peer.uid) {
             (Some(pid), Some(uid)) => format!(" by pid {pid} (uid {uid})"),
@@ -760,7 +785,7 @@ async fn child_call(
                 why.push_str(&format!("; peer locked out for {} ms", l.as_millis()));
             }
             let mut ev = Event::new(EventKind::AuthFailure)
-                .actor(peer.actor(call.bearer.and_then(token_id_of).map(str::to_string)))
+                .actor(peer.actor(presented_id(shared, call.bearer)))
                 .result(Outcome::Denied)
                 .status(401)
                 .reason(why);
@@ -862,6 +887,14 @@ async fn admin_call(shared: &Shared, call: &Call<'_>, now: Now) -> Reply {
     }
 }
 
+/// The public id of a presented token, when it names a token of this run
+/// (expired or refused for its secret part); any other string is what the
+/// request sent, and is not recorded.
+fn presented_id(shared: &Shared, presented: Option<&[u8]>) -> Option<String> {
+    let id = presented.and_then(token_id_of)?;
+    shared.state().tokens.knows_id(id).then(|| id.to_string())
+}
+
 /// Write the call's audit events; a reply that carries a secret is only
 /// sent if its call is on record.
 fn finish(
@@ -877,7 +910,7 @@ fn finish(
     };
     let token_id = match &reply.auth {
         Auth::Granted(id) => Some(id.clone()),
-        Auth::Failed(_) => presented.and_then(token_id_of).map(str::to_string),
+        Auth::Failed(_) => presented_id(shared, presented),
         _ => None,
     };
     for ev in std::mem::take(&mut reply.events) {
@@ -891,7 +924,7 @@ fn finish(
     if let Some(s) = &reply.subject {
         ev = match &s.reference {
             Some(r) => ev.secret(&s.id, r, &s.scope),
-            None => ev.secret_id(&s.id),
+            None => ev.unknown_secret_id(&s.id),
         };
     }
     if let Some(served) = reply.served.take() {

@@ -221,6 +221,15 @@ impl State {
         state
     }
 
+    /// Whether `label` is a scope label of this run: of a secret, or of a
+    /// live token.
+    pub fn knows_label(&self, label: &str) -> bool {
+        self.secrets
+            .values()
+            .any(|e| e.scope.iter().any(|s| s == label))
+            || self.tokens.knows_scope(label)
+    }
+
     /// Whether a value held now will expire: then the sweep that wipes it
     /// must run even when nobody asks for it.
     pub fn holds_expiring_values(&self) -> bool {
