@@ -208,6 +208,7 @@ fn main() {
         revocation_list: dir.join("revocations.json"),
         audit,
         approval_key: None,
+        limits: kwapi::conn::ConnLimits::default(),
     };
     let callbacks = Callbacks {
         resolve: Arc::new(|_| Err(Error::config("bench: no provider"))),

@@ -706,6 +706,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
                 approval_key: var("HITL_CHALLENGE_HMAC_KEY")
                     .filter(|k| !k.is_empty())
                     .map(|k| Arc::new(SecretBytes::copy_from(k.as_bytes()))),
+                limits: api::conn::ConnLimits::default(),
             },
             served,
             Callbacks {

@@ -21,6 +21,7 @@
 pub mod approvals;
 pub mod cli;
 pub mod client;
+pub mod conn;
 pub mod json;
 pub mod limit;
 pub mod revocations;
@@ -150,6 +151,8 @@ pub struct ApiOptions {
     /// The key challenge codes are kept under (`HITL_CHALLENGE_HMAC_KEY`);
     /// `None`: a random key for this run.
     pub approval_key: Option<Arc<SecretBytes>>,
+    /// Header and idle timeouts, connections per peer uid.
+    pub limits: conn::ConnLimits,
 }
 
 /// A value resolved again, with the lease its backend gave it.

@@ -36,6 +36,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::conn::{self, ConnLimits};
 use super::json::Body;
 use super::limit::{AuthLimiter, Gate};
 use super::revocations::RevocationList;
@@ -50,8 +51,6 @@ use crate::secret::SecretBytes;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
-/// Most connections served at once per socket; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 256;
 /// How long open connections get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often expired values are wiped when nobody asks for them.
@@ -114,6 +113,7 @@ struct Shared {
     refresh_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     child_uid: u32,
     admin_uid: u32,
+    limits: ConnLimits,
 }
 
 impl Shared {
@@ -465,6 +465,7 @@ pub fn bind(
         refresh_locks: Mutex::new(HashMap::new()),
         child_uid: opts.child_uid,
         admin_uid: euid,
+        limits: opts.limits,
     });
     for l in [&child_listener, &admin_listener] {
         l.set_nonblocking(true)
@@ -514,15 +515,20 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let mut by_uid = conn::ByUid::default();
+    let limits = shared.limits;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if conns.len() >= MAX_CONNECTIONS {
-                        drop(stream);
+                    let uid = stream.peer_cred().ok().map(|c| c.uid());
+                    let allowed = uid.is_some_and(|u| u == allowed_uid(&shared, kind) || u == 0);
+                    let cap = if allowed { limits.per_uid } else { conn::STRANGER_CAP };
+                    let Some(watch) = by_uid.admit(uid, cap, limits) else {
+                        drop(stream); // every connection of this uid is mid-call
                         continue;
-                    }
-                    conns.spawn(serve(stream, kind, shared.clone(), stop.clone()));
+                    };
+                    conns.spawn(serve(stream, kind, shared.clone(), watch, stop.clone()));
                 }
                 Err(e) => {
                     tracing::debug!("socket API: accept failed: {e}");
@@ -542,28 +548,42 @@ async fn accept_loop(
     }
 }
 
+fn allowed_uid(shared: &Shared, kind: Kind) -> u32 {
+    match kind {
+        Kind::Child => shared.child_uid,
+        Kind::Admin => shared.admin_uid,
+    }
+}
+
 async fn serve(
     stream: UnixStream,
     kind: Kind,
     shared: Arc<Shared>,
+    watch: Arc<conn::Watch>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let allowed_uid = match kind {
-        Kind::Child => shared.child_uid,
-        Kind::Admin => shared.admin_uid,
-    };
-    let peer = Arc::new(Peer::of(&stream, allowed_uid, &shared.audit));
+    let _closed = conn::ClosedOnDrop(watch.clone());
+    let peer = Arc::new(Peer::of(&stream, allowed_uid(&shared, kind), &shared.audit));
+    let in_service = watch.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(respond(&shared, &peer, kind, req).await) }
+        let watch = in_service.clone();
+        async move {
+            let _call = conn::InCall::start(&watch);
+            Ok::<_, Infallible>(respond(&shared, &peer, kind, req).await)
+        }
     });
+    let io = TokioIo::new(conn::Watched::new(stream, watch.clone()));
     let conn = hyper::server::conn::http1::Builder::new()
         .writev(true)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
+        // No complete head in time, idle too long, or evicted for a newer
+        // connection of the same uid: closed.
+        _ = watch.expired() => {}
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
@@ -640,21 +660,31 @@ async fn respond(
     let body = if http_body::Body::is_end_stream(&body) {
         Ok(bytes::Bytes::new()) // most calls are GETs without a body
     } else {
-        http_body_util::Limited::new(body, MAX_BODY)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
+        let read = http_body_util::Limited::new(body, MAX_BODY).collect();
+        match tokio::time::timeout(shared.limits.head, read).await {
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+            Ok(Err(_)) => Err((413, format!("request body larger than {MAX_BODY} bytes"))),
+            Err(_) => Err((
+                408,
+                format!(
+                    "request body not received within {} s",
+                    shared.limits.head.as_secs()
+                ),
+            )),
+        }
     };
-    let Ok(body) = body else {
-        let too_big = format!("request body larger than {MAX_BODY} bytes");
-        let reply = finish(
-            shared,
-            peer,
-            None,
-            Reply::error(413, too_big, Auth::Open),
-            call_name,
-        );
-        return response(reply.status, reply.body, None);
+    let body = match body {
+        Ok(b) => b,
+        Err((status, why)) => {
+            let reply = finish(
+                shared,
+                peer,
+                None,
+                Reply::error(status, why, Auth::Open),
+                call_name,
+            );
+            return response(reply.status, reply.body, None);
+        }
     };
     let call = Call {
         method: &parts.method,
