@@ -176,11 +176,20 @@ enum Route<'a> {
 }
 
 fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, (u16, String)> {
-    let segments: Vec<&str> = match path.strip_prefix("/v1/") {
-        Some(rest) => rest.split('/').collect(),
-        None => Vec::new(),
-    };
-    let (route, want) = match segments.as_slice() {
+    // At most four segments matter (a fifth makes no route): no allocation.
+    let mut segments = [""; 4];
+    let mut n = 0;
+    if let Some(rest) = path.strip_prefix("/v1/") {
+        for part in rest.split('/') {
+            if n == segments.len() {
+                n += 1;
+                break;
+            }
+            segments[n] = part;
+            n += 1;
+        }
+    }
+    let (route, want) = match segments.get(..n).unwrap_or(&[]) {
         ["health"] => (Route::Health, Method::GET),
         ["secrets", id] if !id.is_empty() => (Route::Secret(id), Method::GET),
         ["skills", skill, "secrets"] if !skill.is_empty() => (Route::Skill(skill), Method::GET),
@@ -321,8 +330,7 @@ fn get_secret(
             return challenge(a, id, grant, auth, subject, now, random);
         }
     }
-    let expires_at = e.expires_at(now);
-    let scope = json::fragment(&e.scope);
+    let fragment = e.reply_fragment(now);
     let gated = e.approval == Approval::Required;
     let Some(value) = e.fresh_value(now) else {
         return Handled::Refresh(vec![id.to_string()]);
@@ -339,16 +347,13 @@ fn get_secret(
             format!("secret '{id}' is not UTF-8 text and cannot be served as JSON"),
         );
     };
-    let expires = json::fragment(&expires_at);
     let body = json::build(&[
         Part::Raw("{\"id\":"),
         Part::Str(id),
         Part::Raw(",\"value\":"),
         Part::Str(text),
-        Part::Raw(",\"scope\":"),
-        Part::Raw(&scope),
-        Part::Raw(",\"expires_at\":"),
-        Part::Raw(&expires),
+        Part::Raw(","),
+        Part::Raw(&fragment),
         Part::Raw("}"),
     ]);
     let mut reply = Reply::ok(200, body, auth).about(subject);
