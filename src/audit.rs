@@ -27,7 +27,7 @@ use std::time::SystemTime;
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::config::Environment;
 use crate::error::{Error, ErrorKind, Result};
@@ -161,6 +161,26 @@ pub struct Event {
     counts: Option<BTreeMap<String, u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     child_pid: Option<i32>,
+    /// An id the request named that is no secret of this run: recorded
+    /// only as a keyed fingerprint, under the key the field names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unknown_id_hmac_audit_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unknown_id_hmac_run_key: Option<String>,
+    /// The unknown id itself, until [`Auditor::record`] fingerprints it.
+    #[serde(skip)]
+    unknown_id: Option<Unrecorded>,
+}
+
+/// A string from a request that is never written as it is (its `Debug`
+/// shows nothing of it); wiped on drop.
+#[derive(Clone)]
+struct Unrecorded(zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for Unrecorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Unrecorded")
+    }
 }
 
 impl Event {
@@ -184,6 +204,9 @@ impl Event {
             minted: None,
             counts: None,
             child_pid: None,
+            unknown_id_hmac_audit_key: None,
+            unknown_id_hmac_run_key: None,
+            unknown_id: None,
         }
     }
 
@@ -204,6 +227,56 @@ impl Event {
     pub fn secret_id(mut self, id: &str) -> Self {
         self.secret_id = Some(id.to_string());
         self
+    }
+
+    /// An id a request named that is no secret of this run (a typo, or a
+    /// value sent by mistake): written only as a keyed fingerprint,
+    /// `unknown_id_hmac_audit_key` (with `KEYWARDEN_AUDIT_KEY`) or else
+    /// `unknown_id_hmac_run_key` (a random key of this run: equal ids match
+    /// within one run, and nothing can be matched after it).
+    pub fn unknown_secret_id(mut self, id: &str) -> Self {
+        self.unknown_id = Some(Unrecorded(zeroize::Zeroizing::new(id.to_string())));
+        self
+    }
+
+    /// Every string field through the records' matcher
+    /// ([`crate::redact::live::scrub_record`]): a defence in depth behind
+    /// the rule that no field quotes a value.
+    fn scrub(&mut self) {
+        use crate::redact::live::scrub_record_in as scrub;
+        let opt = |s: &mut Option<String>| {
+            if let Some(s) = s.as_mut() {
+                scrub(s);
+            }
+        };
+        let list = |l: &mut Option<Vec<String>>| {
+            l.iter_mut().flatten().for_each(scrub);
+        };
+        opt(&mut self.secret_id);
+        opt(&mut self.reference);
+        list(&mut self.scope);
+        opt(&mut self.reason);
+        opt(&mut self.signal);
+        opt(&mut self.call);
+        list(&mut self.served);
+        if let Some(a) = self.actor.as_mut() {
+            opt(&mut a.exe);
+            opt(&mut a.token_id);
+        }
+        if let Some(m) = self.minted.as_mut() {
+            m.scopes.iter_mut().for_each(scrub);
+        }
+        if let Some(counts) = self.counts.take() {
+            self.counts = Some(
+                counts
+                    .into_iter()
+                    .map(|(mut k, v)| {
+                        scrub(&mut k);
+                        (k, v)
+                    })
+                    .collect(),
+            );
+        }
     }
 
     /// Who asked.
@@ -295,6 +368,8 @@ struct AuditLog {
     path: PathBuf,
     env: &'static str,
     key: Option<SecretBytes>,
+    /// A random key of this run, for fingerprints without `key`.
+    run_key: std::sync::OnceLock<SecretBytes>,
     warned: AtomicBool,
 }
 
@@ -358,6 +433,7 @@ impl Auditor {
                 path: path.to_path_buf(),
                 env: env.as_str(),
                 key,
+                run_key: std::sync::OnceLock::new(),
                 warned: AtomicBool::new(false),
             })),
         })
@@ -377,6 +453,34 @@ impl Auditor {
         Some(hex(&tag[..8]))
     }
 
+    /// Replace the event's unknown id by its keyed fingerprint.
+    fn fingerprint_unknown_id(log: &AuditLog, event: &mut Event) {
+        let Some(id) = event.unknown_id.take() else {
+            return;
+        };
+        let tag = |key: &[u8]| {
+            let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
+            mac.update(id.0.as_bytes());
+            Some(hex(&mac.finalize().into_bytes()[..8]))
+        };
+        match &log.key {
+            Some(k) => event.unknown_id_hmac_audit_key = tag(k.expose()),
+            None => {
+                let key = log.run_key.get_or_init(|| {
+                    let mut b = [0u8; 32];
+                    // Without randomness the fingerprint is still keyed by
+                    // something no record holds: the time and the pid.
+                    if getrandom::fill(&mut b).is_err() {
+                        let seed = format!("{:?}{}", SystemTime::now(), std::process::id());
+                        b[..].copy_from_slice(&Sha256::digest(seed.as_bytes()));
+                    }
+                    SecretBytes::copy_from(&b)
+                });
+                event.unknown_id_hmac_run_key = tag(key.expose());
+            }
+        }
+    }
+
     /// Append `event`. Fails when the line cannot be written: callers that
     /// must not act unaudited (serving a value) refuse on error; others use
     /// [`Auditor::note`].
@@ -385,6 +489,8 @@ impl Auditor {
             return Ok(());
         };
         event.ts = rfc3339(SystemTime::now());
+        Self::fingerprint_unknown_id(log, &mut event);
+        event.scrub();
         if event.env.is_none() {
             event.env = Some(log.env.to_string());
         }
@@ -557,6 +663,53 @@ mod tests {
         assert!(Auditor::disabled()
             .record(Event::new(EventKind::RunStop))
             .is_ok());
+    }
+
+    #[test]
+    fn every_field_goes_through_the_records_matcher_and_unknown_ids_are_keyed() {
+        use crate::redact::{Mask, Matcher, Secret};
+        use base64::Engine;
+        let value = format!("records-canary-{}-{}", std::process::id(), hex(&[0x5a; 6]));
+        let matcher = Matcher::new(
+            &[Secret {
+                id: "canary",
+                value: value.as_bytes(),
+            }],
+            &Mask::default(),
+        );
+        let cell = Arc::new(crate::redact::live::MatcherCell::new(matcher));
+        crate::redact::live::scrub_records_with(cell);
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("audit.jsonl");
+        let audit = Auditor::open(&path, Environment::Dev, None).expect("open");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&value);
+        audit
+            .record(
+                Event::new(EventKind::ApiCall)
+                    .reason(format!("why: {value}"))
+                    .call(format!("GET /{b64}"))
+                    .actor(Actor {
+                        exe: Some(format!("/tmp/{value}")),
+                        ..Actor::default()
+                    })
+                    .unknown_secret_id(&value),
+            )
+            .expect("record");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(!text.contains(&value) && !text.contains(&b64), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["reason"], "why: [REDACTED:canary]");
+        assert!(v["secret_id"].is_null());
+        assert_eq!(
+            v["unknown_id_hmac_run_key"].as_str().map(str::len),
+            Some(16),
+            "{v}"
+        );
+        assert!(!format!(
+            "{:?}",
+            Event::new(EventKind::ApiCall).unknown_secret_id(&value)
+        )
+        .contains(&value));
     }
 
     #[test]

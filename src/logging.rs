@@ -112,16 +112,46 @@ impl Subscriber for Lazy {
     }
 }
 
-/// What both formats share: stderr, no colours, no filter of its own
-/// ([`Lazy`] filters).
+/// Where lines go: stderr, each formatted line (one `write` call per
+/// event) run through the records' matcher first
+/// ([`crate::redact::live::scrub_record`]), so a value that reached a message
+/// by mistake is masked like in the child's output.
+#[derive(Debug)]
+pub struct LineWriter;
+
+impl std::io::Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        match crate::redact::live::scrub_record(&text) {
+            Some(mut clean) => {
+                let written = std::io::stderr().write_all(clean.as_bytes());
+                zeroize::Zeroize::zeroize(&mut clean);
+                written?;
+            }
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+fn line_writer() -> LineWriter {
+    LineWriter
+}
+
+/// What both formats share: stderr through [`LineWriter`], no colours, no
+/// filter of its own ([`Lazy`] filters).
 fn builder() -> tracing_subscriber::fmt::SubscriberBuilder<
     tracing_subscriber::fmt::format::DefaultFields,
     tracing_subscriber::fmt::format::Format,
     LevelFilter,
-    fn() -> std::io::Stderr,
+    fn() -> LineWriter,
 > {
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr as fn() -> std::io::Stderr)
+        .with_writer(line_writer as fn() -> LineWriter)
         .with_max_level(LevelFilter::TRACE)
         .with_ansi(false)
 }

@@ -87,6 +87,18 @@ pub fn error(message: &str) -> Body {
     build(&[Part::Raw("{\"error\":"), Part::Str(message), Part::Raw("}")])
 }
 
+/// What is wrong with a request body, by class only: serde's message
+/// quotes the input (a value sent by mistake would reach the reply and the
+/// audit log), so it is never shown.
+pub fn error_class(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Data => "JSON without the expected fields and types",
+        serde_json::error::Category::Eof => "truncated JSON",
+    }
+}
+
 /// A non-secret value as a JSON fragment, for [`Part::Raw`].
 pub fn fragment<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())

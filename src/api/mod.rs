@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod approvals;
+pub mod conn;
 pub mod json;
 pub mod limit;
 pub mod revocations;
@@ -152,6 +153,8 @@ pub struct ApiOptions {
     /// The key challenge codes are kept under (`HITL_CHALLENGE_HMAC_KEY`);
     /// `None`: a random key for this run.
     pub approval_key: Option<Arc<SecretBytes>>,
+    /// Header and idle timeouts, connections per peer uid.
+    pub limits: conn::ConnLimits,
 }
 
 /// A value resolved again, with the lease its backend gave it.
@@ -168,6 +171,11 @@ pub type ResolveFn = dyn Fn(&str) -> Result<Fresh> + Send + Sync;
 /// Re-read registry and policy and resolve again (blocking thread).
 pub type ReloadFn = dyn Fn() -> Result<Vec<ServedSecret>> + Send + Sync;
 
+/// Mask a token just minted in the child's output (blocking thread; the
+/// token is handed out once this returns).
+/// It opens nothing after the instant given.
+pub type MaskTokenFn = dyn Fn(SecretBytes, std::time::Instant) + Send + Sync;
+
 /// What the server calls back into `run` for.
 #[derive(Clone)]
 pub struct Callbacks {
@@ -175,6 +183,8 @@ pub struct Callbacks {
     pub resolve: Arc<ResolveFn>,
     /// Admin reload.
     pub reload: Arc<ReloadFn>,
+    /// Mask a minted token.
+    pub mask_token: Arc<MaskTokenFn>,
 }
 
 impl std::fmt::Debug for Callbacks {

@@ -86,6 +86,9 @@ pub struct Reply {
     /// A challenge just opened, for the operator's eyes only (the server
     /// shows its code on keywarden's stderr; it is never logged).
     pub challenge: Option<Box<super::approvals::Opened>>,
+    /// A token just minted, and when it expires: the relay must mask it
+    /// before the reply goes out (SPEC Redaction).
+    pub minted: Option<(crate::secret::SecretBytes, std::time::Instant)>,
 }
 
 impl Reply {
@@ -100,6 +103,7 @@ impl Reply {
             events: Vec::new(),
             carries_secret: false,
             challenge: None,
+            minted: None,
         }
     }
 
@@ -111,6 +115,16 @@ impl Reply {
             reason: Some(message),
             ..Reply::ok(status, Body::default(), auth)
         }
+    }
+
+    /// About an id the request named that is no secret here (recorded
+    /// only as a keyed fingerprint).
+    fn about_unknown(self, id: &str) -> Self {
+        self.about(Subject {
+            id: id.to_string(),
+            reference: None,
+            scope: Vec::new(),
+        })
     }
 
     fn about(mut self, subject: Subject) -> Self {
@@ -162,11 +176,20 @@ enum Route<'a> {
 }
 
 fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, (u16, String)> {
-    let segments: Vec<&str> = match path.strip_prefix("/v1/") {
-        Some(rest) => rest.split('/').collect(),
-        None => Vec::new(),
-    };
-    let (route, want) = match segments.as_slice() {
+    // At most four segments matter (a fifth makes no route): no allocation.
+    let mut segments = [""; 4];
+    let mut n = 0;
+    if let Some(rest) = path.strip_prefix("/v1/") {
+        for part in rest.split('/') {
+            if n == segments.len() {
+                n += 1;
+                break;
+            }
+            segments[n] = part;
+            n += 1;
+        }
+    }
+    let (route, want) = match segments.get(..n).unwrap_or(&[]) {
         ["health"] => (Route::Health, Method::GET),
         ["secrets", id] if !id.is_empty() => (Route::Secret(id), Method::GET),
         ["skills", skill, "secrets"] if !skill.is_empty() => (Route::Skill(skill), Method::GET),
@@ -178,6 +201,39 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, (u16, String)>
         return Err((405, format!("method not allowed; use {want}")));
     }
     Ok(route)
+}
+
+/// How a call is named in the audit log: its method and route, spelling
+/// out a path segment only when this run knows it (a secret id, a skill
+/// of a scope label); any other is written as its placeholder, since it
+/// is what the request sent (SPEC invariant 7).
+pub fn call_label(state: &State, admin: bool, method: &Method, path: &str) -> String {
+    let method = match *method {
+        Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::HEAD => method.as_str(),
+        Method::PATCH | Method::OPTIONS | Method::CONNECT | Method::TRACE => method.as_str(),
+        _ => "(other method)",
+    };
+    let segments: Vec<&str> = match path.strip_prefix("/v1/") {
+        Some(rest) => rest.split('/').collect(),
+        None => Vec::new(),
+    };
+    let route = match (admin, segments.as_slice()) {
+        (_, ["health"]) => "/v1/health".to_string(),
+        (false, ["secrets", id]) if state.secrets.contains_key(*id) => format!("/v1/secrets/{id}"),
+        (false, ["secrets", _]) => "/v1/secrets/{id}".to_string(),
+        (false, ["skills", skill, "secrets"]) if state.knows_label(&format!("skill:{skill}")) => {
+            format!("/v1/skills/{skill}/secrets")
+        }
+        (false, ["skills", _, "secrets"]) => "/v1/skills/{skill}/secrets".to_string(),
+        (false, ["tokens"]) => "/v1/tokens".to_string(),
+        (false, ["slack", "verify"]) => "/v1/slack/verify".to_string(),
+        (true, ["admin", "inventory" | "revoke" | "reload" | "approvals"]) => {
+            format!("/v1/{}", segments.join("/"))
+        }
+        (true, ["admin", "approvals", _]) => "/v1/admin/approvals/{challenge_id}".to_string(),
+        _ => "(no such endpoint)".to_string(),
+    };
+    format!("{method} {route}")
 }
 
 fn health() -> Reply {
@@ -244,13 +300,8 @@ fn get_secret(
     random: Random<'_>,
 ) -> Handled {
     let Some(e) = secrets.get_mut(id) else {
-        return Handled::Reply(
-            Reply::error(404, format!("no such secret '{id}'"), auth).about(Subject {
-                id: id.to_string(),
-                reference: None,
-                scope: Vec::new(),
-            }),
-        );
+        // The id is not quoted back: it may be a value sent by mistake.
+        return Handled::Reply(Reply::error(404, "no such secret", auth).about_unknown(id));
     };
     let subject = Subject {
         id: e.id.clone(),
@@ -279,8 +330,7 @@ fn get_secret(
             return challenge(a, id, grant, auth, subject, now, random);
         }
     }
-    let expires_at = e.expires_at(now);
-    let scope = json::fragment(&e.scope);
+    let fragment = e.reply_fragment(now);
     let gated = e.approval == Approval::Required;
     let Some(value) = e.fresh_value(now) else {
         return Handled::Refresh(vec![id.to_string()]);
@@ -297,16 +347,13 @@ fn get_secret(
             format!("secret '{id}' is not UTF-8 text and cannot be served as JSON"),
         );
     };
-    let expires = json::fragment(&expires_at);
     let body = json::build(&[
         Part::Raw("{\"id\":"),
         Part::Str(id),
         Part::Raw(",\"value\":"),
         Part::Str(text),
-        Part::Raw(",\"scope\":"),
-        Part::Raw(&scope),
-        Part::Raw(",\"expires_at\":"),
-        Part::Raw(&expires),
+        Part::Raw(","),
+        Part::Raw(&fragment),
         Part::Raw("}"),
     ]);
     let mut reply = Reply::ok(200, body, auth).about(subject);
@@ -463,7 +510,10 @@ fn mint(
         Err(e) => {
             return Reply::error(
                 400,
-                format!("expected {{\"scopes\": [...], \"ttl_seconds\": N}}: {e}"),
+                format!(
+                    "expected {{\"scopes\": [...], \"ttl_seconds\": N}}; the body is {}",
+                    json::error_class(&e)
+                ),
                 auth,
             )
         }
@@ -483,7 +533,15 @@ fn mint(
                 MintError::Wider(_) | MintError::CallerExpiring => 403,
                 MintError::TooMany => 429,
             };
-            return Reply::error(status, e.reason(), auth);
+            // A scope is named only when it is a label of this run; any
+            // other string the request sent is not quoted back.
+            let why = match &e {
+                MintError::Wider(scope) if !state.knows_label(scope) => {
+                    "a requested scope is not held by the calling token; a minted token is never wider".to_string()
+                }
+                _ => e.reason(),
+            };
+            return Reply::error(status, why, auth);
         }
     };
     let g = &issued.grant;
@@ -502,6 +560,7 @@ fn mint(
     // 200 like every other answer with a body (SPEC names no other code).
     let mut reply = Reply::ok(200, body, auth);
     reply.carries_secret = true;
+    reply.minted = Some((issued.text.duplicate(), g.expires.unwrap_or(now.mono)));
     reply.events.push(
         Event::new(EventKind::TokenMint)
             .result(Outcome::Ok)
@@ -535,7 +594,10 @@ fn slack_verify(
         Err(e) => {
             return Handled::Reply(Reply::error(
                 400,
-                format!("expected {{\"timestamp\", \"signature\", \"body\"}}: {e}"),
+                format!(
+                    "expected {{\"timestamp\", \"signature\", \"body\"}}; the body is {}",
+                    json::error_class(&e)
+                ),
                 auth,
             ))
         }
@@ -734,9 +796,10 @@ fn approve(state: &mut State, challenge_id: &str, body: &[u8], now: Now) -> Repl
             reply.events.push(event(&subject, Outcome::Denied, why));
             reply
         }
+        // The id is not quoted back: it is what the request sent.
         Answer::Unknown => Reply::error(
             404,
-            format!("no open challenge '{challenge_id}' (answered, expired, locked or unknown)"),
+            "no such open challenge (answered, expired, locked or unknown)",
             Auth::Open,
         ),
     }
@@ -748,7 +811,10 @@ fn revoke(state: &mut State, body: &[u8], now: Now) -> AdminHandled {
         Err(e) => {
             return AdminHandled::Reply(Reply::error(
                 400,
-                format!("expected {{\"id\", \"reason\"}}: {e}"),
+                format!(
+                    "expected {{\"id\", \"reason\"}}; the body is {}",
+                    json::error_class(&e)
+                ),
                 Auth::Open,
             ))
         }
@@ -759,11 +825,7 @@ fn revoke(state: &mut State, body: &[u8], now: Now) -> AdminHandled {
         .unwrap_or_else(|| "revoked by the operator".to_string());
     let Some(e) = state.revoke(&req.id, &reason) else {
         return AdminHandled::Reply(
-            Reply::error(404, format!("no such secret '{}'", req.id), Auth::Open).about(Subject {
-                id: req.id.clone(),
-                reference: None,
-                scope: Vec::new(),
-            }),
+            Reply::error(404, "no such secret", Auth::Open).about_unknown(&req.id),
         );
     };
     let subject = Subject {

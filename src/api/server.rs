@@ -36,6 +36,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::conn::{self, ConnLimits};
 use super::json::Body;
 use super::limit::{AuthLimiter, Gate};
 use super::revocations::RevocationList;
@@ -50,8 +51,6 @@ use crate::secret::SecretBytes;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
-/// Most connections served at once per socket; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 256;
 /// How long open connections get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often expired values are wiped when nobody asks for them.
@@ -114,6 +113,7 @@ struct Shared {
     refresh_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     child_uid: u32,
     admin_uid: u32,
+    limits: ConnLimits,
 }
 
 impl Shared {
@@ -529,6 +529,7 @@ pub fn bind(
         refresh_locks: Mutex::new(HashMap::new()),
         child_uid: opts.child_uid,
         admin_uid: euid,
+        limits: opts.limits,
     });
     for l in [&child_listener, &admin_listener] {
         l.set_nonblocking(true)
@@ -578,15 +579,20 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let mut by_uid = conn::ByUid::default();
+    let limits = shared.limits;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if conns.len() >= MAX_CONNECTIONS {
-                        drop(stream);
+                    let uid = stream.peer_cred().ok().map(|c| c.uid());
+                    let allowed = uid.is_some_and(|u| u == allowed_uid(&shared, kind) || u == 0);
+                    let cap = if allowed { limits.per_uid } else { conn::STRANGER_CAP };
+                    let Some(watch) = by_uid.admit(uid, cap, limits) else {
+                        drop(stream); // every connection of this uid is mid-call
                         continue;
-                    }
-                    conns.spawn(serve(stream, kind, shared.clone(), stop.clone()));
+                    };
+                    conns.spawn(serve(stream, kind, shared.clone(), watch, stop.clone()));
                 }
                 Err(e) => {
                     tracing::debug!("socket API: accept failed: {e}");
@@ -606,28 +612,42 @@ async fn accept_loop(
     }
 }
 
+fn allowed_uid(shared: &Shared, kind: Kind) -> u32 {
+    match kind {
+        Kind::Child => shared.child_uid,
+        Kind::Admin => shared.admin_uid,
+    }
+}
+
 async fn serve(
     stream: UnixStream,
     kind: Kind,
     shared: Arc<Shared>,
+    watch: Arc<conn::Watch>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let allowed_uid = match kind {
-        Kind::Child => shared.child_uid,
-        Kind::Admin => shared.admin_uid,
-    };
-    let peer = Arc::new(Peer::of(&stream, allowed_uid, &shared.audit));
+    let _closed = conn::ClosedOnDrop(watch.clone());
+    let peer = Arc::new(Peer::of(&stream, allowed_uid(&shared, kind), &shared.audit));
+    let in_service = watch.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(respond(&shared, &peer, kind, req).await) }
+        let watch = in_service.clone();
+        async move {
+            let _call = conn::InCall::start(&watch);
+            Ok::<_, Infallible>(respond(&shared, &peer, kind, req).await)
+        }
     });
+    let io = TokioIo::new(conn::Watched::new(stream, watch.clone()));
     let conn = hyper::server::conn::http1::Builder::new()
         .writev(true)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
+        // No complete head in time, idle too long, or evicted for a newer
+        // connection of the same uid: closed.
+        _ = watch.expired() => {}
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
@@ -636,6 +656,16 @@ async fn serve(
 }
 
 fn response(status: u16, body: Body, retry_after: Option<u64>) -> Response<OutBody> {
+    // An error never quotes what the request sent; its text still goes
+    // through the records' matcher, as a defence in depth (a reply that
+    // deliberately returns a value is left alone).
+    let body = match status {
+        400.. => match crate::redact::live::scrub_record(&String::from_utf8_lossy(&body)) {
+            Some(clean) => Body::new(clean.into_bytes()),
+            None => body,
+        },
+        _ => body,
+    };
     let mut r = Response::new(OutBody::new(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = r.headers_mut();
@@ -666,7 +696,14 @@ async fn respond(
     req: Request<Incoming>,
 ) -> Response<OutBody> {
     let now = Now::system();
-    let call_name = || format!("{} {}", req.method(), req.uri().path());
+    let call_name = || {
+        routes::call_label(
+            &shared.state(),
+            kind == Kind::Admin,
+            req.method(),
+            req.uri().path(),
+        )
+    };
     if !peer.allowed {
         let reason = match peer.uid {
             Some(uid) => format!("peer uid {uid} may not use this socket"),
@@ -687,21 +724,31 @@ async fn respond(
     let body = if http_body::Body::is_end_stream(&body) {
         Ok(bytes::Bytes::new()) // most calls are GETs without a body
     } else {
-        http_body_util::Limited::new(body, MAX_BODY)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
+        let read = http_body_util::Limited::new(body, MAX_BODY).collect();
+        match tokio::time::timeout(shared.limits.head, read).await {
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+            Ok(Err(_)) => Err((413, format!("request body larger than {MAX_BODY} bytes"))),
+            Err(_) => Err((
+                408,
+                format!(
+                    "request body not received within {} s",
+                    shared.limits.head.as_secs()
+                ),
+            )),
+        }
     };
-    let Ok(body) = body else {
-        let too_big = format!("request body larger than {MAX_BODY} bytes");
-        let reply = finish(
-            shared,
-            peer,
-            None,
-            Reply::error(413, too_big, Auth::Open),
-            call_name,
-        );
-        return response(reply.status, reply.body, None);
+    let body = match body {
+        Ok(b) => b,
+        Err((status, why)) => {
+            let reply = finish(
+                shared,
+                peer,
+                None,
+                Reply::error(status, why, Auth::Open),
+                call_name,
+            );
+            return response(reply.status, reply.body, None);
+        }
     };
     let call = Call {
         method: &parts.method,
@@ -768,7 +815,7 @@ async fn child_call(
             let why = format!("too many failed attempts; retry in {secs}s");
             if first {
                 let mut ev = Event::new(EventKind::AuthFailure)
-                    .actor(peer.actor(call.bearer.and_then(token_id_of).map(str::to_string)))
+                    .actor(peer.actor(presented_id(shared, call.bearer)))
                     .result(Outcome::Denied)
                     .status(429)
                     .reason(format!(
@@ -784,7 +831,7 @@ async fn child_call(
     }
     let mut random = random_token_bytes;
     let mut rounds = 0;
-    let reply = loop {
+    let mut reply = loop {
         let handled = routes::handle(&mut shared.state(), call, now, &mut random);
         match handled {
             Handled::Reply(r) => break r,
@@ -803,6 +850,14 @@ async fn child_call(
             }
         }
     };
+    if let Some((token, expires)) = reply.minted.take() {
+        // The relay masks the new token before the child can print it.
+        let mask = shared.callbacks.mask_token.clone();
+        let masked = tokio::task::spawn_blocking(move || mask(token, expires)).await;
+        if masked.is_err() {
+            tracing::error!("cannot add a minted token to the relay's masks");
+        }
+    }
     if let Some(opened) = &reply.challenge {
         let who = match (peer.pid, peer.uid) {
             (Some(pid), Some(uid)) => format!(" by pid {pid} (uid {uid})"),
@@ -824,7 +879,7 @@ async fn child_call(
                 why.push_str(&format!("; peer locked out for {} ms", l.as_millis()));
             }
             let mut ev = Event::new(EventKind::AuthFailure)
-                .actor(peer.actor(call.bearer.and_then(token_id_of).map(str::to_string)))
+                .actor(peer.actor(presented_id(shared, call.bearer)))
                 .result(Outcome::Denied)
                 .status(401)
                 .reason(why);
@@ -926,6 +981,14 @@ async fn admin_call(shared: &Shared, call: &Call<'_>, now: Now) -> Reply {
     }
 }
 
+/// The public id of a presented token, when it names a token of this run
+/// (expired or refused for its secret part); any other string is what the
+/// request sent, and is not recorded.
+fn presented_id(shared: &Shared, presented: Option<&[u8]>) -> Option<String> {
+    let id = presented.and_then(token_id_of)?;
+    shared.state().tokens.knows_id(id).then(|| id.to_string())
+}
+
 /// Write the call's audit events; a reply that carries a secret is only
 /// sent if its call is on record.
 fn finish(
@@ -941,7 +1004,7 @@ fn finish(
     };
     let token_id = match &reply.auth {
         Auth::Granted(id) => Some(id.clone()),
-        Auth::Failed(_) => presented.and_then(token_id_of).map(str::to_string),
+        Auth::Failed(_) => presented_id(shared, presented),
         _ => None,
     };
     for ev in std::mem::take(&mut reply.events) {
@@ -955,7 +1018,7 @@ fn finish(
     if let Some(s) = &reply.subject {
         ev = match &s.reference {
             Some(r) => ev.secret(&s.id, r, &s.scope),
-            None => ev.secret_id(&s.id),
+            None => ev.unknown_secret_id(&s.id),
         };
     }
     if let Some(served) = reply.served.take() {

@@ -94,9 +94,31 @@ pub struct Entry {
     pub revoked: Option<String>,
     /// Creation and rotation dates.
     pub dates: super::SecretDates,
+    /// The JSON of the reply's `scope` and `expires_at` for the cached
+    /// value's expiry, made once per value rather than per call.
+    fragments: Option<(Option<Instant>, std::sync::Arc<str>)>,
 }
 
 impl Entry {
+    /// `"scope":[..],"expires_at":..` of a reply serving the cached value
+    /// (the same for every call until the value expires).
+    pub fn reply_fragment(&mut self, now: Now) -> std::sync::Arc<str> {
+        let expiry = self.expiry();
+        match &self.fragments {
+            Some((at, text)) if *at == expiry => text.clone(),
+            _ => {
+                let text: std::sync::Arc<str> = format!(
+                    "\"scope\":{},\"expires_at\":{}",
+                    super::json::fragment(&self.scope),
+                    super::json::fragment(&self.expires_at(now))
+                )
+                .into();
+                self.fragments = Some((expiry, text.clone()));
+                text
+            }
+        }
+    }
+
     /// When the cached value expires (monotonic).
     fn expiry(&self) -> Option<Instant> {
         Some(self.resolved? + self.effective_ttl()?)
@@ -221,6 +243,15 @@ impl State {
         state
     }
 
+    /// Whether `label` is a scope label of this run: of a secret, or of a
+    /// live token.
+    pub fn knows_label(&self, label: &str) -> bool {
+        self.secrets
+            .values()
+            .any(|e| e.scope.iter().any(|s| s == label))
+            || self.tokens.knows_scope(label)
+    }
+
     /// Whether a value held now will expire: then the sweep that wipes it
     /// must run even when nobody asks for it.
     pub fn holds_expiring_values(&self) -> bool {
@@ -250,6 +281,7 @@ impl State {
             resolved,
             revoked: None,
             dates: s.dates,
+            fragments: None,
         }
     }
 

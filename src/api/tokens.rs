@@ -289,6 +289,17 @@ impl TokenStore {
         ))
     }
 
+    /// Whether a stored token holds `scope`.
+    pub fn knows_scope(&self, scope: &str) -> bool {
+        self.by_id.values().any(|s| s.grant.has(scope))
+    }
+
+    /// Whether a token with this public id is stored (a refused token's
+    /// id is recorded only then: another string is what the request sent).
+    pub fn knows_id(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
     /// Forget expired tokens.
     pub fn prune(&mut self, now: Instant) {
         self.by_id

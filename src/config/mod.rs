@@ -104,11 +104,31 @@ pub fn load(registry: Option<&Path>, policy: Option<&Path>) -> Result<Config> {
         Some(path) => Policy::parse(&read(path, "policy")?, path)?,
         None => Policy::default(),
     };
+    check_slack_signing_secret(registry.as_ref(), &policy, policy_path.as_deref())?;
     Ok(Config {
         registry,
         policy,
         policy_path,
     })
+}
+
+/// Policy `slack_signing_secret` must name a registry id: anything else
+/// (a raw signing secret pasted in, say) is 78, and is never echoed.
+fn check_slack_signing_secret(
+    registry: Option<&Registry>,
+    policy: &Policy,
+    policy_path: Option<&Path>,
+) -> Result<()> {
+    let Some(id) = &policy.slack_signing_secret else {
+        return Ok(());
+    };
+    if registry.is_some_and(|r| r.entries.iter().any(|e| e.id == *id)) {
+        return Ok(());
+    }
+    let file = policy_path.map_or_else(|| "policy".to_string(), |p| p.display().to_string());
+    Err(Error::config(format!(
+        "{file}: slack_signing_secret: must name a secret id of the registry, and names none (value not shown)"
+    )))
 }
 
 #[cfg(test)]

@@ -147,6 +147,46 @@ impl MatcherCell {
     }
 }
 
+impl MatcherCell {
+    /// `text` with every masked value replaced by its mask, or `None` when
+    /// it holds none (the common case costs one scan and no copy).
+    pub fn scrub(&self, text: &str) -> Option<String> {
+        let (_, matcher) = self.get();
+        if matcher.find_spans(text.as_bytes()).is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(text.len());
+        matcher.redact_all(text.as_bytes(), &mut out, &mut Counts::default());
+        Some(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// The matcher keywarden's own records (audit lines, log lines, the socket
+/// API's error replies) are run through, as a defence in depth behind the
+/// rule that they never quote what a request sent: the relay's, once `run`
+/// has built it. One per process.
+static RECORDS: std::sync::OnceLock<Arc<MatcherCell>> = std::sync::OnceLock::new();
+
+/// Run keywarden's records through `cell` from now on (the first call
+/// wins; the cell itself follows reloads).
+pub fn scrub_records_with(cell: Arc<MatcherCell>) {
+    let _ = RECORDS.set(cell);
+}
+
+/// `text` masked by the records' matcher, or `None` when there is none
+/// yet or it masks nothing.
+pub fn scrub_record(text: &str) -> Option<String> {
+    RECORDS.get()?.scrub(text)
+}
+
+/// [`scrub_record`] in place.
+pub fn scrub_record_in(text: &mut String) {
+    if let Some(clean) = scrub_record(text) {
+        let mut old = std::mem::replace(text, clean);
+        zeroize::Zeroize::zeroize(&mut old);
+    }
+}
+
 /// The relay stage that masks secrets in one stream; its counts are added
 /// to a shared total when the stream ends (or switches matcher).
 pub struct RedactFilter {

@@ -1,6 +1,7 @@
 //! Test cases by area.
 
 mod api;
+mod api_records;
 mod approvals;
 mod check;
 mod config_errors;

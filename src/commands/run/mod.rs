@@ -346,15 +346,15 @@ impl Session<'_> {
             grace: opts.grace,
             own_group: terminals.own_group && master.is_none(),
         };
-        if first && !opts.no_redact {
-            *matcher = Some(relay_matcher(
-                opts,
-                self.world,
-                plan,
-                values,
-                &self.offered.masked,
-            ));
-            self.sources.rotation().cell = matcher.clone();
+        if first {
+            let cell = relay_matcher(opts, self.world, plan, values, &self.offered.masked);
+            // keywarden's own records (audit, log lines, the API's error
+            // replies) go through it too, even with --no-redact.
+            redaction::scrub_records_with(cell.clone());
+            self.sources.rotation().cell = Some(cell.clone());
+            if !opts.no_redact {
+                *matcher = Some(cell);
+            }
         }
         let pid = spawned.pid;
         let started = spawn::start_io(

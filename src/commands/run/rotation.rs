@@ -39,6 +39,9 @@ pub(super) struct Rotation {
     seen: Vec<(String, SecretBytes)>,
     /// The child's token, masked too.
     pub token: Option<SecretBytes>,
+    /// Tokens minted over the socket, masked like the child's token
+    /// until they expire (then they open nothing).
+    minted: Vec<(std::time::Instant, SecretBytes)>,
     /// Injected variable → value, as the child got them.
     pub injected: Vec<(String, SecretBytes)>,
     /// The running child.
@@ -75,6 +78,7 @@ impl Sources {
         if let Some(t) = &r.token {
             extra.push((api::TOKEN_VAR, t.expose()));
         }
+        extra.extend(r.minted.iter().map(|(_, t)| (api::TOKEN_VAR, t.expose())));
         let base = LaunchPlan {
             secrets: Vec::new(),
             ..plan.clone()
@@ -86,6 +90,15 @@ impl Sources {
             &extra,
             &r.mask,
         ));
+    }
+
+    /// Mask a token minted over the socket (before it is handed out).
+    pub fn mask_token(&self, token: SecretBytes, expires: std::time::Instant) {
+        let mut r = self.rotation();
+        let now = std::time::Instant::now();
+        r.minted.retain(|(until, _)| *until > now);
+        r.minted.push((expires, token));
+        self.rebuild_matcher(&r, &self.plan);
     }
 
     /// After a reload: mask the new values, and tell the child per
@@ -249,6 +262,7 @@ impl Sources {
                     .map(|(p, v)| (p.id.clone(), v.duplicate()))
                     .collect(),
                 token: None,
+                minted: Vec::new(),
                 injected: Vec::new(),
                 child: None,
                 on_rotate: opts.on_rotate,

@@ -129,7 +129,7 @@ impl SocketApi {
                 s.dates = *d;
             }
         }
-        let (s1, s2) = (sources.clone(), sources.clone());
+        let (s1, s2, s3) = (sources.clone(), sources.clone(), sources.clone());
         let api = api::bind(
             ApiOptions {
                 socket: opts.socket.clone(),
@@ -148,6 +148,7 @@ impl SocketApi {
                 max_ttl_seconds: plan.policy.max_ttl_for(common.env),
                 slack_secret_id: plan.policy.slack_signing_secret.clone(),
                 revocation_list: planned.revocation_list.clone(),
+                limits: api::conn::ConnLimits::default(),
                 audit: audit.clone(),
                 approval_key: var(env, "HITL_CHALLENGE_HMAC_KEY")
                     .filter(|k| !k.is_empty())
@@ -157,6 +158,7 @@ impl SocketApi {
             Callbacks {
                 resolve: Arc::new(move |id: &str| s1.resolve_one(id)),
                 reload: Arc::new(move || s2.reload()),
+                mask_token: Arc::new(move |token, expires| s3.mask_token(token, expires)),
             },
         )?;
         Ok(SocketApi {
