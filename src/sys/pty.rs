@@ -114,6 +114,15 @@ impl RawMode {
         if self.saved.local_flags.contains(LocalFlags::ICANON) && eof != 0 {
             let mut no_eof = self.saved.clone();
             no_eof.control_chars[SpecialCharacterIndices::VEOF as usize] = 0;
+            // Raw mode will not echo either: an EOF character arriving in
+            // this window must reach the child, not be echoed as `^D`.
+            no_eof.local_flags.remove(
+                LocalFlags::ECHO
+                    | LocalFlags::ECHOE
+                    | LocalFlags::ECHOK
+                    | LocalFlags::ECHONL
+                    | LocalFlags::ECHOCTL,
+            );
             if tcsetattr(&self.fd, SetArg::TCSANOW, &no_eof).is_ok() {
                 self.read_complete_lines(eof);
             }

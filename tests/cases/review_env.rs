@@ -27,14 +27,15 @@ fn hex(value: &str) -> String {
     value.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A provider script that appends its whole environment to `dumps`, one
-/// run after another, then prints `value`.
+/// A provider script that writes its whole environment to a file of its
+/// own under `dumps/` (providers run concurrently: one shared file would
+/// interleave their runs), then prints `value`.
 fn dumping_provider(dir: &Dir, name: &str, value: &str) {
     let dumps = dir.join("dumps");
     dir.script(
         name,
         &format!(
-            "env >> '{d}'\necho '----' >> '{d}'\nprintf '%s\\n' '{value}'\n",
+            "mkdir -p '{d}'\nenv > \"{d}/run.$$\"\nprintf '%s\\n' '{value}'\n",
             d = dumps.display()
         ),
     );
@@ -72,7 +73,7 @@ fn review_01_providers_never_see_denied_variables_sources_or_keywardens_own() {
         format!("curl -s --unix-socket \"$KEYWARDEN_SOCKET\" -H \"Authorization: Bearer $KEYWARDEN_TOKEN\" http://kw/v1/secrets/{id} > /dev/null")
     };
     let script = format!(
-        "i=0; while [ \"$(grep -c -- ---- dumps)\" -lt 4 ] && [ $i -lt 600 ]; do {}; {}; sleep 0.1; i=$((i+1)); done",
+        "i=0; while [ \"$(ls dumps | wc -l)\" -lt 4 ] && [ $i -lt 600 ]; do {}; {}; sleep 0.1; i=$((i+1)); done",
         fetch("prov"),
         fetch("gpg")
     );
@@ -83,8 +84,10 @@ fn review_01_providers_never_see_denied_variables_sources_or_keywardens_own() {
     }
     let out = output(&mut cmd);
     assert!(out.status.success(), "{}", stderr(&out));
-    let dumps = dir.read("dumps");
-    let runs: Vec<&str> = dumps.split("----\n").filter(|r| !r.is_empty()).collect();
+    let runs: Vec<String> = std::fs::read_dir(dir.join("dumps"))
+        .expect("dumps")
+        .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("dump"))
+        .collect();
     for run in &runs {
         assert!(run.contains("ORDINARY_SETTING=kept\n"), "{run}");
         for (name, value) in &hidden {
