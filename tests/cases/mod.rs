@@ -3,6 +3,7 @@
 mod api;
 mod approvals;
 mod check;
+mod clients;
 mod config_errors;
 mod env;
 mod hardening;
