@@ -76,9 +76,12 @@ out=$(cd "$tmp" && KW=$kw XDG_RUNTIME_DIR=$tmp strace -f -qq -e signal=none -o "
 [[ $out == *"agent: done"* ]] || fail "unexpected output: $out"
 echo "ok   agent ran under strace: socket API and pty worked"
 
-filters=$(sed -n 's/^SystemCallFilter=//p' "$unit")
-families=$(sed -n 's/^RestrictAddressFamilies=//p' "$unit" | tail -n 1)
-python3 - "$tmp/trace" "$families" "$filters" <<'EOF'
+# Hold a strace log to the unit: SystemCallFilter= lines (given), the last
+# RestrictAddressFamilies= line, ProcSubset=pid.
+check_trace() {
+    local families
+    families=$(sed -n 's/^RestrictAddressFamilies=//p' "$unit" | tail -n 1)
+    python3 - "$1" "$families" "$2" <<'EOF'
 import re, subprocess, sys
 
 trace, families, filters = sys.argv[1], sys.argv[2].split(), sys.argv[3].splitlines()
@@ -98,6 +101,9 @@ def expand(names):
 # systemd: the first line sets the allow list; each "~" line then removes.
 allowed = None
 for line in filters:
+    if not line.strip():
+        allowed = None  # an empty assignment resets the list
+        continue
     deny = line.startswith("~")
     names = expand(line.lstrip("~").split())
     if allowed is None:
@@ -108,6 +114,10 @@ for line in filters:
         allowed -= names
     else:
         allowed |= names
+
+# Read by glibc for sysconf(_SC_NGROUPS_MAX) when --user looks up the
+# groups; when hidden, glibc takes its built-in limit.
+proc_fallbacks = {"/proc/sys/kernel/ngroups_max"}
 
 used, bad_families, bad_proc = {}, set(), set()
 call = re.compile(r"^\d+\s+([a-z0-9_]+)\((.*)")
@@ -123,7 +133,7 @@ for line in open(trace):
             bad_families.add(family)
     if name in ("open", "openat", "openat2", "readlink", "readlinkat", "stat", "newfstatat", "statx"):
         for path in re.findall(r'"(/proc/[^"]*)"', args):
-            if not re.match(r"^/proc/(self|thread-self|\d+)(/|$)", path):
+            if not re.match(r"^/proc/(self|thread-self|\d+)(/|$)", path) and path not in proc_fallbacks:
                 bad_proc.add(path)
 
 refused = sorted(n for n in used if n not in allowed)
@@ -139,3 +149,20 @@ if problems:
     sys.exit("check-unit: " + "; ".join(problems))
 print("ok   every system call, socket family and /proc file is one the unit allows")
 EOF
+}
+
+# Same-uid mode, as the unit stands.
+check_trace "$tmp/trace" "$(sed -n 's/^SystemCallFilter=//p' "$unit")"
+
+# Separate-uid mode (`--user`), with the filter lines the unit's comment
+# gives for it: keywarden as root, the agent as nobody.
+chmod 0711 "$tmp"
+chmod 0644 "$tmp/secrets-registry.yaml" "$tmp/secrets-policy.json"
+# shellcheck disable=SC2016 # expanded by the child's shell
+agent='grep -Eq "^Uid:\s+$NOBODY\s" /proc/self/status && [ "$("$KW" get agent)" = "$AGENT_KEY" ] && echo "agent: done as nobody"'
+out=$(cd "$tmp" && KW=$kw NOBODY=$(id -u nobody) XDG_RUNTIME_DIR=$tmp strace -f -qq -e signal=none -o "$tmp/trace-user" \
+    "$kw" run --env prod --registry secrets-registry.yaml --policy secrets-policy.json \
+    --user nobody -- sh -c "$agent" </dev/null 2>&1) || fail "the agent as nobody failed: $out"
+[[ $out == *"agent: done as nobody"* ]] || fail "unexpected output: $out"
+echo "ok   agent ran as nobody (--user) under strace"
+check_trace "$tmp/trace-user" "$(sed -n 's/^#   SystemCallFilter=//p' "$unit")"
