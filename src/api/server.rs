@@ -376,7 +376,7 @@ impl Drop for RunningApi {
 
 fn random_token_bytes() -> Option<[u8; TOKEN_RANDOM_BYTES]> {
     let mut b = [0u8; TOKEN_RANDOM_BYTES];
-    getrandom::fill(&mut b).ok()?;
+    crate::sys::random::fill(&mut b).ok()?;
     Some(b)
 }
 

@@ -115,7 +115,7 @@ fn os_err(path: &Path, what: &str, e: std::io::Error) -> Error {
 
 fn random_suffix() -> Result<String> {
     let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map_err(|e| {
+    crate::sys::random::fill(&mut b).map_err(|e| {
         Error::new(
             ErrorKind::Os,
             format!("no randomness for a socket name: {e}"),

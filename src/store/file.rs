@@ -362,7 +362,7 @@ fn read_key_text(path: &Path) -> std::io::Result<SecretBytes> {
 }
 
 fn fill_random(buf: &mut [u8]) -> Result<()> {
-    getrandom::fill(buf).map_err(|e| {
+    crate::sys::random::fill(buf).map_err(|e| {
         Error::new(
             ErrorKind::Os,
             format!("cannot draw random bytes from the system: {e}"),

@@ -1,6 +1,6 @@
 //! Every call into the operating system that needs more than std offers:
 //! process hardening, memory locking, signal plumbing, the child's set-up
-//! between the clone and exec, and user lookup.
+//! between the clone and exec, user lookup and random bytes.
 //!
 //! This is the only module with `unsafe`; each block carries a `// SAFETY:`
 //! line. Everything above it works with safe wrappers from here.
@@ -9,6 +9,7 @@ mod child;
 mod harden;
 mod memlock;
 mod pty;
+pub mod random;
 mod signals;
 mod start;
 mod user;

@@ -35,7 +35,7 @@ const CHILD_SCOPES: &[&str] = &["pool", "llm:chat", "skill:web", "slack:verify"]
 
 fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
-    getrandom::fill(&mut b).expect("randomness");
+    keywarden::sys::random::fill(&mut b).expect("randomness");
     hex(&b)
 }
 
@@ -43,7 +43,7 @@ fn random_hex(n: usize) -> String {
 /// changes (`+`, `/`, `=`).
 fn fresh_value(tag: &str) -> String {
     let mut b = [0u8; 24];
-    getrandom::fill(&mut b).expect("randomness");
+    keywarden::sys::random::fill(&mut b).expect("randomness");
     format!(
         "{tag}-{}",
         base64::engine::general_purpose::STANDARD.encode(b)

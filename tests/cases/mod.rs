@@ -4,6 +4,7 @@ mod api;
 mod api_records;
 mod approvals;
 mod check;
+mod clients;
 mod config_errors;
 mod env;
 mod hardening;

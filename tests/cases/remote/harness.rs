@@ -20,7 +20,7 @@ use keywarden::secret::{SecretBytes, SecretRef};
 /// Random hex, generated at run time for tokens and values.
 pub fn rand_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).expect("random");
+    keywarden::sys::random::fill(&mut buf).expect("random");
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
