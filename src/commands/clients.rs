@@ -102,6 +102,14 @@ fn unreachable(socket: &Path, e: &std::io::Error) -> Error {
     )
 }
 
+/// No sidecar was found (69).
+pub(super) fn no_sidecar() -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("no running keywarden sidecar found; name its admin socket with --admin-socket or {ADMIN_SOCKET_VAR}"),
+    )
+}
+
 fn server_error(what: &str, a: &Answer) -> String {
     let why = a.error().unwrap_or_else(|| format!("HTTP {}", a.status));
     format!("{what}: {why}")
@@ -195,7 +203,7 @@ pub fn find_admin_sockets(base: &Path) -> Vec<PathBuf> {
 
 /// The admin socket named, or every one running (ours, in the runtime
 /// folder).
-fn admin_sockets(named: Option<&Path>) -> Vec<PathBuf> {
+pub(super) fn admin_sockets(named: Option<&Path>) -> Vec<PathBuf> {
     match named.filter(|p| !p.as_os_str().is_empty()) {
         Some(p) => vec![p.to_path_buf()],
         None => find_admin_sockets(&socket::runtime_dir(|k| std::env::var_os(k))),
@@ -402,10 +410,7 @@ pub fn approve(
     }
     let mut sockets = admin_sockets(args.admin_socket.as_deref());
     if sockets.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Unavailable,
-            format!("no running keywarden sidecar found; name its admin socket with --admin-socket or {ADMIN_SOCKET_VAR}"),
-        ));
+        return Err(no_sidecar());
     }
     if sockets.len() > 1 {
         // Several sidecars: the one holding this challenge.

@@ -3,6 +3,7 @@
 mod api;
 mod approvals;
 mod check;
+mod cli;
 mod config_errors;
 mod env;
 mod hardening;
