@@ -8,6 +8,7 @@ mod config_errors;
 mod env;
 mod hardening;
 mod launch;
+mod operator;
 mod providers;
 mod pty;
 mod redaction;
