@@ -5,12 +5,15 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 
 use crate::commands::check::{self, Format};
 use crate::commands::clients::{self, ApproveArgs, GetArgs, InventoryArgs, RevokeArgs};
+use crate::commands::completions::{self, Shell};
 use crate::commands::redact;
+use crate::commands::reload::{self, ReloadArgs};
 use crate::commands::run::{self, OnRotate, PtyMode, RunOptions};
+use crate::commands::scan::{self, ScanFormat};
 use crate::commands::store::{self as store_command, StoreCommand};
 use crate::config::{parse_signal, Common, Environment};
 use crate::error::Result;
@@ -124,6 +127,17 @@ enum Command {
     Inventory(InventoryArgs),
     /// Answer a human-in-the-loop challenge (the code is read without echo)
     Approve(ApproveArgs),
+    /// Re-read registry and policy in the running sidecar(s) and resolve again
+    Reload(ReloadArgs),
+    /// Print a shell completion script
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the manual page (roff)
+    #[command(hide = true)]
+    Man,
     /// The embedded encrypted store (the default kv:// backend)
     Store {
         #[command(subcommand)]
@@ -174,6 +188,15 @@ struct RunArgs {
     /// Re-read registry and policy and re-resolve on this signal (e.g. SIGHUP)
     #[arg(long, value_name = "SIG", value_parser = parse_signal)]
     reload_signal: Option<Signal>,
+    /// Poll every source this often and reload when a value changed
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    watch: Option<Duration>,
+    /// Add the KEY=value lines of FILE to the command's environment; values may be refs (repeatable)
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Forward signals to the command's whole process group (like tini -g)
+    #[arg(long)]
+    signal_group: bool,
     /// When a reload changes a value injected into the command: none, restart (stop it, start it again with the new values), or signal:SIG (e.g. signal:HUP)
     #[arg(long, value_name = "ACTION", default_value = "none", value_parser = OnRotate::parse)]
     on_rotate: OnRotate,
@@ -194,6 +217,9 @@ struct ScanArgs {
     /// Files or folders (walked; symbolic links are not followed)
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
+    /// Output format
+    #[arg(long, value_enum, default_value = "text")]
+    format: ScanFormat,
 }
 
 #[derive(Debug, Args)]
@@ -297,17 +323,25 @@ fn dispatch(cli: &Cli) -> Result<u8> {
                 revocation_list: a.revocation_list.clone(),
                 reload_signal: a.reload_signal,
                 on_rotate: a.on_rotate,
+                watch: a.watch,
+                env_files: a.env_file.clone(),
+                signal_group: a.signal_group,
                 mask: a.mask.mask.clone(),
                 command: a.command.clone(),
             },
         ),
         Command::Check(a) => check::check(&common, a.format),
-        Command::Scan(a) => redact::scan_command(&common, &a.paths),
+        Command::Scan(a) => scan::scan_command(&common, &a.paths, a.format),
         Command::Redact(a) => redact::redact_command(&common, &Mask::new(&a.mask)),
         Command::Get(a) => clients::get_command(a),
         Command::Revoke(a) => clients::revoke_command(a, &common),
         Command::Inventory(a) => clients::inventory_command(a, &common),
         Command::Approve(a) => clients::approve_command(a),
+        Command::Reload(a) => reload::reload_command(a),
+        Command::Completions { shell } => {
+            completions::completions(*shell, Cli::command(), &mut std::io::stdout())
+        }
+        Command::Man => completions::man(Cli::command(), &mut std::io::stdout()),
         Command::Store { command } => {
             let env: Vec<_> = std::env::vars_os().collect();
             store_command::run_store(command, &common.store, &env)
@@ -318,7 +352,6 @@ fn dispatch(cli: &Cli) -> Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_well_formed() {

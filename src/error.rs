@@ -110,6 +110,42 @@ impl std::error::Error for Error {}
 /// keywarden's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An I/O error as a short lower-case reason without the OS error number
+/// (`no such file or directory`, `permission denied`), for one-line
+/// messages that name the path themselves.
+pub fn io_reason(err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        std::io::ErrorKind::IsADirectory => "is a directory".to_string(),
+        std::io::ErrorKind::InvalidData => "not UTF-8 text".to_string(),
+        _ => {
+            let text = err.to_string();
+            let text = match text.find(" (os error") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            };
+            let mut chars = text.chars();
+            match chars.next() {
+                Some(c) => c.to_lowercase().chain(chars).collect(),
+                None => text,
+            }
+        }
+    }
+}
+
+/// The error for a file named on the command line (a `scan` PATH, an
+/// `--env-file`) that cannot be read: `PATH: REASON`; 64 when it does not
+/// exist (the argument names nothing), 77 when it may not be read, else 71.
+pub fn named_file_error(path: &std::path::Path, err: &std::io::Error) -> Error {
+    let kind = match err.kind() {
+        std::io::ErrorKind::NotFound => ErrorKind::Usage,
+        std::io::ErrorKind::PermissionDenied => ErrorKind::Permission,
+        _ => ErrorKind::Os,
+    };
+    Error::new(kind, format!("{}: {}", path.display(), io_reason(err)))
+}
+
 /// Map an I/O error kind to an exit-code kind: permission problems are 77,
 /// a missing file is "unavailable" (69), everything else is an OS error.
 pub fn io_kind(err: &std::io::Error) -> ErrorKind {

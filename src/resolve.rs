@@ -203,12 +203,15 @@ pub struct Resolved {
 
 /// Load the configuration, plan `--env` and resolve every ref once (no
 /// signals watched, no token renewal): what `check`, `redact` and `scan`
-/// start from.
+/// start from. Warns when nothing is protected.
 pub fn load_and_resolve(common: &crate::config::Common) -> Result<Resolved> {
     let process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
     let config = crate::config::load(common.registry.as_deref(), common.policy.as_deref())?;
     let plan = crate::config::build_plan(&config, common.env, &process_env, &cwd)?;
+    if let Some(w) = crate::config::unprotected_warning(&config, &plan, &cwd) {
+        tracing::warn!("{w}");
+    }
     let outcomes = resolve_plan(
         &plan,
         &common.store,

@@ -874,6 +874,11 @@ pub fn reloaded(
         }
         Err(e) => {
             let mut reply = Reply::error(500, format!("reload failed: {e}"), Auth::Open);
+            // The exit code `keywarden reload` gives for it.
+            reply.body = json::to_body(&serde_json::json!({
+                "error": format!("reload failed: {e}"),
+                "exit_code": e.exit_code(),
+            }));
             reply.events.push(
                 Event::new(EventKind::Reload)
                     .result(Outcome::Error)

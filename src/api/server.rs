@@ -198,6 +198,9 @@ impl http_body::Body for OutBody {
 pub struct RunningApi {
     socket: SocketGuard,
     admin: SocketGuard,
+    /// A link to an admin socket at a chosen path, where the operator's
+    /// commands look for sidecars.
+    announced: Option<SocketGuard>,
     child_token: Option<SecretBytes>,
     stop: Option<watch::Sender<bool>>,
     /// Before [`RunningApi::serve`]: the listeners (connections wait in
@@ -314,6 +317,9 @@ impl RunningApi {
         }
         self.socket.remove();
         self.admin.remove();
+        if let Some(link) = self.announced.as_mut() {
+            link.remove();
+        }
     }
 }
 
@@ -536,9 +542,20 @@ pub fn bind(
             .map_err(|e| Error::new(ErrorKind::Os, format!("cannot set up the socket: {e}")))?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    // A chosen admin socket is linked from the runtime folder, so that the
+    // operator's commands find it without being told.
+    let announced = match opts.admin_socket.as_deref() {
+        Some(path) => socket::announce(path, &opts.runtime_dir)
+            .map_err(|e| {
+                tracing::warn!("{e}; `keywarden revoke` and the others need --admin-socket to find this sidecar")
+            })
+            .ok(),
+        None => None,
+    };
     let api = RunningApi {
         socket,
         admin,
+        announced,
         child_token: Some(root.text),
         stop: Some(stop_tx),
         idle: Some(Idle {

@@ -288,6 +288,35 @@ pub fn bind(
     }
 }
 
+/// Make the admin socket at a path the user chose findable by `revoke`,
+/// `inventory`, `approve` and `reload` run without `--admin-socket`: a
+/// symbolic link `<base>/keywarden-admin-<random>/admin.sock` to it, in a
+/// fresh 0700 folder, removed (with its folder) when the guard drops.
+pub fn announce(admin: &Path, base: &Path) -> Result<SocketGuard> {
+    let target = match (admin.parent(), admin.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })
+        .map_err(|e| os_err(admin, "find the socket's folder", e))?
+        .join(name),
+        _ => admin.to_path_buf(),
+    };
+    let dir = fresh_dir(base, "keywarden-admin")?;
+    let mut guard = SocketGuard {
+        path: dir.join("admin.sock"),
+        identity: None,
+        dir: Some(dir),
+    };
+    std::os::unix::fs::symlink(&target, &guard.path)
+        .map_err(|e| os_err(&guard.path, "link the admin socket", e))?;
+    let meta = std::fs::symlink_metadata(&guard.path)
+        .map_err(|e| os_err(&guard.path, "inspect the link", e))?;
+    guard.identity = Some(identity_of(&meta));
+    Ok(guard)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
 //! `keywarden check`: validate the configuration, resolve every ref of the
 //! environment, and print a table (or JSON) of what was found — never a
-//! value. Exit 0 when every ref resolves, else the first failure's code.
+//! value. Exit 0 when every ref resolves, else the first failure's code;
+//! 77 when every ref resolves but a secret is on the revocation list (its
+//! status is `revoked`: `run` would neither resolve nor inject it).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -81,11 +83,28 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    let revoked = revocations();
     let mut worst: Option<ErrorKind> = None;
+    let mut revoked_count = 0usize;
     let mut rows = Vec::new();
     for (s, o) in plan.secrets.iter().zip(&outcomes) {
         let mut warning = None;
+        let revocation = revoked.find(&s.id, s.reference.as_str());
         let (status, reason) = match &o.result {
+            _ if revocation.is_some() => {
+                revoked_count += 1;
+                let r = revocation.map(|r| {
+                    format!(
+                        "revoked {}{}",
+                        r.revoked_at,
+                        r.reason
+                            .as_deref()
+                            .map(|why| format!(" ({})", scrub(why, &exposed)))
+                            .unwrap_or_default()
+                    )
+                });
+                ("revoked", r)
+            }
             Ok(v) => {
                 if v.len() < crate::redact::MIN_SECRET_LEN {
                     let w = format!(
@@ -166,7 +185,7 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
         env: plan.env.as_str(),
         registry: plan.registry_path.clone(),
         policy: config.policy_path.clone(),
-        ok: worst.is_none(),
+        ok: worst.is_none() && revoked_count == 0,
         secrets: rows,
     };
     let text = match format {
@@ -184,6 +203,13 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
     drop(outcomes);
     match worst {
+        None if revoked_count > 0 => Err(Error::new(
+            ErrorKind::Permission,
+            format!(
+                "{revoked_count} of {} secrets are revoked",
+                plan.secrets.len()
+            ),
+        )),
         None => Ok(0),
         Some(kind) => {
             let failed = report
@@ -200,6 +226,20 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
             ))
         }
     }
+}
+
+/// The revocation list (`KEYWARDEN_REVOCATION_LIST` or its default
+/// place); empty when there is none.
+fn revocations() -> crate::api::revocations::RevocationList {
+    let named = std::env::var_os(crate::api::revocations::REVOCATION_LIST_VAR).map(PathBuf::from);
+    super::clients::revocation_list_path(named.as_deref())
+        .ok()
+        .and_then(|path| {
+            crate::api::revocations::RevocationList::load(&path)
+                .map_err(|e| tracing::warn!("{e}"))
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 fn table(report: &Report) -> String {

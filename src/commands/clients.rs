@@ -102,6 +102,14 @@ fn unreachable(socket: &Path, e: &std::io::Error) -> Error {
     )
 }
 
+/// No sidecar was found (69).
+pub(super) fn no_sidecar() -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("no running keywarden sidecar found; name its admin socket with --admin-socket or {ADMIN_SOCKET_VAR}"),
+    )
+}
+
 fn server_error(what: &str, a: &Answer) -> String {
     let why = a.error().unwrap_or_else(|| format!("HTTP {}", a.status));
     format!("{what}: {why}")
@@ -176,7 +184,9 @@ pub fn get(args: &GetArgs, token: Option<OsString>, out: &mut dyn Write) -> Resu
     Ok(0)
 }
 
-/// Live admin sockets under `base` (`keywarden-admin-*/admin.sock`, ours).
+/// Live admin sockets under `base` (`keywarden-admin-*/admin.sock`, ours):
+/// the sockets in their default place, and those at a chosen path that a
+/// sidecar linked there (given as the path it was started with).
 pub fn find_admin_sockets(base: &Path) -> Vec<PathBuf> {
     let euid = nix::unistd::geteuid().as_raw();
     let Ok(entries) = std::fs::read_dir(base) else {
@@ -187,15 +197,18 @@ pub fn find_admin_sockets(base: &Path) -> Vec<PathBuf> {
         .filter(|e| e.file_name().to_string_lossy().starts_with("keywarden-"))
         .filter(|e| e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == euid))
         .map(|e| e.path().join("admin.sock"))
+        .map(|p| std::fs::read_link(&p).unwrap_or(p))
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.uid() == euid))
         .filter(|p| std::os::unix::net::UnixStream::connect(p).is_ok())
         .collect();
     found.sort();
+    found.dedup();
     found
 }
 
 /// The admin socket named, or every one running (ours, in the runtime
 /// folder).
-fn admin_sockets(named: Option<&Path>) -> Vec<PathBuf> {
+pub(super) fn admin_sockets(named: Option<&Path>) -> Vec<PathBuf> {
     match named.filter(|p| !p.as_os_str().is_empty()) {
         Some(p) => vec![p.to_path_buf()],
         None => find_admin_sockets(&socket::runtime_dir(|k| std::env::var_os(k))),
@@ -355,8 +368,28 @@ pub fn revoke(
     }
     let reference = match reference {
         Some(r) => r,
-        None => lookup(&args.id)?,
+        None => match lookup(&args.id) {
+            Ok(r) => r,
+            // A sidecar that did not answer is the news, not the registry.
+            Err(e) if sidecar_error.is_some() => {
+                return Err(sidecar_error.unwrap_or(e));
+            }
+            // No sidecar, and the registry does not know the id either.
+            Err(e) if admin.is_empty() => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("{}; and {e}: nothing was revoked", no_sidecar().message()),
+                ));
+            }
+            Err(e) => return Err(e.context("no running sidecar knows it either")),
+        },
     };
+    if admin.is_empty() {
+        tracing::warn!(
+            "no running keywarden sidecar found: '{}' is recorded in the revocation list only (a sidecar refuses it when it starts or reloads)",
+            args.id
+        );
+    }
     let added = RevocationList::add(
         &list,
         Revocation {
@@ -402,10 +435,7 @@ pub fn approve(
     }
     let mut sockets = admin_sockets(args.admin_socket.as_deref());
     if sockets.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Unavailable,
-            format!("no running keywarden sidecar found; name its admin socket with --admin-socket or {ADMIN_SOCKET_VAR}"),
-        ));
+        return Err(no_sidecar());
     }
     if sockets.len() > 1 {
         // Several sidecars: the one holding this challenge.
@@ -497,7 +527,14 @@ pub fn inventory(
         }
         // No sidecar runs: the same metadata from the registry and policy
         // (nothing is resolved; nothing is cached).
-        None => offline()?,
+        None => {
+            let v = offline()?;
+            tracing::warn!(
+                "no running keywarden sidecar found: showing the registry's secrets for env '{}' instead (nothing resolved, nothing cached); name a sidecar with --admin-socket or {ADMIN_SOCKET_VAR}",
+                v["env"].as_str().unwrap_or("?")
+            );
+            v
+        }
     };
     let written = match args.format {
         InventoryFormat::Json => out

@@ -93,6 +93,25 @@ fn read(path: &Path, what: &str) -> Result<String> {
     })
 }
 
+/// The warning when nothing is protected: no registry, no policy and no
+/// ref in the environment, so no secret is known and nothing is masked —
+/// most often a command run from the wrong folder. It says where the
+/// defaults were looked for. `None` when something is protected.
+pub fn unprotected_warning(config: &Config, plan: &LaunchPlan, cwd: &Path) -> Option<String> {
+    let protected = config.registry.is_some()
+        || config.policy_path.is_some()
+        || !plan.secrets.is_empty()
+        || !plan.skipped.is_empty();
+    (!protected).then(|| {
+        format!(
+            "nothing is protected: no registry, no policy and no secret ref in the environment \
+             (looked for {DEFAULT_REGISTRY} and {DEFAULT_POLICY} in {}); \
+             pass --registry and --policy, or run from the project's folder",
+            cwd.display()
+        )
+    })
+}
+
 /// Read the registry and policy named (or the defaults when present).
 pub fn load(registry: Option<&Path>, policy: Option<&Path>) -> Result<Config> {
     let registry = match pick(registry, DEFAULT_REGISTRY) {
@@ -141,5 +160,57 @@ mod tests {
         assert_eq!(Environment::default_for(Some("TRUE")), Environment::Ci);
         assert_eq!(Environment::default_for(Some("false")), Environment::Dev);
         assert_eq!(Environment::default_for(None), Environment::Dev);
+    }
+
+    #[test]
+    fn issue_14_4_nothing_protected_by_table() {
+        let cwd = Path::new("/work/app");
+        let os = |k: &str, v: &str| (std::ffi::OsString::from(k), std::ffi::OsString::from(v));
+        let registry = Registry::parse(
+            "openai:\n  dev:\n    secret_ref: \"kv://openai/dev/api_key\"\n",
+            Path::new("reg.yaml"),
+        )
+        .expect("registry");
+        let table = [
+            ("nothing at all", None, None, vec![], true),
+            ("a registry", Some(registry), None, vec![], false),
+            (
+                "a policy",
+                None,
+                Some(PathBuf::from("p.json")),
+                vec![],
+                false,
+            ),
+            (
+                "a ref in the environment",
+                None,
+                None,
+                vec![os("T", "file:///run/t")],
+                false,
+            ),
+            (
+                "plain variables only",
+                None,
+                None,
+                vec![os("PATH", "/bin")],
+                true,
+            ),
+        ];
+        for (case, registry, policy_path, env, warns) in table {
+            let config = Config {
+                registry,
+                policy: Policy::default(),
+                policy_path,
+            };
+            let plan = build_plan(&config, Environment::Dev, &env, cwd).expect("plan");
+            let w = unprotected_warning(&config, &plan, cwd);
+            assert_eq!(w.is_some(), warns, "{case}");
+            if let Some(w) = w {
+                assert!(
+                    w.contains(DEFAULT_REGISTRY) && w.contains("/work/app"),
+                    "{w}"
+                );
+            }
+        }
     }
 }

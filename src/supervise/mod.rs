@@ -133,6 +133,8 @@ pub struct Supervisor {
     pub grace: Duration,
     /// The child has a process group of its own.
     pub own_group: bool,
+    /// Signals go to the child's whole process group (`--signal-group`).
+    pub group: bool,
 }
 
 impl Supervisor {
@@ -206,7 +208,7 @@ impl Supervisor {
             }
             if stop && deadline.is_none() {
                 tracing::debug!("stopping pid {} (SIGTERM)", self.child);
-                let _ = kill(self.child, Signal::SIGTERM);
+                self.signal(Signal::SIGTERM);
                 deadline = Some(Instant::now() + self.grace);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -214,7 +216,7 @@ impl Supervisor {
                     "the command did not exit within the {} grace period; sending SIGKILL",
                     crate::duration::format(self.grace)
                 );
-                let _ = kill(self.child, Signal::SIGKILL);
+                self.signal(Signal::SIGKILL);
                 deadline = None;
             }
             while let Some(d) = signals.next()? {
@@ -241,7 +243,7 @@ impl Supervisor {
                     self.own_group,
                 ) {
                     tracing::debug!("forwarding {} to pid {}", d.signal.as_str(), self.child);
-                    let _ = kill(self.child, d.signal);
+                    self.signal(d.signal);
                 }
                 if STOP_SIGNALS.contains(&d.signal) && d.sender != self.child.as_raw() {
                     for w in watches.iter_mut() {
@@ -253,6 +255,16 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Send `sig` to the child, or to its process group with `group`.
+    fn signal(&self, sig: Signal) {
+        let target = if self.group {
+            Pid::from_raw(-self.child.as_raw())
+        } else {
+            self.child
+        };
+        let _ = kill(target, sig);
     }
 
     /// Collect exited children without blocking; the main child's status

@@ -32,6 +32,9 @@ pub struct SpawnSpec<'a> {
     pub pty_stdin: bool,
     /// A process group of its own (off a pty, whose session has one).
     pub own_group: bool,
+    /// With `own_group`: that group takes the terminal's foreground when
+    /// keywarden's group has it (`--signal-group`).
+    pub foreground: bool,
 }
 
 /// A started child.
@@ -119,6 +122,13 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned> {
         spec.pty_slave.is_some(),
         spec.own_group,
     )
+    .map(|p| {
+        if spec.foreground {
+            p.take_foreground()
+        } else {
+            p
+        }
+    })
     .map_err(|_| {
         Error::new(
             ErrorKind::Usage,

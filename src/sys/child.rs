@@ -109,6 +109,8 @@ pub struct ExecPlan {
     ids: Option<(libc::uid_t, libc::gid_t)>,
     controlling_tty: bool,
     own_group: bool,
+    /// Make the child's group the terminal's foreground group (stdin).
+    foreground: bool,
     parent: libc::pid_t,
     /// Set by the child on failure: the step's code, then its errno.
     failed_step: AtomicI32,
@@ -198,10 +200,22 @@ impl ExecPlan {
             ids: credentials.map(|c| (c.uid.as_raw(), c.gid.as_raw())),
             controlling_tty,
             own_group: own_group && !controlling_tty,
+            foreground: false,
             parent: nix::unistd::getpid().as_raw(),
             failed_step: AtomicI32::new(0),
             failed_errno: AtomicI32::new(0),
         })
+    }
+
+    /// With a process group of its own: make that group the foreground
+    /// group of the terminal on stdin when keywarden's group is it now (so
+    /// the command can read the terminal; the terminal's signals then reach
+    /// the command's group, as with `tini -g`). A no-op otherwise.
+    pub fn take_foreground(mut self) -> ExecPlan {
+        let stdin = std::io::stdin();
+        let ours = nix::unistd::tcgetpgrp(&stdin).is_ok_and(|fg| fg == nix::unistd::getpgrp());
+        self.foreground = self.own_group && ours;
+        self
     }
 
     /// Start the child; call from the main thread (the parent-death signal
@@ -307,6 +321,17 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         }
         if plan.own_group && libc::setpgid(0, 0) != 0 {
             fail(Step::ProcessGroup);
+        }
+        if plan.foreground {
+            // A background group's tcsetpgrp raises SIGTTOU unless it is
+            // blocked (it is, until the mask is cleared before exec).
+            let mut ttou: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut ttou);
+            libc::sigaddset(&mut ttou, libc::SIGTTOU);
+            libc::sigprocmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
+            if libc::tcsetpgrp(0, libc::getpid()) != 0 {
+                fail(Step::ProcessGroup);
+            }
         }
         if let Some((uid, gid)) = plan.ids {
             if libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) != 0

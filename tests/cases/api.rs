@@ -647,8 +647,11 @@ fn revoke_without_a_sidecar_writes_the_list_from_the_registry() {
         id: "missing".into(),
         ..args
     };
+    // The sidecar named does not answer: that is the news (69), not that
+    // the registry lacks the id.
     let err = cli::revoke(&args, lookup, &mut out).expect_err("unknown id");
-    assert_eq!(err.exit_code(), 65);
+    assert_eq!(err.exit_code(), 69, "{err}");
+    assert!(err.to_string().contains("no-such.sock"), "{err}");
 }
 
 #[test]

@@ -149,6 +149,8 @@ fn binary_output_is_relayed_byte_for_byte() {
 #[test]
 fn stdout_and_stderr_stay_apart_and_in_order() {
     let dir = Dir::new();
+    // A policy: something is protected, so stderr is the command's alone.
+    dir.write("configs/secrets-policy.json", "{}");
     let out = output(&mut kw(
         &dir,
         &[
@@ -208,6 +210,7 @@ fn output_left_in_the_pipe_when_the_child_exits_is_not_lost() {
 #[test]
 fn closed_stdio_is_reopened_on_dev_null() {
     let dir = Dir::new();
+    dir.write("configs/secrets-policy.json", "{}");
     let closed = std::process::Command::new("sh")
         .arg("-c")
         .arg("exec 0<&- 1>&-; exec \"$0\" run --env dev --no-socket -- sh -c 'readlink /proc/self/fd/0 >&2; echo out; echo err >&2'")

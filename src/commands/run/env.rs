@@ -113,6 +113,9 @@ mod tests {
             revocation_list: None,
             reload_signal: None,
             on_rotate: super::super::OnRotate::None,
+            watch: None,
+            env_files: Vec::new(),
+            signal_group: false,
             command: vec![OsString::from("true")],
         }
     }

@@ -30,6 +30,7 @@ use crate::supervise::Supervisor;
 use crate::sys;
 
 mod env;
+mod env_file;
 mod plan;
 mod resolve;
 mod rotation;
@@ -37,6 +38,7 @@ mod services;
 mod spawn;
 mod supervise;
 mod teardown;
+mod watch;
 
 use rotation::Sources;
 use services::Masked;
@@ -76,6 +78,12 @@ pub struct RunOptions {
     pub reload_signal: Option<Signal>,
     /// What to do with the child when a value it was given changes.
     pub on_rotate: OnRotate,
+    /// Poll every source this often; reload when a value changed.
+    pub watch: Option<Duration>,
+    /// `KEY=value` files added to the environment (before filtering).
+    pub env_files: Vec<PathBuf>,
+    /// Forward signals to the child's whole process group.
+    pub signal_group: bool,
     /// The command and its arguments.
     pub command: Vec<OsString>,
 }
@@ -140,11 +148,21 @@ struct World {
 }
 
 impl World {
-    fn capture() -> World {
-        World {
-            env: std::env::vars_os().collect(),
-            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+    /// The process's environment with the `--env-file` lines added (a
+    /// file's value wins over the process's, a later file's over an
+    /// earlier one's).
+    fn capture(env_files: &[PathBuf]) -> Result<World> {
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        for path in env_files {
+            for (k, v) in env_file::read(path)? {
+                env.retain(|(name, _)| *name != k);
+                env.push((k, v));
+            }
         }
+        Ok(World {
+            env,
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+        })
     }
 }
 
@@ -164,6 +182,8 @@ struct Terminals {
     /// -- -PGID`, `timeout`) reaches it once, through keywarden. With one,
     /// the child shares keywarden's group, which the terminal's signals
     /// reach directly (and keywarden does not forward them again).
+    /// With `--signal-group` it always gets one (taking the terminal's
+    /// foreground, if keywarden has it).
     own_group: bool,
 }
 
@@ -171,7 +191,7 @@ struct Terminals {
 pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     // Before any thread exists, so every thread inherits the mask.
     let signals = sys::block_signals(opts.reload_signal)?;
-    let world = World::capture();
+    let world = World::capture(&opts.env_files)?;
     let planned = plan::plan(common, opts, &world)?;
     let resolved = resolve::resolve(common, &planned, &world, &signals)?;
     let sources = Sources::new(
@@ -262,7 +282,7 @@ impl Session<'_> {
         let terminals = Terminals {
             stdin: std::io::stdin().is_terminal(),
             stdout: std::io::stdout().is_terminal(),
-            own_group: !sys::has_controlling_tty(),
+            own_group: self.opts.signal_group || !sys::has_controlling_tty(),
         };
         let mut restarts = match self.opts.on_rotate {
             OnRotate::Restart => Some(RestartWatch::new(self.sources)?),
@@ -345,6 +365,7 @@ impl Session<'_> {
             reap_all: self.reap_all,
             grace: opts.grace,
             own_group: terminals.own_group && master.is_none(),
+            group: opts.signal_group,
         };
         if first {
             let cell = relay_matcher(opts, self.world, plan, values, &self.offered.masked);

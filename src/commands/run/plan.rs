@@ -30,6 +30,9 @@ pub(super) struct Planned {
 pub(super) fn plan(common: &Common, opts: &RunOptions, world: &World) -> Result<Planned> {
     let config = config::load(common.registry.as_deref(), common.policy.as_deref())?;
     let plan = config::build_plan(&config, common.env, &world.env, &world.cwd)?;
+    if let Some(w) = config::unprotected_warning(&config, &plan, &world.cwd) {
+        tracing::warn!("{w}");
+    }
     let audit = open_audit(opts, common.env, &world.env)?;
     audit.note(
         Event::new(EventKind::RunStart).reason(format!("{} secrets planned", plan.secrets.len())),

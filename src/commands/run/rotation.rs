@@ -52,6 +52,21 @@ pub(super) struct Rotation {
     pub restart: Option<(LaunchPlan, Vec<SecretBytes>)>,
     /// Wakes the supervisor for a restart.
     pub wake: Option<std::fs::File>,
+    /// `--watch`: the plan of the last reload, and a digest of each of its
+    /// values (what a poll compares against; no further copy of a value).
+    latest: (LaunchPlan, Vec<Digest>),
+}
+
+/// SHA-256 of a value, for `--watch`'s comparisons.
+type Digest = [u8; 32];
+
+fn digest(value: &SecretBytes) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(value.expose()).into()
+}
+
+fn digests(values: &[SecretBytes]) -> Vec<Digest> {
+    values.iter().map(digest).collect()
 }
 
 impl Rotation {
@@ -105,6 +120,7 @@ impl Sources {
     /// `--on-rotate` when a value it was given has changed.
     fn rotated(&self, plan: &LaunchPlan, values: &[SecretBytes]) {
         let mut r = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        r.latest = (plan.clone(), digests(values));
         for (p, v) in plan.secrets.iter().zip(values) {
             r.remember(&p.id, v);
         }
@@ -203,6 +219,31 @@ impl Sources {
         Error::new(e.kind(), text)
     }
 
+    /// `--watch`: resolve the last reload's refs again and compare; the
+    /// ids whose value changed since (none: nothing to do). Cheap: the
+    /// registry and policy are not re-read, the values are compared by
+    /// digest and dropped at once, and nothing is logged but ids.
+    pub fn changed(&self) -> Result<Vec<String>> {
+        let (plan, known) = self.rotation().latest.clone();
+        let outcomes = resolve_plan(
+            &plan,
+            &self.common.store,
+            &self.process_env,
+            self.common.timeout,
+            None,
+            &self.vault,
+        )?;
+        let values = require_all(outcomes).map_err(|e| self.scrub_error(e))?;
+        Ok(plan
+            .secrets
+            .iter()
+            .zip(values.iter().map(digest))
+            .zip(known)
+            .filter(|((_, now), before)| now != before)
+            .map(|((p, _), _)| p.id.clone())
+            .collect())
+    }
+
     /// Re-read registry and policy and resolve everything again.
     pub fn reload(self: &Arc<Self>) -> Result<Vec<ServedSecret>> {
         let me = self.clone();
@@ -268,6 +309,7 @@ impl Sources {
                 on_rotate: opts.on_rotate,
                 restart: None,
                 wake: None,
+                latest: (plan.clone(), digests(values)),
             }),
             vault,
         })

@@ -45,8 +45,8 @@ pub(super) trait Service {
     fn stop(self: Box<Self>);
 }
 
-/// A service's way of carrying out a reload.
-pub(super) type Reloader = Box<dyn Fn() -> Result<()>>;
+/// A service's way of carrying out a reload (from any thread).
+pub(super) type Reloader = Arc<dyn Fn() -> Result<()> + Send + Sync>;
 
 /// Whether the relay masks a service's variable in the child's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,22 @@ pub(super) fn start(
         services.push(Box::new(SocketApi::bind(
             common, opts, env, planned, resolved, sources,
         )?));
+    }
+    if let Some(every) = opts.watch {
+        // Through the socket API's reload when it runs (its state follows),
+        // else the sources' own.
+        let reload = services
+            .iter()
+            .find_map(|s| s.reloader())
+            .unwrap_or_else(|| {
+                let sources = sources.clone();
+                Arc::new(move || sources.reload().map(drop))
+            });
+        services.push(Box::new(super::watch::SourceWatch::new(
+            every,
+            sources.clone(),
+            reload,
+        )));
     }
     Ok(services)
 }
@@ -162,7 +178,9 @@ impl SocketApi {
             },
         )?;
         Ok(SocketApi {
-            serve_at_start: api.must_serve_now() || opts.reload_signal.is_some(),
+            serve_at_start: api.must_serve_now()
+                || opts.reload_signal.is_some()
+                || opts.watch.is_some(),
             api: Some(api),
         })
     }
@@ -206,7 +224,7 @@ impl Service for SocketApi {
     fn reloader(&self) -> Option<Reloader> {
         // Through the admin socket, so the API's state follows the reload.
         let path = self.api.as_ref()?.admin_path().to_path_buf();
-        Some(Box::new(move || api::reload_at(&path)))
+        Some(Arc::new(move || api::reload_at(&path)))
     }
 
     fn watch(&mut self) -> &mut dyn Watch {

@@ -104,6 +104,7 @@ fn locate_and_spawn(
         // input (a pipe, a file) reaches the child as it is.
         pty_stdin: launch.terminals.stdin,
         own_group: launch.terminals.own_group,
+        foreground: opts.signal_group,
     })?;
     Ok((spawned, master))
 }

@@ -17,7 +17,21 @@ pub(super) struct DotenvProvider;
 /// `Err(line)` for a line that cannot be parsed (line number only: the line
 /// itself may hold a secret).
 pub fn parse_dotenv(text: &[u8], key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, usize> {
-    let mut found = None;
+    // The last assignment wins, as in a shell.
+    Ok(dotenv_entries(text)?
+        .into_iter()
+        .rev()
+        .find(|(name, _)| name == key.as_bytes())
+        .map(|(_, value)| value))
+}
+
+/// One `KEY=value` of a dotenv file: the name, and the value (wiped on drop).
+pub type DotenvEntry = (Vec<u8>, Zeroizing<Vec<u8>>);
+
+/// Every `KEY=value` of dotenv text, in order. `Err(line)` for the first
+/// line that cannot be parsed (its number only: it may hold a secret).
+pub fn dotenv_entries(text: &[u8]) -> Result<Vec<DotenvEntry>, usize> {
+    let mut entries = Vec::new();
     for (n, raw) in text.split(|&b| b == b'\n').enumerate() {
         let line = trim_ascii(raw);
         if line.is_empty() || line.starts_with(b"#") {
@@ -39,11 +53,9 @@ pub fn parse_dotenv(text: &[u8], key: &str) -> Result<Option<Zeroizing<Vec<u8>>>
             return Err(n + 1);
         }
         let value = parse_value(trim_ascii(&line[eq + 1..])).ok_or(n + 1)?;
-        if name == key.as_bytes() {
-            found = Some(value); // the last assignment wins, as in a shell
-        }
+        entries.push((name.to_vec(), value));
     }
-    Ok(found)
+    Ok(entries)
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {

@@ -31,7 +31,7 @@ use super::{Scheme, SecretBytes, SecretRef};
 use crate::error::{Error, ErrorKind};
 
 pub use awssm::{AwsSmOptions, AwsSmProvider};
-pub use dotenv::parse_dotenv;
+pub use dotenv::{dotenv_entries, parse_dotenv};
 pub use kv::KvBackend;
 pub use op::OpProvider;
 pub use pass::PassProvider;
