@@ -177,6 +177,12 @@ struct RunArgs {
     /// When a reload changes a value injected into the command: none, restart (stop it, start it again with the new values), or signal:SIG (e.g. signal:HUP)
     #[arg(long, value_name = "ACTION", default_value = "none", value_parser = OnRotate::parse)]
     on_rotate: OnRotate,
+    /// Where the credential proxy listens: a loopback HOST:PORT, or unix:PATH [default: 127.0.0.1:0, an ephemeral port]
+    #[arg(long, value_name = "ADDR")]
+    proxy_listen: Option<String>,
+    /// Also trust these CA certificates (PEM) for the credential proxy's upstreams
+    #[arg(long, env = "KEYWARDEN_PROXY_CA", value_name = "FILE")]
+    proxy_ca: Option<PathBuf>,
     /// The command and its arguments, passed verbatim
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -298,6 +304,8 @@ fn dispatch(cli: &Cli) -> Result<u8> {
                 reload_signal: a.reload_signal,
                 on_rotate: a.on_rotate,
                 mask: a.mask.mask.clone(),
+                proxy_listen: a.proxy_listen.clone(),
+                proxy_ca: a.proxy_ca.clone(),
                 command: a.command.clone(),
             },
         ),

@@ -39,7 +39,7 @@ use crate::config::{Approval, Environment, PlannedSecret};
 use crate::error::Result;
 use crate::secret::{SecretBytes, SecretRef};
 
-pub use server::{bind, reload_at, start, RunningApi};
+pub use server::{bind, keyring, reload_at, start, KeyAnswer, Keyring, RunningApi};
 pub use state::Now;
 
 /// The variable that tells the child where the socket is.
@@ -77,6 +77,9 @@ pub struct ServedSecret {
     /// The lease the backend gave `value` (Vault): the cached value
     /// expires at the earlier of the TTL and the lease.
     pub lease: Option<std::time::Duration>,
+    /// Served only through the credential proxy: the socket refuses it
+    /// (403, `"reason":"proxied"`).
+    pub proxied: bool,
 }
 
 impl ServedSecret {
@@ -100,6 +103,7 @@ impl ServedSecret {
                 ..SecretDates::default()
             },
             lease: None,
+            proxied: planned.proxy.is_some(),
         }
     }
 }

@@ -94,6 +94,8 @@ pub struct Entry {
     pub revoked: Option<String>,
     /// Creation and rotation dates.
     pub dates: super::SecretDates,
+    /// Served only through the credential proxy.
+    pub proxied: bool,
 }
 
 impl Entry {
@@ -250,6 +252,7 @@ impl State {
             resolved,
             revoked: None,
             dates: s.dates,
+            proxied: s.proxied,
         }
     }
 
@@ -403,6 +406,7 @@ pub(crate) mod tests {
             resolved_at: SystemTime::now(),
             dates: Default::default(),
             lease: None,
+            proxied: false,
         }
     }
 

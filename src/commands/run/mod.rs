@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::api;
 use crate::config::{Common, LaunchPlan};
 use crate::error::Result;
 use crate::redact::live::{self as redaction, MatcherCell};
@@ -76,6 +75,11 @@ pub struct RunOptions {
     pub reload_signal: Option<Signal>,
     /// What to do with the child when a value it was given changes.
     pub on_rotate: OnRotate,
+    /// `--proxy-listen`: where the credential proxy listens (default
+    /// `127.0.0.1:0`).
+    pub proxy_listen: Option<String>,
+    /// `--proxy-ca`: extra roots for the proxy's upstreams (PEM).
+    pub proxy_ca: Option<PathBuf>,
     /// The command and its arguments.
     pub command: Vec<OsString>,
 }
@@ -184,11 +188,11 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     );
     let mut services = services::start(common, opts, &world.env, &planned, &resolved, &sources)?;
     let offered = Offered::collect(&mut services);
-    sources.rotation().token = offered
+    sources.rotation().masked = offered
         .masked
         .iter()
-        .find(|(k, _)| k == api::TOKEN_VAR)
-        .map(|(_, v)| v.duplicate());
+        .map(|(k, v)| (k.clone(), v.duplicate()))
+        .collect();
     warn_unmasked(opts, &planned, &resolved.values);
     if opts.subreaper && std::process::id() != 1 {
         sys::set_child_subreaper()?;
@@ -340,7 +344,9 @@ impl Session<'_> {
             grace: opts.grace,
             own_group: terminals.own_group && master.is_none(),
         };
-        if first && !opts.no_redact {
+        // Built even with --no-redact: the credential proxy redacts its
+        // responses with it whatever the relay does.
+        if first {
             *matcher = Some(relay_matcher(
                 opts,
                 self.world,
@@ -357,7 +363,7 @@ impl Session<'_> {
             supervisor,
             self.signals,
             terminals.stdin,
-            matcher.as_ref(),
+            matcher.as_ref().filter(|_| !opts.no_redact),
             self.counts,
         )?;
         let mut r = self.sources.rotation();

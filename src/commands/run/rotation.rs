@@ -37,8 +37,9 @@ pub(super) struct Rotation {
     mask: Mask,
     /// Every value seen in this run, by id (old values stay masked).
     seen: Vec<(String, SecretBytes)>,
-    /// The child's token, masked too.
-    pub token: Option<SecretBytes>,
+    /// What the services give the child that the relay masks too (the
+    /// child's token, the proxy's placeholders), by variable.
+    pub masked: Vec<(String, SecretBytes)>,
     /// Injected variable → value, as the child got them.
     pub injected: Vec<(String, SecretBytes)>,
     /// The running child.
@@ -72,9 +73,7 @@ impl Sources {
             .iter()
             .map(|(id, v)| (id.as_str(), v.expose()))
             .collect();
-        if let Some(t) = &r.token {
-            extra.push((api::TOKEN_VAR, t.expose()));
-        }
+        extra.extend(r.masked.iter().map(|(k, v)| (k.as_str(), v.expose())));
         let base = LaunchPlan {
             secrets: Vec::new(),
             ..plan.clone()
@@ -232,7 +231,7 @@ impl Sources {
                     .zip(values)
                     .map(|(p, v)| (p.id.clone(), v.duplicate()))
                     .collect(),
-                token: None,
+                masked: Vec::new(),
                 injected: Vec::new(),
                 child: None,
                 on_rotate: opts.on_rotate,
