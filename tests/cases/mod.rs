@@ -8,6 +8,7 @@ mod env;
 mod hardening;
 mod launch;
 mod providers;
+mod proxy;
 mod pty;
 mod redaction;
 mod remote;

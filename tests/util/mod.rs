@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

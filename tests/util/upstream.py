@@ -26,7 +26,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 STATE = sys.argv[1]
-KEY = open(sys.argv[2]).read().strip()
+KEY_FILE = sys.argv[2]
+
+
+def current_key():
+    """Read on each request: a test rotates the key by rewriting the file."""
+    with open(KEY_FILE) as f:
+        return f.read().strip()
 
 
 def log(entry):
@@ -41,6 +47,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def key_ok(self, query):
+        KEY = current_key()
         auth = self.headers.get("Authorization", "")
         return (
             auth == "Bearer " + KEY
@@ -104,6 +111,7 @@ class Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         body = self.body()
         ok = self.key_ok(query)
+        KEY = current_key()
         log({"method": method, "path": url.path, "key_ok": ok,
              "headers": sorted(k.lower() for k in self.headers.keys()),
              "body_bytes": len(body)})
