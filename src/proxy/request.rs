@@ -158,13 +158,20 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// The placeholder as the client sent it in the first of the route's
+/// accepted places that has one.
+pub fn presented_on(route: &Route, headers: &HeaderMap, query: Option<&str>) -> Option<Vec<u8>> {
+    route.accepted().find_map(|i| presented(i, headers, query))
+}
+
 /// Remove from a request what must not reach the upstream: hop-by-hop
 /// headers (and those `Connection` names), `Host` (set again), the client's
-/// copy of the inject header, `Proxy-*`, `Forwarded` and `X-Forwarded-*`.
-pub fn strip_request_headers(headers: &mut HeaderMap, inject_header: Option<&str>) {
+/// copy of the inject header (and of every header the placeholder is
+/// accepted in), `Proxy-*`, `Forwarded` and `X-Forwarded-*`.
+pub fn strip_request_headers(headers: &mut HeaderMap, route: &Route) {
     strip_hop_by_hop(headers);
     headers.remove(hyper::header::HOST);
-    if let Some(h) = inject_header {
+    for h in route.accepted().filter_map(Inject::header) {
         headers.remove(h);
     }
     let names: Vec<HeaderName> = headers
@@ -328,6 +335,24 @@ mod tests {
         );
         assert_eq!(presented(&query, &h, Some("a=1")), None);
         assert_eq!(presented(&xkey, &HeaderMap::new(), None), None);
+        let anthropic = Route::build(
+            "a",
+            &super::super::ProxySpec {
+                preset: Some("anthropic".into()),
+                ..Default::default()
+            },
+        )
+        .expect("route");
+        let sdk_bearer = headers(&[("authorization", "Bearer kwp_a")]);
+        let sdk_key = headers(&[("x-api-key", "kwp_b")]);
+        assert_eq!(
+            presented_on(&anthropic, &sdk_bearer, None).as_deref(),
+            Some(&b"kwp_a"[..])
+        );
+        assert_eq!(
+            presented_on(&anthropic, &sdk_key, None).as_deref(),
+            Some(&b"kwp_b"[..])
+        );
     }
 
     #[test]
@@ -362,7 +387,15 @@ mod tests {
             ("content-type", "application/json"),
             ("openai-beta", "assistants=v2"),
         ]);
-        strip_request_headers(&mut h, Some("authorization"));
+        let route = Route::build(
+            "o",
+            &super::super::ProxySpec {
+                preset: Some("openai".into()),
+                ..Default::default()
+            },
+        )
+        .expect("route");
+        strip_request_headers(&mut h, &route);
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["content-type", "openai-beta"]);

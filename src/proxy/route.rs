@@ -307,6 +307,11 @@ pub struct Route {
     pub upstream: Upstream,
     /// Where the real value goes (and where the placeholder is accepted).
     pub inject: Inject,
+    /// Where else the placeholder is accepted (and stripped): where the
+    /// preset's SDK may send a key besides `inject` (the Anthropic SDK
+    /// sends `Authorization: Bearer` in recent versions, `x-api-key` in
+    /// older ones). Empty when `inject` is given.
+    pub also_accept: Vec<Inject>,
     /// Allowed `METHOD /path` patterns.
     pub allow: Vec<String>,
     /// What the child gets.
@@ -382,15 +387,25 @@ impl Route {
         if spec.max_requests_per_minute == Some(0) {
             return Err("proxy: max_requests_per_minute: expected a positive integer".into());
         }
+        let also_accept = match (spec.preset.as_deref(), &spec.inject) {
+            (Some("anthropic"), None) => vec![Inject::parse(BEARER)?],
+            _ => Vec::new(),
+        };
         Ok(Route {
             id: id.to_string(),
             preset: spec.preset.clone(),
             upstream: Upstream::parse(upstream)?,
             inject: Inject::parse(inject)?,
+            also_accept,
             allow,
             env,
             max_requests_per_minute: spec.max_requests_per_minute,
         })
+    }
+
+    /// Every place the placeholder is accepted: `inject` first.
+    pub fn accepted(&self) -> impl Iterator<Item = &Inject> {
+        std::iter::once(&self.inject).chain(&self.also_accept)
     }
 
     /// Whether `method` and `path` (no query) are allowed.

@@ -766,7 +766,7 @@ async fn forward(
         return Err(refuse(400, "a path with '.' or '..' segments is refused"));
     }
     let query = parts.uri.query().map(str::to_string);
-    let presented = request::presented(&route.inject, &parts.headers, query.as_deref());
+    let presented = request::presented_on(route, &parts.headers, query.as_deref());
     let phantoms: Vec<&[u8]> = ctx.routes.iter().map(|s| s.phantom.expose()).collect();
     let verdict = {
         let mut elsewhere: Vec<&[u8]> = parts.headers.values().map(|v| v.as_bytes()).collect();
@@ -818,7 +818,7 @@ async fn forward(
         return Err(refuse(503, "the proxy is starting"));
     };
     // The client's placeholder goes; what is left must carry no secret.
-    request::strip_request_headers(&mut parts.headers, route.inject.header());
+    request::strip_request_headers(&mut parts.headers, route);
     let query = match (&route.inject, &query) {
         (Inject::Query(name), Some(q)) => Some(request::query_without(q, name)),
         _ => query,

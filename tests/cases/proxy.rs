@@ -649,3 +649,140 @@ fn proxy_config_errors_are_78() {
         );
     }
 }
+
+/// The registry for the SDK tests: openai, anthropic and slack routes, all
+/// to the one upstream (which accepts one key, so all three share it).
+fn sdk_setup(dir: &Dir, up: &Upstream) -> String {
+    let key = std::fs::read_to_string(dir.join("openai.key")).expect("key");
+    dir.write(
+        "reg.yaml",
+        format!(
+            "openai:\n  dev:\n    secret_ref: file://openai.key\n    proxy:\n      preset: openai\n      upstream: \"{}\"\nanthropic:\n  dev:\n    secret_ref: file://openai.key\n    proxy:\n      preset: anthropic\n      upstream: \"{}\"\nslack_bot:\n  dev:\n    secret_ref: file://openai.key\n    proxy:\n      preset: slack\n      upstream: \"{}\"\n",
+            up.url("/v1"),
+            up.url(""),
+            up.url("/api"),
+        ),
+    );
+    key
+}
+
+const PY_AGENT: &str = r#"
+import os, openai, anthropic
+from slack_sdk import WebClient
+msgs = [{"role": "user", "content": "hi"}]
+c = openai.OpenAI(max_retries=0)
+print("openai:", c.chat.completions.create(model="test-model", messages=msgs).choices[0].message.content)
+s = c.chat.completions.create(model="test-model", messages=msgs, stream=True)
+print("openai-stream:", "".join(ch.choices[0].delta.content or "" for ch in s if ch.choices))
+print("models:", [m.id for m in c.models.list()])
+a = anthropic.Anthropic(max_retries=0)
+print("anthropic:", a.messages.create(model="m", max_tokens=10, messages=msgs).content[0].text)
+with a.messages.stream(model="m", max_tokens=10, messages=msgs) as st:
+    print("anthropic-stream:", "".join(st.text_stream))
+w = WebClient(token=os.environ["SLACK_BOT_TOKEN"], base_url=os.environ["SLACK_API_URL"])
+print("slack:", w.chat_postMessage(channel="C1", text="hi")["ok"])
+try:
+    c.files.list()
+except openai.PermissionDeniedError as e:
+    print("refused:", e.status_code)
+"#;
+
+/// The official Python SDKs, pointed at keywarden by environment only.
+#[test]
+fn proxy_python_sdks_work_unmodified() {
+    let Some(python) = crate::util::sdk::python() else {
+        panic!("the Python SDKs could not be installed into .venv");
+    };
+    let dir = Dir::new();
+    let up = upstream(&dir);
+    let key = sdk_setup(&dir, &up);
+    dir.write("agent.py", PY_AGENT);
+    let ca = ca_opt();
+    let py = python.display().to_string();
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--proxy-ca",
+            &ca,
+            "--no-redact",
+            "--",
+            &py,
+            "agent.py",
+        ],
+    ));
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for line in [
+        "openai: Hello from upstream",
+        "openai-stream: Hello from upstream",
+        "models: ['test-model']",
+        "anthropic: Hello from upstream",
+        "anthropic-stream: Hello from upstream",
+        "slack: True",
+        "refused: 403",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in {text}");
+    }
+    assert_free_of(&key, "the agent's output", &(text + &stderr(&out)));
+    assert!(
+        up.requests().iter().all(|r| r["key_ok"] == true),
+        "{:?}",
+        up.requests()
+    );
+}
+
+const NODE_AGENT: &str = r#"
+const OpenAI = require('openai');
+const c = new OpenAI({ maxRetries: 0 });
+const msgs = [{ role: 'user', content: 'hi' }];
+(async () => {
+  const r = await c.chat.completions.create({ model: 'test-model', messages: msgs });
+  console.log('node:', r.choices[0].message.content);
+  const s = await c.chat.completions.create({ model: 'test-model', messages: msgs, stream: true });
+  let t = '';
+  for await (const ch of s) t += (ch.choices[0] && ch.choices[0].delta.content) || '';
+  console.log('node-stream:', t);
+})().catch((e) => { console.error('failed:', e.status, e.message); process.exit(1); });
+"#;
+
+/// The official Node SDK, pointed at keywarden by environment only.
+#[test]
+fn proxy_node_sdk_works_unmodified() {
+    let Some(modules) = crate::util::sdk::node_modules() else {
+        panic!("the Node SDK could not be installed into node_modules");
+    };
+    let dir = Dir::new();
+    let up = upstream(&dir);
+    let key = sdk_setup(&dir, &up);
+    dir.write("agent.js", NODE_AGENT);
+    let ca = ca_opt();
+    let out = output(
+        kw(
+            &dir,
+            &[
+                "run",
+                "--env",
+                "dev",
+                "--registry",
+                "reg.yaml",
+                "--proxy-ca",
+                &ca,
+                "--no-redact",
+                "--",
+                "node",
+                "agent.js",
+            ],
+        )
+        .env("NODE_PATH", &modules),
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("node: Hello from upstream"), "{text}");
+    assert!(text.contains("node-stream: Hello from upstream"), "{text}");
+    assert_free_of(&key, "the agent's output", &(text + &stderr(&out)));
+}

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod sdk;
 pub mod upstream;
 
 use std::io::Read;
