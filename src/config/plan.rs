@@ -153,7 +153,12 @@ pub fn build_plan(
                         "env: a secret that requires approval cannot be injected".to_string(),
                     ));
                 }
-                if let Some(other) = secrets.iter().find(|s| s.env_var.as_deref() == Some(var)) {
+                if let Some(other) = secrets.iter().find(|s| {
+                    s.env_var.as_deref() == Some(var)
+                        || s.proxy
+                            .as_ref()
+                            .is_some_and(|r| r.env.iter().any(|t| t.name == *var))
+                }) {
                     return Err(at(format!(
                         "env: {var} is already injected by secret '{}'",
                         other.id
@@ -386,5 +391,39 @@ mod tests {
                 .contains("variable T: scheme 'env' is not allowed"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_proxied_secret_is_never_injected_and_its_variables_are_its_own() {
+        let reg = "openai:\n  dev:\n    secret_ref: kv://openai\n    env: OPENAI_API_KEY\n    proxy: openai\nother:\n  dev:\n    secret_ref: kv://other\n    env: OPENAI_BASE_URL\n";
+        let e = build_plan(&config(reg, "{}"), Environment::Dev, &[], Path::new("/cwd"))
+            .expect_err("OPENAI_BASE_URL given twice");
+        assert_eq!(e.exit_code(), 78);
+        let reg = "openai:\n  dev:\n    secret_ref: kv://openai\n    env: OPENAI_API_KEY\n    proxy: openai\n";
+        let process = env(&[("OPENAI_BASE_URL", "kv://elsewhere")]);
+        let plan = build_plan(
+            &config(reg, "{}"),
+            Environment::Dev,
+            &process,
+            Path::new("/cwd"),
+        )
+        .expect("plan");
+        assert_eq!(
+            plan.secrets.len(),
+            1,
+            "a ref in a variable the route sets is not resolved"
+        );
+        assert_eq!(plan.secrets[0].env_var, None);
+        let route = plan.secrets[0].proxy.as_ref().expect("route");
+        assert_eq!(route.upstream.to_string(), "https://api.openai.com/v1");
+        let denied = "openai:\n  dev:\n    secret_ref: kv://openai\n    proxy:\n      preset: openai\n      env: {INTERNAL_API_TOKEN: \"{phantom}\"}\n";
+        let e = build_plan(
+            &config(denied, "{}"),
+            Environment::Dev,
+            &[],
+            Path::new("/cwd"),
+        )
+        .expect_err("denied");
+        assert_eq!(e.exit_code(), 78);
     }
 }

@@ -358,7 +358,8 @@ mod tests {
     #[test]
     fn placeholder_verdicts() {
         let phantoms: [&[u8]; 2] = [b"kwp_own", b"kwp_other"];
-        let table: [(Option<&[u8]>, &[&[u8]], Placeholder); 6] = [
+        type Case<'a> = (Option<&'a [u8]>, &'a [&'a [u8]], Placeholder);
+        let table: [Case<'_>; 6] = [
             (Some(b"kwp_own"), &[], Placeholder::Valid),
             (None, &[], Placeholder::Invalid),
             (Some(b"kwp_wrong"), &[], Placeholder::Invalid),

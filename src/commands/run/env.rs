@@ -113,6 +113,8 @@ mod tests {
             revocation_list: None,
             reload_signal: None,
             on_rotate: super::super::OnRotate::None,
+            proxy_listen: None,
+            proxy_ca: None,
             command: vec![OsString::from("true")],
         }
     }
