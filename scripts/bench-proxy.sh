@@ -85,7 +85,7 @@ def ttfb(name):
     for _ in range(20):
         c = mk(); t = time.perf_counter()
         c.request("GET", base + "/sse?n=1&pause=0", headers={"Authorization": auth}); r = c.getresponse()
-        r.fp.readline(); res.append((time.perf_counter() - t) * 1e3); r.read(); c.close()
+        r.read1(65536); res.append((time.perf_counter() - t) * 1e3); r.read(); c.close()
     res.sort(); return res[len(res) // 2]
 def rss(pid):
     for l in open("/proc/%d/status" % pid):

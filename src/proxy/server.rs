@@ -100,6 +100,16 @@ struct Served {
     limit: Mutex<Option<RateLimit>>,
 }
 
+/// What the server thread starts from: [`Ctx`] but the client.
+struct Setup {
+    routes: Vec<Served>,
+    keyring: Keyring,
+    matcher: MatcherNow,
+    not_secrets: Vec<String>,
+    audit: Auditor,
+    extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
 /// What every connection shares.
 struct Ctx {
     routes: Vec<Served>,
@@ -119,7 +129,7 @@ enum Listener {
 /// and, once [`Proxy::serve`] ran, served by a thread of its own.
 pub struct Proxy {
     address: Listen,
-    idle: Option<(Listener, Arc<Ctx>)>,
+    idle: Option<(Listener, Setup)>,
     unix_path: Option<PathBuf>,
     stop: Option<watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -137,7 +147,13 @@ impl std::fmt::Debug for Proxy {
 /// Bind the listener and make each route's placeholder. Errors: a listen
 /// address that cannot be bound (78), an unreadable CA file (78).
 pub fn bind(opts: ProxyOptions) -> Result<Proxy> {
-    let client = client(opts.ca_file.as_deref())?;
+    // The file is read now (a bad one is 78 before the child starts); the
+    // system's roots and the TLS client wait for the first connection, so
+    // a child that never calls the proxy pays nothing for them.
+    let extra_roots = match &opts.ca_file {
+        Some(path) => read_ca(path)?,
+        None => Vec::new(),
+    };
     let (listener, address) = listen(&opts.listen)?;
     let mut routes = Vec::with_capacity(opts.routes.len());
     let mut env = Vec::new();
@@ -168,14 +184,14 @@ pub fn bind(opts: ProxyOptions) -> Result<Proxy> {
             route,
         });
     }
-    let ctx = Arc::new(Ctx {
+    let ctx = Setup {
         routes,
         keyring: opts.keyring,
         matcher: opts.matcher,
         not_secrets: opts.not_secrets,
         audit: opts.audit,
-        client,
-    });
+        extra_roots,
+    };
     let unix_path = match &listener {
         Listener::Unix(_, p) => Some(p.clone()),
         Listener::Tcp(_) => None,
@@ -221,33 +237,36 @@ fn show(addr: &Listen) -> String {
     }
 }
 
+/// The certificates of `--proxy-ca` (PEM); 78 naming the file when it
+/// cannot be read or holds none.
+fn read_ca(path: &std::path::Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |what: String| Error::config(format!("{}: --proxy-ca: {what}", path.display()));
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
 /// The upstream client: HTTP/1.1 over rustls, trusting the system's roots
-/// and `ca_file`'s; never follows redirects (hyper's client does not).
-fn client(ca_file: Option<&std::path::Path>) -> Result<UpClient> {
+/// and `extra`; never follows redirects (hyper's client does not).
+fn client(extra: Vec<rustls_pki_types::CertificateDer<'static>>) -> std::io::Result<UpClient> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
-    if let Some(path) = ca_file {
-        use rustls_pki_types::pem::PemObject;
-        let bad = |what: String| Error::config(format!("{}: --proxy-ca: {what}", path.display()));
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(e.to_string()))?;
-        let mut n = 0;
-        for cert in certs {
-            let cert = cert.map_err(|e| bad(e.to_string()))?;
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err(bad("no PEM certificate in the file".into()));
-        }
+    for cert in extra {
+        roots.add(cert).map_err(std::io::Error::other)?;
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| Error::new(ErrorKind::Software, format!("TLS setup: {e}")))?
+    .map_err(std::io::Error::other)?
     .with_root_certificates(roots)
     .with_no_client_auth();
     let mut http = HttpConnector::new();
@@ -331,9 +350,17 @@ impl Drop for Proxy {
 
 fn spawn(
     listener: Listener,
-    ctx: Arc<Ctx>,
+    setup: Setup,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let ctx = Arc::new(Ctx {
+        client: client(setup.extra_roots)?,
+        routes: setup.routes,
+        keyring: setup.keyring,
+        matcher: setup.matcher,
+        not_secrets: setup.not_secrets,
+        audit: setup.audit,
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()

@@ -544,6 +544,26 @@ fn proxy_listen_is_loopback_or_unix() {
         assert_eq!(out.status.code(), Some(78), "{addr}: {}", stderr(&out));
         assert!(stderr(&out).contains("--proxy-listen"), "{}", stderr(&out));
     }
+    let not_pem = dir.write("not.pem", "no certificate here\n");
+    for ca in [dir.join("missing.pem"), not_pem] {
+        let ca = ca.display().to_string();
+        let out = output(&mut kw(
+            &dir,
+            &[
+                "run",
+                "--env",
+                "dev",
+                "--registry",
+                "reg.yaml",
+                "--proxy-ca",
+                &ca,
+                "--",
+                "true",
+            ],
+        ));
+        assert_eq!(out.status.code(), Some(78), "{ca}: {}", stderr(&out));
+        assert!(stderr(&out).contains(&ca), "{}", stderr(&out));
+    }
     let sock = dir.join("proxy.sock");
     let listen = format!("unix:{}", sock.display());
     let ca = ca_opt();
