@@ -196,6 +196,7 @@ fn main() {
         resolved_at: SystemTime::now(),
         dates: Default::default(),
         lease: None,
+        proxied: false,
     };
     let audit = if audit_on {
         Auditor::open(&dir.join("audit.jsonl"), Environment::Dev, None).expect("audit")

@@ -68,6 +68,8 @@ pub enum EventKind {
     Challenge,
     /// The operator answered a challenge (never the code).
     Approve,
+    /// A request through the credential proxy (never a header or a body).
+    Proxy,
 }
 
 impl EventKind {
@@ -88,6 +90,7 @@ impl EventKind {
             EventKind::RedactionCounts => "redaction_counts",
             EventKind::Challenge => "challenge",
             EventKind::Approve => "approve",
+            EventKind::Proxy => "proxy",
         }
     }
 }
@@ -161,6 +164,16 @@ pub struct Event {
     counts: Option<BTreeMap<String, u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     child_pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<f64>,
     /// An id the request named that is no secret of this run: recorded
     /// only as a keyed fingerprint, under the key the field names.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -207,6 +220,11 @@ impl Event {
             unknown_id_hmac_audit_key: None,
             unknown_id_hmac_run_key: None,
             unknown_id: None,
+            method: None,
+            path: None,
+            request_bytes: None,
+            response_bytes: None,
+            duration_ms: None,
         }
     }
 
@@ -336,6 +354,25 @@ impl Event {
     /// Redaction counts per secret id.
     pub fn counts(mut self, counts: BTreeMap<String, u64>) -> Self {
         self.counts = Some(counts);
+        self
+    }
+
+    /// A proxied request: method, path (no query; redacted by the
+    /// caller), body bytes each way (request: child to upstream;
+    /// response: to the child) and how long it took.
+    pub fn proxied(
+        mut self,
+        method: &str,
+        path: &str,
+        request_bytes: u64,
+        response_bytes: u64,
+        took: std::time::Duration,
+    ) -> Self {
+        self.method = Some(method.to_string());
+        self.path = Some(path.to_string());
+        self.request_bytes = Some(request_bytes);
+        self.response_bytes = Some(response_bytes);
+        self.duration_ms = Some((took.as_secs_f64() * 1e6).round() / 1e3);
         self
     }
 

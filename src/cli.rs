@@ -68,7 +68,7 @@ impl Cli {
             } = RunCli::try_parse_from(args)?;
             return Ok(Cli {
                 global,
-                command: Command::Run(run),
+                command: Command::Run(Box::new(run)),
             });
         }
         Cli::try_parse_from(args)
@@ -112,7 +112,7 @@ struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Resolve secrets and run COMMAND with them; its output is relayed with every secret masked
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate the configuration and resolve every ref; print a table, never values
     Check(CheckArgs),
     /// Copy stdin to stdout with every secret (and its encodings) masked
@@ -200,6 +200,12 @@ struct RunArgs {
     /// When a reload changes a value injected into the command: none, restart (stop it, start it again with the new values), or signal:SIG (e.g. signal:HUP)
     #[arg(long, value_name = "ACTION", default_value = "none", value_parser = OnRotate::parse)]
     on_rotate: OnRotate,
+    /// Where the credential proxy listens: a loopback HOST:PORT, or unix:PATH [default: 127.0.0.1:0, an ephemeral port]
+    #[arg(long, value_name = "ADDR")]
+    proxy_listen: Option<String>,
+    /// Also trust these CA certificates (PEM) for the credential proxy's upstreams
+    #[arg(long, env = "KEYWARDEN_PROXY_CA", value_name = "FILE")]
+    proxy_ca: Option<PathBuf>,
     /// The command and its arguments, passed verbatim
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -327,6 +333,8 @@ fn dispatch(cli: &Cli) -> Result<u8> {
                 env_files: a.env_file.clone(),
                 signal_group: a.signal_group,
                 mask: a.mask.mask.clone(),
+                proxy_listen: a.proxy_listen.clone(),
+                proxy_ca: a.proxy_ca.clone(),
                 command: a.command.clone(),
             },
         ),

@@ -18,6 +18,7 @@ pub mod duration;
 pub mod envfilter;
 pub mod error;
 pub mod logging;
+pub mod proxy;
 pub mod redact;
 pub mod relay;
 pub mod resolve;

@@ -40,7 +40,7 @@ use crate::config::{Approval, Environment, PlannedSecret};
 use crate::error::Result;
 use crate::secret::{SecretBytes, SecretRef};
 
-pub use server::{bind, reload_at, start, RunningApi};
+pub use server::{bind, keyring, reload_at, start, KeyAnswer, Keyring, RunningApi};
 pub use state::Now;
 
 /// The variable that tells the child where the socket is.
@@ -78,6 +78,9 @@ pub struct ServedSecret {
     /// The lease the backend gave `value` (Vault): the cached value
     /// expires at the earlier of the TTL and the lease.
     pub lease: Option<std::time::Duration>,
+    /// Served only through the credential proxy: the socket refuses it
+    /// (403, `"reason":"proxied"`).
+    pub proxied: bool,
 }
 
 impl ServedSecret {
@@ -101,6 +104,7 @@ impl ServedSecret {
                 ..SecretDates::default()
             },
             lease: None,
+            proxied: planned.proxy.is_some(),
         }
     }
 }

@@ -127,6 +127,19 @@ impl Reply {
         })
     }
 
+    /// 403 for a secret served only through the credential proxy:
+    /// `{"error": ..., "reason": "proxied"}`.
+    pub fn proxied(id: &str, auth: Auth) -> Self {
+        let message = format!(
+            "secret '{id}' is served only through the credential proxy (its {{url}} and placeholder)"
+        );
+        Reply {
+            body: json::to_body(&serde_json::json!({"error": message, "reason": "proxied"})),
+            reason: Some(message),
+            ..Reply::ok(403, Body::default(), auth)
+        }
+    }
+
     fn about(mut self, subject: Subject) -> Self {
         self.subject = Some(Box::new(subject));
         self
@@ -311,6 +324,9 @@ fn get_secret(
     let refuse = |status, why: String| {
         Handled::Reply(Reply::error(status, why, auth.clone()).about(subject.clone()))
     };
+    if e.proxied {
+        return Handled::Reply(Reply::proxied(id, auth.clone()).about(subject.clone()));
+    }
     if !grant.allows(&e.scope) {
         return refuse(403, format!("secret '{id}' is out of the token's scope"));
     }
@@ -437,6 +453,9 @@ fn get_skill(
     let mut ids = Vec::new();
     for e in secrets.values() {
         let for_skill = e.scope.iter().any(|s| s == "pool" || *s == label);
+        if for_skill && e.proxied {
+            return Handled::Reply(Reply::proxied(&e.id, auth));
+        }
         if !for_skill
             || !grant.allows(&e.scope)
             || e.revoked.is_some()

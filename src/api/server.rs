@@ -116,6 +116,12 @@ struct Shared {
     limits: ConnLimits,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
 impl Shared {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -196,6 +202,8 @@ impl http_body::Body for OutBody {
 /// [`RunningApi::shutdown`].
 #[derive(Debug)]
 pub struct RunningApi {
+    /// What the server knows, also read by the credential proxy.
+    shared: Arc<Shared>,
     socket: SocketGuard,
     admin: SocketGuard,
     /// A link to an admin socket at a chosen path, where the operator's
@@ -237,6 +245,14 @@ impl RunningApi {
     /// The admin socket (never told to the child).
     pub fn admin_path(&self) -> &Path {
         self.admin.path()
+    }
+
+    /// The secrets this API serves, for the credential proxy: it sees the
+    /// same values, TTLs, revocations and reloads.
+    pub fn keyring(&self) -> Keyring {
+        Keyring {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The child's token, given out once (only its hash stays here).
@@ -490,23 +506,7 @@ pub fn bind(
         "admin.sock",
         None,
     )?;
-    let revoked = RevocationList::load(&opts.revocation_list)?;
-    let now = Now::system();
-    let mut state = State::new(
-        Settings {
-            env: opts.env,
-            max_ttl_seconds: opts.max_ttl_seconds,
-            slack_secret_id: opts.slack_secret_id.clone(),
-        },
-        secrets,
-        now,
-    );
-    state.apply_revocations(&revoked);
-    // Without HITL_CHALLENGE_HMAC_KEY, a random key is made for the first
-    // challenge.
-    state.approvals = Some(super::approvals::Approvals::new(
-        opts.approval_key.as_ref().map(|k| k.duplicate()),
-    ));
+    let mut state = state_of(&opts, secrets)?;
     let expiring = state.holds_expiring_values();
     let bytes = random_token_bytes().ok_or_else(|| {
         Error::new(
@@ -526,17 +526,7 @@ pub fn bind(
                 expires_at: None,
             }),
     );
-    let shared = Arc::new(Shared {
-        state: Mutex::new(state),
-        limiter: Mutex::new(AuthLimiter::new()),
-        audit: opts.audit.clone(),
-        callbacks,
-        revocation_list: opts.revocation_list.clone(),
-        refresh_locks: Mutex::new(HashMap::new()),
-        child_uid: opts.child_uid,
-        admin_uid: euid,
-        limits: opts.limits,
-    });
+    let shared = shared_of(&opts, state, callbacks);
     for l in [&child_listener, &admin_listener] {
         l.set_nonblocking(true)
             .map_err(|e| Error::new(ErrorKind::Os, format!("cannot set up the socket: {e}")))?;
@@ -553,6 +543,7 @@ pub fn bind(
         None => None,
     };
     let api = RunningApi {
+        shared: shared.clone(),
         socket,
         admin,
         announced,
@@ -573,6 +564,144 @@ pub fn bind(
         api.admin_path().display()
     );
     Ok(api)
+}
+
+/// The served state for `secrets`: revocations of the list applied, and
+/// challenges set up.
+fn state_of(opts: &ApiOptions, secrets: Vec<ServedSecret>) -> Result<State> {
+    let revoked = RevocationList::load(&opts.revocation_list)?;
+    let now = Now::system();
+    let mut state = State::new(
+        Settings {
+            env: opts.env,
+            max_ttl_seconds: opts.max_ttl_seconds,
+            slack_secret_id: opts.slack_secret_id.clone(),
+        },
+        secrets,
+        now,
+    );
+    state.apply_revocations(&revoked);
+    // Without HITL_CHALLENGE_HMAC_KEY, a random key is made for the first
+    // challenge.
+    state.approvals = Some(super::approvals::Approvals::new(
+        opts.approval_key.as_ref().map(|k| k.duplicate()),
+    ));
+    Ok(state)
+}
+
+fn shared_of(opts: &ApiOptions, state: State, callbacks: Callbacks) -> Arc<Shared> {
+    Arc::new(Shared {
+        state: Mutex::new(state),
+        limiter: Mutex::new(AuthLimiter::new()),
+        audit: opts.audit.clone(),
+        callbacks,
+        revocation_list: opts.revocation_list.clone(),
+        refresh_locks: Mutex::new(HashMap::new()),
+        child_uid: opts.child_uid,
+        admin_uid: nix::unistd::geteuid().as_raw(),
+        limits: opts.limits,
+    })
+}
+
+/// The secrets the API serves, seen from the credential proxy: the same
+/// cached values, TTLs (an expired value is resolved again, once at a
+/// time), revocations and reloads. Cloning shares it.
+#[derive(Clone)]
+pub struct Keyring {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keyring")
+    }
+}
+
+/// What the keyring says about a secret.
+#[derive(Debug)]
+pub enum KeyAnswer {
+    /// Its current value.
+    Value(SecretBytes),
+    /// Revoked: 410.
+    Revoked,
+    /// No such secret (any more, after a reload).
+    Unknown,
+    /// It could not be resolved again (the reason names the ref, never a
+    /// value).
+    Failed(String),
+}
+
+/// A keyring without sockets (`--no-socket`): the proxy alone reads it,
+/// and [`Keyring::reload`] carries out reloads.
+pub fn keyring(
+    opts: &ApiOptions,
+    secrets: Vec<ServedSecret>,
+    callbacks: Callbacks,
+) -> Result<Keyring> {
+    let state = state_of(opts, secrets)?;
+    Ok(Keyring {
+        shared: shared_of(opts, state, callbacks),
+    })
+}
+
+impl Keyring {
+    /// The current value of `id`, resolved again first when its TTL ran out.
+    pub async fn current(&self, id: &str) -> KeyAnswer {
+        for _ in 0..3 {
+            {
+                let mut st = self.shared.state();
+                let Some(e) = st.secrets.get_mut(id) else {
+                    return KeyAnswer::Unknown;
+                };
+                if e.revoked.is_some() {
+                    return KeyAnswer::Revoked;
+                }
+                if let Some(v) = e.fresh_value(Now::system()) {
+                    return KeyAnswer::Value(v.duplicate());
+                }
+            }
+            if let Err(r) = refresh(&self.shared, &[id.to_string()]).await {
+                return KeyAnswer::Failed(r.reason.unwrap_or_default());
+            }
+        }
+        KeyAnswer::Failed(format!(
+            "the value of '{id}' expired before it could be used"
+        ))
+    }
+
+    /// Whether `id` is revoked now.
+    pub fn is_revoked(&self, id: &str) -> bool {
+        self.shared
+            .state()
+            .secrets
+            .get(id)
+            .is_some_and(|e| e.revoked.is_some())
+    }
+
+    /// Reload as the admin socket does (blocking; for `--no-socket`, where
+    /// no admin socket carries it out).
+    pub fn reload(&self) -> Result<()> {
+        let result = (self.shared.callbacks.reload)();
+        let failed = result.as_ref().err().map(|e| e.to_string());
+        let list = RevocationList::load(&self.shared.revocation_list);
+        let mut st = self.shared.state();
+        let reply = routes::reloaded(&mut st, result, Now::system());
+        match list {
+            Ok(list) => st.apply_revocations(&list),
+            Err(e) => tracing::warn!("{e}"),
+        }
+        drop(st);
+        for ev in reply.events {
+            self.shared.audit.note(ev);
+        }
+        match failed {
+            None => Ok(()),
+            Some(why) => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("reload failed: {why}"),
+            )),
+        }
+    }
 }
 
 async fn sweep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {

@@ -97,6 +97,8 @@ pub struct Entry {
     /// The JSON of the reply's `scope` and `expires_at` for the cached
     /// value's expiry, made once per value rather than per call.
     fragments: Option<(Option<Instant>, std::sync::Arc<str>)>,
+    /// Served only through the credential proxy.
+    pub proxied: bool,
 }
 
 impl Entry {
@@ -282,6 +284,7 @@ impl State {
             revoked: None,
             dates: s.dates,
             fragments: None,
+            proxied: s.proxied,
         }
     }
 
@@ -435,6 +438,7 @@ pub(crate) mod tests {
             resolved_at: SystemTime::now(),
             dates: Default::default(),
             lease: None,
+            proxied: false,
         }
     }
 

@@ -48,7 +48,42 @@ struct Row {
     rotate_every_days: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rotation_overdue: Option<bool>,
+    /// The credential proxy's route, for a proxied secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy: Option<ProxyRow>,
     elapsed_ms: Option<u64>,
+}
+
+/// A proxied secret's route (never its placeholder, made per run).
+#[derive(Debug, Serialize)]
+struct ProxyRow {
+    /// `/<id>`: the path under `run`'s proxy address.
+    route: String,
+    upstream: String,
+    preset: Option<String>,
+    /// `header:NAME` or `query:NAME`: where the key goes.
+    inject: String,
+    allow: Vec<String>,
+    /// The variables the child gets.
+    env: Vec<String>,
+    max_requests_per_minute: Option<u64>,
+}
+
+impl ProxyRow {
+    fn of(r: &crate::proxy::Route) -> ProxyRow {
+        ProxyRow {
+            route: format!("/{}", r.id),
+            upstream: r.upstream.to_string(),
+            preset: r.preset.clone(),
+            inject: match &r.inject {
+                crate::proxy::route::Inject::Header { name, .. } => format!("header:{name}"),
+                crate::proxy::route::Inject::Query(n) => format!("query:{n}"),
+            },
+            allow: r.allow.clone(),
+            env: r.env.iter().map(|t| t.name.clone()).collect(),
+            max_requests_per_minute: r.max_requests_per_minute,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -138,6 +173,7 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
                 Approval::None => "none",
                 Approval::Required => "required",
             },
+            proxy: s.proxy.as_deref().map(ProxyRow::of),
             rotated_at: rotated.get(&s.id).copied(),
             rotate_every_days: s.rotate_every_days,
             rotation_overdue: match (s.rotate_every_days, rotated.get(&s.id)) {
@@ -178,6 +214,7 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
             rotated_at: None,
             rotate_every_days: None,
             rotation_overdue: None,
+            proxy: None,
             elapsed_ms: None,
         });
     }
@@ -267,7 +304,10 @@ fn table(report: &Report) -> String {
                 r.scope.join(",")
             },
             r.ttl_seconds.map_or("-".into(), |t| format!("{t}s")),
-            r.env_var.clone().unwrap_or_else(|| "-".into()),
+            match &r.proxy {
+                Some(p) => format!("proxy {} -> {}", p.route, p.upstream),
+                None => r.env_var.clone().unwrap_or_else(|| "-".into()),
+            },
             status,
         ]);
     }

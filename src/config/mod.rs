@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 pub use common::{parse_signal, Common};
 pub use plan::{build_plan, LaunchPlan, Origin, PlannedSecret, Skipped};
 pub use policy::{KvBackendConfig, Policy};
-pub use registry::{Approval, EnvEntry, Registry, RegistryEntry};
+pub use registry::{is_valid_env_name, Approval, EnvEntry, Registry, RegistryEntry};
 
 use crate::error::{Error, Result};
 

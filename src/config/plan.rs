@@ -44,6 +44,9 @@ pub struct PlannedSecret {
     pub rotate_every_days: Option<u64>,
     /// Registry entry or environment variable.
     pub origin: Origin,
+    /// The credential proxy's route: the value is never given to the
+    /// child (not injected, not served by the socket).
+    pub proxy: Option<Box<crate::proxy::Route>>,
 }
 
 impl PlannedSecret {
@@ -175,13 +178,24 @@ pub fn build_plan(
                         "env: a secret that requires approval cannot be injected".to_string(),
                     ));
                 }
-                if let Some(other) = secrets.iter().find(|s| s.env_var.as_deref() == Some(var)) {
+                if let Some(other) = secrets.iter().find(|s| {
+                    s.env_var.as_deref() == Some(var)
+                        || s.proxy
+                            .as_ref()
+                            .is_some_and(|r| r.env.iter().any(|t| t.name == *var))
+                }) {
                     return Err(at(format!(
                         "env: {var} is already injected by secret '{}'",
                         other.id
                     )));
                 }
             }
+            let proxy = match &e.proxy {
+                Some(spec) => Some(Box::new(
+                    proxy_route(&entry.id, e, spec, &deny, &secrets).map_err(at)?,
+                )),
+                None => None,
+            };
             let entry_ttl = e.max_ttl_seconds;
             let ttl = match (entry_ttl, policy.max_ttl_for(env)) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -193,10 +207,13 @@ pub fn build_plan(
                 base_dir: base.clone(),
                 scope: e.scope.clone(),
                 ttl_seconds: ttl,
-                env_var: e.env_var.clone(),
+                // A proxied value is never injected (its `env:` is ignored;
+                // the route's own `env` gives the child the placeholder).
+                env_var: e.env_var.clone().filter(|_| proxy.is_none()),
                 approval: e.approval,
                 rotate_every_days: e.rotate_every_days,
                 origin: Origin::Registry { line: e.line },
+                proxy,
             });
         }
     }
@@ -207,7 +224,12 @@ pub fn build_plan(
         if !looks_like_ref(value) || deny.is_denied(name) || envfilter::is_own(name) {
             continue;
         }
-        if secrets.iter().any(|s| s.env_var.as_deref() == Some(name)) {
+        if secrets.iter().any(|s| {
+            s.env_var.as_deref() == Some(name)
+                || s.proxy
+                    .as_ref()
+                    .is_some_and(|r| r.env.iter().any(|t| t.name == name))
+        }) {
             continue; // the registry injects this name; its value wins
         }
         let reference =
@@ -231,6 +253,7 @@ pub fn build_plan(
             approval: Approval::None,
             rotate_every_days: None,
             origin: Origin::EnvVar,
+            proxy: None,
         });
     }
     Ok(LaunchPlan {
@@ -241,6 +264,39 @@ pub fn build_plan(
         registry_path: config.registry.as_ref().map(|r| r.path.clone()),
         env_sources,
     })
+}
+
+/// The proxy route of registry secret `id`: its fields validated, its
+/// variables neither denied nor given by another secret.
+fn proxy_route(
+    id: &str,
+    e: &super::EnvEntry,
+    spec: &crate::proxy::ProxySpec,
+    deny: &envfilter::DenyList,
+    before: &[PlannedSecret],
+) -> std::result::Result<crate::proxy::Route, String> {
+    if e.approval == Approval::Required {
+        return Err("proxy: a secret that requires approval cannot be proxied".into());
+    }
+    let route = crate::proxy::Route::build(id, spec)?;
+    for t in &route.env {
+        if deny.is_denied(&t.name) {
+            return Err(format!("proxy: env: {} is a denied variable", t.name));
+        }
+        let taken = before.iter().find(|s| {
+            s.env_var.as_deref() == Some(t.name.as_str())
+                || s.proxy
+                    .as_ref()
+                    .is_some_and(|r| r.env.iter().any(|o| o.name == t.name))
+        });
+        if let Some(other) = taken {
+            return Err(format!(
+                "proxy: env: {} is already given by secret '{}'",
+                t.name, other.id
+            ));
+        }
+    }
+    Ok(route)
 }
 
 #[cfg(test)]
@@ -416,5 +472,39 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_proxied_secret_is_never_injected_and_its_variables_are_its_own() {
+        let reg = "openai:\n  dev:\n    secret_ref: kv://openai\n    env: OPENAI_API_KEY\n    proxy: openai\nother:\n  dev:\n    secret_ref: kv://other\n    env: OPENAI_BASE_URL\n";
+        let e = build_plan(&config(reg, "{}"), Environment::Dev, &[], Path::new("/cwd"))
+            .expect_err("OPENAI_BASE_URL given twice");
+        assert_eq!(e.exit_code(), 78);
+        let reg = "openai:\n  dev:\n    secret_ref: kv://openai\n    env: OPENAI_API_KEY\n    proxy: openai\n";
+        let process = env(&[("OPENAI_BASE_URL", "kv://elsewhere")]);
+        let plan = build_plan(
+            &config(reg, "{}"),
+            Environment::Dev,
+            &process,
+            Path::new("/cwd"),
+        )
+        .expect("plan");
+        assert_eq!(
+            plan.secrets.len(),
+            1,
+            "a ref in a variable the route sets is not resolved"
+        );
+        assert_eq!(plan.secrets[0].env_var, None);
+        let route = plan.secrets[0].proxy.as_ref().expect("route");
+        assert_eq!(route.upstream.to_string(), "https://api.openai.com/v1");
+        let denied = "openai:\n  dev:\n    secret_ref: kv://openai\n    proxy:\n      preset: openai\n      env: {INTERNAL_API_TOKEN: \"{phantom}\"}\n";
+        let e = build_plan(
+            &config(denied, "{}"),
+            Environment::Dev,
+            &[],
+            Path::new("/cwd"),
+        )
+        .expect_err("denied");
+        assert_eq!(e.exit_code(), 78);
     }
 }

@@ -13,6 +13,7 @@ use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 use super::Environment;
 use crate::error::{Error, Result};
+use crate::proxy::ProxySpec;
 use crate::secret::SecretRef;
 
 /// Whether using a secret needs a human's approval first.
@@ -43,6 +44,8 @@ pub struct EnvEntry {
     pub approval: Approval,
     /// Rotation cadence, for `check`.
     pub rotate_every_days: Option<u64>,
+    /// Served through the credential proxy, never given to the child.
+    pub proxy: Option<ProxySpec>,
 }
 
 /// One secret id with its per-environment entries.
@@ -72,7 +75,8 @@ pub struct Registry {
     pub entries: Vec<RegistryEntry>,
 }
 
-const FIELDS: &str = "secret_ref, scope, max_ttl_seconds, env, approval, rotate_every_days";
+const FIELDS: &str = "secret_ref, scope, max_ttl_seconds, env, approval, rotate_every_days, proxy";
+const PROXY_FIELDS: &str = "preset, upstream, inject, allow, env, max_requests_per_minute";
 
 struct Ctx<'p> {
     path: &'p Path,
@@ -244,6 +248,7 @@ fn parse_entry(
         env_var: None,
         approval: Approval::None,
         rotate_every_days: None,
+        proxy: None,
     };
     for (key, value) in map.iter() {
         let kline = line_of(value).max(line_of(key));
@@ -313,6 +318,12 @@ fn parse_entry(
                     }
                 };
             }
+            "proxy" => {
+                entry.proxy =
+                    Some(parse_proxy(value).map_err(|(l, e)| {
+                        ctx.err(l.unwrap_or(kline), at(format!("proxy: {e}")))
+                    })?);
+            }
             other => {
                 return Err(ctx.err(
                     line_of(key),
@@ -326,6 +337,90 @@ fn parse_entry(
     entry.secret_ref =
         secret_ref.ok_or_else(|| ctx.err(line, at("missing field 'secret_ref'".to_string())))?;
     Ok(entry)
+}
+
+/// `proxy:` as a preset name or a block. Errors carry the line of the
+/// offending key when known, and never a value.
+fn parse_proxy(node: &MarkedYaml<'_>) -> std::result::Result<ProxySpec, (Option<usize>, String)> {
+    if let Some(name) = as_str(node) {
+        return Ok(ProxySpec {
+            preset: Some(name.to_string()),
+            ..ProxySpec::default()
+        });
+    }
+    let YamlData::Mapping(map) = &node.data else {
+        return Err((
+            None,
+            format!(
+                "expected a preset name or a mapping, found {}",
+                type_name(node)
+            ),
+        ));
+    };
+    let mut spec = ProxySpec::default();
+    for (key, value) in map.iter() {
+        let l = Some(line_of(value).max(line_of(key)));
+        let name = as_str(key).ok_or((l, "keys must be strings".to_string()))?;
+        let expect = |what: &str| {
+            (
+                l,
+                format!("{name}: expected {what}, found {}", type_name(value)),
+            )
+        };
+        match name {
+            "preset" | "upstream" | "inject" => {
+                let text = as_str(value).ok_or_else(|| expect("a string"))?.to_string();
+                match name {
+                    "preset" => spec.preset = Some(text),
+                    "upstream" => spec.upstream = Some(text),
+                    _ => spec.inject = Some(text),
+                }
+            }
+            "allow" => {
+                let YamlData::Sequence(items) = &value.data else {
+                    return Err(expect("a list of \"METHOD /path\" patterns"));
+                };
+                let mut allow = Vec::new();
+                for item in items {
+                    let text = as_str(item).ok_or((
+                        Some(line_of(item)),
+                        "allow: patterns must be strings".to_string(),
+                    ))?;
+                    allow.push(text.to_string());
+                }
+                spec.allow = Some(allow);
+            }
+            "env" => {
+                let YamlData::Mapping(vars) = &value.data else {
+                    return Err(expect("a mapping of variable names to templates"));
+                };
+                let mut env = Vec::new();
+                for (k, v) in vars.iter() {
+                    let (Some(k), Some(v)) = (as_str(k), as_str(v)) else {
+                        return Err((
+                            Some(line_of(k)),
+                            "env: names and templates must be strings".to_string(),
+                        ));
+                    };
+                    env.push((k.to_string(), v.to_string()));
+                }
+                spec.env = Some(env);
+            }
+            "max_requests_per_minute" => {
+                spec.max_requests_per_minute = match &value.data {
+                    YamlData::Value(Scalar::Integer(n)) if *n > 0 => Some(*n as u64),
+                    _ => return Err(expect("a positive integer")),
+                };
+            }
+            other => {
+                return Err((
+                    Some(line_of(key)),
+                    format!("unknown field '{other}' (expected one of {PROXY_FIELDS})"),
+                ))
+            }
+        }
+    }
+    Ok(spec)
 }
 
 #[cfg(test)]

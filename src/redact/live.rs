@@ -137,6 +137,11 @@ impl MatcherCell {
             .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
+    /// The matcher now.
+    pub fn current(&self) -> Arc<Matcher> {
+        self.get().1
+    }
+
     fn get(&self) -> (u64, Arc<Matcher>) {
         let m = self.current.lock().unwrap_or_else(|p| p.into_inner());
         (self.generation(), m.clone())

@@ -88,6 +88,7 @@ fn served_from(source: &Source) -> Vec<ServedSecret> {
             resolved_at: SystemTime::now(),
             dates: Default::default(),
             lease: None,
+            proxied: false,
         })
         .collect()
 }

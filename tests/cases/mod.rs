@@ -12,6 +12,7 @@ mod hardening;
 mod launch;
 mod operator;
 mod providers;
+mod proxy;
 mod pty;
 mod redaction;
 mod remote;

@@ -6,6 +6,8 @@
 
 mod tools;
 pub use tools::{need, venv_bin};
+pub mod sdk;
+pub mod upstream;
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;

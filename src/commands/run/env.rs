@@ -116,6 +116,8 @@ mod tests {
             watch: None,
             env_files: Vec::new(),
             signal_group: false,
+            proxy_listen: None,
+            proxy_ca: None,
             command: vec![OsString::from("true")],
         }
     }

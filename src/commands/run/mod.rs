@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::api;
 use crate::config::{Common, LaunchPlan};
 use crate::error::Result;
 use crate::redact::live::{self as redaction, MatcherCell};
@@ -84,6 +83,11 @@ pub struct RunOptions {
     pub env_files: Vec<PathBuf>,
     /// Forward signals to the child's whole process group.
     pub signal_group: bool,
+    /// `--proxy-listen`: where the credential proxy listens (default
+    /// `127.0.0.1:0`).
+    pub proxy_listen: Option<String>,
+    /// `--proxy-ca`: extra roots for the proxy's upstreams (PEM).
+    pub proxy_ca: Option<PathBuf>,
     /// The command and its arguments.
     pub command: Vec<OsString>,
 }
@@ -204,11 +208,11 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     );
     let mut services = services::start(common, opts, &world.env, &planned, &resolved, &sources)?;
     let offered = Offered::collect(&mut services);
-    sources.rotation().token = offered
+    sources.rotation().masked = offered
         .masked
         .iter()
-        .find(|(k, _)| k == api::TOKEN_VAR)
-        .map(|(_, v)| v.duplicate());
+        .map(|(k, v)| (k.clone(), v.duplicate()))
+        .collect();
     warn_unmasked(opts, &planned, &resolved.values);
     if opts.subreaper && std::process::id() != 1 {
         sys::set_child_subreaper()?;
@@ -367,15 +371,14 @@ impl Session<'_> {
             own_group: terminals.own_group && master.is_none(),
             group: opts.signal_group,
         };
+        // Built even with --no-redact: the credential proxy redacts its
+        // responses with it whatever the relay does, and keywarden's own
+        // records (audit, log lines, the API's error replies) go through it.
         if first {
             let cell = relay_matcher(opts, self.world, plan, values, &self.offered.masked);
-            // keywarden's own records (audit, log lines, the API's error
-            // replies) go through it too, even with --no-redact.
             redaction::scrub_records_with(cell.clone());
             self.sources.rotation().cell = Some(cell.clone());
-            if !opts.no_redact {
-                *matcher = Some(cell);
-            }
+            *matcher = Some(cell);
         }
         let pid = spawned.pid;
         let started = spawn::start_io(
@@ -384,7 +387,7 @@ impl Session<'_> {
             supervisor,
             self.signals,
             terminals.stdin,
-            matcher.as_ref(),
+            matcher.as_ref().filter(|_| !opts.no_redact),
             self.counts,
         )?;
         let mut r = self.sources.rotation();

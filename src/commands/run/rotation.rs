@@ -37,8 +37,9 @@ pub(super) struct Rotation {
     mask: Mask,
     /// Every value seen in this run, by id (old values stay masked).
     seen: Vec<(String, SecretBytes)>,
-    /// The child's token, masked too.
-    pub token: Option<SecretBytes>,
+    /// What the services give the child that the relay masks too (the
+    /// child's token, the proxy's placeholders), by variable.
+    pub masked: Vec<(String, SecretBytes)>,
     /// Tokens minted over the socket, masked like the child's token
     /// until they expire (then they open nothing).
     minted: Vec<(std::time::Instant, SecretBytes)>,
@@ -90,9 +91,7 @@ impl Sources {
             .iter()
             .map(|(id, v)| (id.as_str(), v.expose()))
             .collect();
-        if let Some(t) = &r.token {
-            extra.push((api::TOKEN_VAR, t.expose()));
-        }
+        extra.extend(r.masked.iter().map(|(k, v)| (k.as_str(), v.expose())));
         extra.extend(r.minted.iter().map(|(_, t)| (api::TOKEN_VAR, t.expose())));
         let base = LaunchPlan {
             secrets: Vec::new(),
@@ -213,7 +212,7 @@ impl Sources {
             .seen
             .iter()
             .map(|(id, v)| (id.as_str(), v.expose()))
-            .chain(r.token.iter().map(|t| (api::TOKEN_VAR, t.expose())))
+            .chain(r.masked.iter().map(|(k, v)| (k.as_str(), v.expose())))
             .collect();
         let text = redaction::Scrubber::new(&known, &self.process_env).scrub(e.message());
         Error::new(e.kind(), text)
@@ -302,7 +301,7 @@ impl Sources {
                     .zip(values)
                     .map(|(p, v)| (p.id.clone(), v.duplicate()))
                     .collect(),
-                token: None,
+                masked: Vec::new(),
                 minted: Vec::new(),
                 injected: Vec::new(),
                 child: None,

@@ -1,6 +1,7 @@
 //! Stage 4 of `run`: the services keywarden offers the child besides its
-//! environment. The socket API is the first; the credential proxy is the
-//! next.
+//! environment: the socket API, and the credential proxy when the registry
+//! proxies a secret (it reads the API's state, so revocations and reloads
+//! reach both; with `--no-socket` it has that state to itself).
 //!
 //! The seam: a [`Service`] is built before the spawn from the resolved
 //! secrets and the audit, tells the child what to add to its environment
@@ -16,9 +17,11 @@ use std::time::SystemTime;
 
 use nix::poll::PollFlags;
 
-use crate::api::{self, ApiOptions, Callbacks, RunningApi, ServedSecret};
+use crate::api::{self, ApiOptions, Callbacks, Keyring, RunningApi, ServedSecret};
 use crate::config::Common;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::proxy::server::Proxy;
+use crate::proxy::{Listen, Route};
 use crate::secret::SecretBytes;
 use crate::supervise::Watch;
 
@@ -64,10 +67,35 @@ pub(super) fn start(
     resolved: &Resolved,
     sources: &Arc<Sources>,
 ) -> Result<Vec<Box<dyn Service>>> {
+    // A bad --proxy-listen is refused even when nothing is proxied.
+    if let Some(text) = &opts.proxy_listen {
+        Listen::parse(text).map_err(Error::config)?;
+    }
     let mut services: Vec<Box<dyn Service>> = Vec::new();
+    let mut keyring = None;
     if !opts.no_socket {
-        services.push(Box::new(SocketApi::bind(
-            common, opts, env, planned, resolved, sources,
+        let api = SocketApi::bind(common, opts, env, planned, resolved, sources)?;
+        keyring = api.api.as_ref().map(RunningApi::keyring);
+        services.push(Box::new(api));
+    }
+    let routes: Vec<Route> = planned
+        .plan
+        .secrets
+        .iter()
+        .filter_map(|s| s.proxy.as_deref().cloned())
+        .collect();
+    if !routes.is_empty() {
+        let headless = keyring.is_none();
+        let keyring = match keyring {
+            Some(k) => k,
+            None => api::keyring(
+                &api_options(common, opts, env, planned),
+                served(common, env, planned, resolved),
+                callbacks(sources),
+            )?,
+        };
+        services.push(Box::new(ProxyService::bind(
+            opts, planned, routes, keyring, headless, sources,
         )?));
     }
     if let Some(every) = opts.watch {
@@ -100,6 +128,95 @@ struct SocketApi {
     serve_at_start: bool,
 }
 
+/// The socket API's options, from the plan and keywarden's environment.
+fn api_options(
+    common: &Common,
+    opts: &RunOptions,
+    env: &[(OsString, OsString)],
+    planned: &Planned,
+) -> ApiOptions {
+    let (plan, audit) = (&planned.plan, &planned.audit);
+    let (child_uid, child_gid, child_groups) = match &planned.user {
+        Some(u) => (
+            u.credentials.uid.as_raw(),
+            u.credentials.gid.as_raw(),
+            u.credentials.groups.iter().map(|g| g.as_raw()).collect(),
+        ),
+        None => (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+            Vec::new(),
+        ),
+    };
+    ApiOptions {
+        socket: opts.socket.clone(),
+        admin_socket: opts.admin_socket.clone(),
+        runtime_dir: api::socket::runtime_dir(|k| var(env, k)),
+        child_uid,
+        child_gid,
+        child_groups,
+        child_scopes: plan.policy.child_scopes.clone().unwrap_or_else(|| {
+            api::DEFAULT_CHILD_SCOPES
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        }),
+        env: common.env,
+        max_ttl_seconds: plan.policy.max_ttl_for(common.env),
+        slack_secret_id: plan.policy.slack_signing_secret.clone(),
+        revocation_list: planned.revocation_list.clone(),
+        limits: api::conn::ConnLimits::default(),
+        audit: audit.clone(),
+        approval_key: var(env, "HITL_CHALLENGE_HMAC_KEY")
+            .filter(|k| !k.is_empty())
+            .map(|k| Arc::new(SecretBytes::copy_from(k.as_bytes()))),
+    }
+}
+
+/// The secrets the API (and the proxy) serve: the plan's, with their
+/// values, and the revoked ones without.
+fn served(
+    common: &Common,
+    env: &[(OsString, OsString)],
+    planned: &Planned,
+    resolved: &Resolved,
+) -> Vec<ServedSecret> {
+    let plan = &planned.plan;
+    let now = SystemTime::now();
+    let mut served: Vec<ServedSecret> = plan
+        .secrets
+        .iter()
+        .zip(&resolved.values)
+        .zip(&resolved.leases)
+        .map(|((p, v), lease)| ServedSecret {
+            lease: *lease,
+            ..ServedSecret::from_planned(p, Some(v.duplicate()), now)
+        })
+        .collect();
+    served.extend(
+        planned
+            .revoked
+            .iter()
+            .map(|p| ServedSecret::from_planned(p, None, now)),
+    );
+    let dates = crate::resolve::secret_dates(plan, &common.store, env, |_| true);
+    for s in served.iter_mut() {
+        if let Some(d) = dates.get(&s.id) {
+            s.dates = *d;
+        }
+    }
+    served
+}
+
+fn callbacks(sources: &Arc<Sources>) -> Callbacks {
+    let (s1, s2, s3) = (sources.clone(), sources.clone(), sources.clone());
+    Callbacks {
+        resolve: Arc::new(move |id: &str| s1.resolve_one(id)),
+        reload: Arc::new(move || s2.reload()),
+        mask_token: Arc::new(move |token, expires| s3.mask_token(token, expires)),
+    }
+}
+
 impl SocketApi {
     fn bind(
         common: &Common,
@@ -109,73 +226,10 @@ impl SocketApi {
         resolved: &Resolved,
         sources: &Arc<Sources>,
     ) -> Result<SocketApi> {
-        let (plan, audit) = (&planned.plan, &planned.audit);
-        let (child_uid, child_gid, child_groups) = match &planned.user {
-            Some(u) => (
-                u.credentials.uid.as_raw(),
-                u.credentials.gid.as_raw(),
-                u.credentials.groups.iter().map(|g| g.as_raw()).collect(),
-            ),
-            None => (
-                nix::unistd::geteuid().as_raw(),
-                nix::unistd::getegid().as_raw(),
-                Vec::new(),
-            ),
-        };
-        let now = SystemTime::now();
-        let mut served: Vec<ServedSecret> = plan
-            .secrets
-            .iter()
-            .zip(&resolved.values)
-            .zip(&resolved.leases)
-            .map(|((p, v), lease)| ServedSecret {
-                lease: *lease,
-                ..ServedSecret::from_planned(p, Some(v.duplicate()), now)
-            })
-            .collect();
-        served.extend(
-            planned
-                .revoked
-                .iter()
-                .map(|p| ServedSecret::from_planned(p, None, now)),
-        );
-        let dates = crate::resolve::secret_dates(plan, &common.store, env, |_| true);
-        for s in served.iter_mut() {
-            if let Some(d) = dates.get(&s.id) {
-                s.dates = *d;
-            }
-        }
-        let (s1, s2, s3) = (sources.clone(), sources.clone(), sources.clone());
         let api = api::bind(
-            ApiOptions {
-                socket: opts.socket.clone(),
-                admin_socket: opts.admin_socket.clone(),
-                runtime_dir: api::socket::runtime_dir(|k| var(env, k)),
-                child_uid,
-                child_gid,
-                child_groups,
-                child_scopes: plan.policy.child_scopes.clone().unwrap_or_else(|| {
-                    api::DEFAULT_CHILD_SCOPES
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect()
-                }),
-                env: common.env,
-                max_ttl_seconds: plan.policy.max_ttl_for(common.env),
-                slack_secret_id: plan.policy.slack_signing_secret.clone(),
-                revocation_list: planned.revocation_list.clone(),
-                limits: api::conn::ConnLimits::default(),
-                audit: audit.clone(),
-                approval_key: var(env, "HITL_CHALLENGE_HMAC_KEY")
-                    .filter(|k| !k.is_empty())
-                    .map(|k| Arc::new(SecretBytes::copy_from(k.as_bytes()))),
-            },
-            served,
-            Callbacks {
-                resolve: Arc::new(move |id: &str| s1.resolve_one(id)),
-                reload: Arc::new(move || s2.reload()),
-                mask_token: Arc::new(move |token, expires| s3.mask_token(token, expires)),
-            },
+            api_options(common, opts, env, planned),
+            served(common, env, planned, resolved),
+            callbacks(sources),
         )?;
         Ok(SocketApi {
             serve_at_start: api.must_serve_now()
@@ -246,6 +300,107 @@ impl Watch for SocketApi {
             .as_ref()
             .map(RunningApi::idle_listeners)
             .unwrap_or_default()
+    }
+
+    fn ready(&mut self, _: &[PollFlags]) {
+        self.serve();
+    }
+}
+
+/// The credential proxy: bound before the spawn (the child gets each
+/// route's `{url}` and placeholder), served from the first connection on.
+struct ProxyService {
+    proxy: Option<Proxy>,
+    /// With `--no-socket`, no admin socket carries out reloads: the proxy's
+    /// keyring does.
+    reload: Option<Keyring>,
+}
+
+impl ProxyService {
+    fn bind(
+        opts: &RunOptions,
+        planned: &Planned,
+        routes: Vec<Route>,
+        keyring: Keyring,
+        headless: bool,
+        sources: &Arc<Sources>,
+    ) -> Result<ProxyService> {
+        let listen = match &opts.proxy_listen {
+            Some(text) => Listen::parse(text).map_err(Error::config)?,
+            None => Listen::default(),
+        };
+        let mut not_secrets = vec![api::TOKEN_VAR.to_string()];
+        for r in &routes {
+            not_secrets.extend(
+                r.env
+                    .iter()
+                    .filter(|t| t.has_phantom())
+                    .map(|t| t.name.clone()),
+            );
+        }
+        let s = sources.clone();
+        let proxy = crate::proxy::server::bind(crate::proxy::server::ProxyOptions {
+            listen,
+            ca_file: opts.proxy_ca.clone(),
+            routes,
+            keyring: keyring.clone(),
+            matcher: Arc::new(move || s.rotation().cell.as_ref().map(|c| c.current())),
+            not_secrets,
+            audit: planned.audit.clone(),
+        })?;
+        Ok(ProxyService {
+            proxy: Some(proxy),
+            reload: headless.then_some(keyring),
+        })
+    }
+
+    fn serve(&mut self) {
+        if let Some(p) = &mut self.proxy {
+            if let Err(e) = p.serve() {
+                tracing::error!("{e}; the credential proxy refuses connections");
+            }
+        }
+    }
+}
+
+impl Service for ProxyService {
+    fn child_env(&mut self) -> Vec<(String, SecretBytes, Masked)> {
+        let Some(p) = &mut self.proxy else {
+            return Vec::new();
+        };
+        p.child_env()
+            .into_iter()
+            .map(|(k, v, phantom)| (k, v, if phantom { Masked::Yes } else { Masked::No }))
+            .collect()
+    }
+
+    fn started(&mut self, _first: bool) {}
+
+    fn reloader(&self) -> Option<Reloader> {
+        let k = self.reload.clone()?;
+        Some(Arc::new(move || k.reload()))
+    }
+
+    fn watch(&mut self) -> &mut dyn Watch {
+        self
+    }
+
+    fn stop(mut self: Box<Self>) {
+        if let Some(p) = self.proxy.take() {
+            p.shutdown();
+        }
+    }
+}
+
+/// The proxy's listener, polled by the supervisor until a connection
+/// starts its thread.
+impl Watch for ProxyService {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.proxy
+            .as_ref()
+            .and_then(Proxy::idle_listener)
+            .into_iter()
+            .collect()
     }
 
     fn ready(&mut self, _: &[PollFlags]) {

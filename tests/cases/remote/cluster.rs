@@ -300,7 +300,7 @@ cluster_addr = "https://127.0.0.1:{cluster_port}"
     }
 
     fn wait_listening(&self, i: usize) {
-        let limit = Duration::from_secs(20);
+        let limit = Duration::from_secs(60);
         let started = Instant::now();
         while started.elapsed() < limit {
             if self.raw(i, "GET", "/v1/sys/health", None).is_ok() {
