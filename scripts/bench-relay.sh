@@ -99,7 +99,9 @@ def three(xs, fmt):
     xs = sorted(xs)
     return "/".join(fmt % x for x in (xs[0], statistics.median(xs), xs[-1]))
 ratio = [p / k for p, k in zip(pipe, kw)]
-net = [p / max(k - s, 1e-9) for p, k, s in zip(pipe, kw, start)]
+# Net of start-up only where the relay clearly outlasts it (else the
+# difference of two noisy times means nothing).
+net = [p / (k - s) for p, k, s in zip(pipe, kw, start) if k - s > 0.2 * k] or [float("nan")]
 print("%-11s %-16s %-16s %-16s %-8.3f %-16s" % (
     n, three([mb / p for p in pipe], "%.0f"), three([mb / k for k in kw], "%.0f"),
     three(ratio, "%.2f"), statistics.median(start), three(net, "%.2f")))
