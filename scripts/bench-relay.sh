@@ -8,17 +8,25 @@
 # Each round runs the pipe, then keywarden, then keywarden's start-up alone,
 # so that both see the same load; every ratio is taken within one round and
 # printed as min/median/max over the rounds, next to the pipe's own speed.
-# TEXT=base64 relays random base64 lines instead of log lines.
+# TEXT=base64 relays random base64 lines instead of log lines. LEN=40 makes
+# every secret 40 bytes (else 32-48). KEYWARDEN=path measures that build
+# instead of building this tree; KEYWARDEN_OLD=path adds a second build to
+# every round (its own pipe run before it), printed on its own row.
 #
-#   [TEXT=log|base64] scripts/bench-relay.sh [SIZE_MIB=256] [ROUNDS=5] [COUNTS="0 10 100 1000 10000"]
+#   [TEXT=log|base64] [LEN=n] [KEYWARDEN=path] [KEYWARDEN_OLD=path] \
+#     scripts/bench-relay.sh [SIZE_MIB=256] [ROUNDS=5] [COUNTS="0 10 100 1000 10000"]
 set -euo pipefail
 size_mib=${1:-256}
 rounds=${2:-5}
 counts=${3:-"0 10 100 1000 10000"}
 root=$(cd "$(dirname "$0")/.." && pwd)
 text=${TEXT:-log}
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-kw="${CARGO_TARGET_DIR:-$root/target}/release/keywarden"
+if [ -z "${KEYWARDEN:-}" ]; then
+  cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+fi
+kw=${KEYWARDEN:-"${CARGO_TARGET_DIR:-$root/target}/release/keywarden"}
+old=${KEYWARDEN_OLD:-}
+export LEN=${LEN:-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -59,7 +67,8 @@ n = int(sys.argv[1]); rnd = random.Random(11)
 alphabet = string.ascii_letters + string.digits
 with open("reg.yaml", "w") as reg:
     for i in range(n):
-        v = "".join(rnd.choice(alphabet) for _ in range(rnd.randrange(32, 49)))
+        length = int(os.environ["LEN"]) if os.environ.get("LEN") else rnd.randrange(32, 49)
+        v = "".join(rnd.choice(alphabet) for _ in range(length))
         with open(f"secrets/s{i}", "w") as f:
             f.write(v)
         reg.write(f"s{i}:\n  dev:\n    secret_ref: file://secrets/s{i}\n")
@@ -67,24 +76,22 @@ PY
 }
 
 now() { date +%s.%N; }
-printf 'text: %s, %s MiB; MB/s and ratios as min/median/max over %s rounds\n' "$text" "$size_mib" "$rounds"
-printf '%-7s %-16s %-16s %-16s %-8s %-16s\n' secrets "pipe MB/s" "keywarden MB/s" "ratio" "start s" "net ratio"
-for n in $counts; do
-  make_secrets "$n"
-  args=(run --pty never --env dev --registry reg.yaml --)
-  [ "$n" = 0 ] && args=(run --pty never --env dev --)
-  : > times.txt
-  for r in $(seq "$rounds"); do
-    t0=$(now); cat log.txt | cat > /dev/null; t1=$(now)
-    "$kw" "${args[@]}" cat log.txt > /dev/null; t2=$(now)
-    "$kw" "${args[@]}" true; t3=$(now)
-    echo "$t0 $t1 $t2 $t3" >> times.txt
-  done
-  python3 - "$n" "$size_mib" <<'PY'
+
+round() { # BINARY ARGS... -> one line of times: pipe start/end, relay end, start-up end
+  local bin=$1; shift
+  local t0 t1 t2 t3
+  t0=$(now); cat log.txt | cat > /dev/null; t1=$(now)
+  "$bin" "$@" cat log.txt > /dev/null; t2=$(now)
+  "$bin" "$@" true; t3=$(now)
+  echo "$t0 $t1 $t2 $t3"
+}
+
+report() { # LABEL TIMES_FILE
+  python3 - "$1" "$size_mib" "$2" <<'PY'
 import statistics, sys
-n, mib = sys.argv[1], int(sys.argv[2])
+n, mib, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 mb = mib * 1.048576
-rows = [list(map(float, l.split())) for l in open("times.txt")]
+rows = [list(map(float, l.split())) for l in open(path)]
 pipe = [b - a for a, b, _, _ in rows]
 kw = [c - b for _, b, c, _ in rows]
 start = [d - c for _, _, c, d in rows]
@@ -92,9 +99,27 @@ def three(xs, fmt):
     xs = sorted(xs)
     return "/".join(fmt % x for x in (xs[0], statistics.median(xs), xs[-1]))
 ratio = [p / k for p, k in zip(pipe, kw)]
-net = [p / max(k - s, 1e-9) for p, k, s in zip(pipe, kw, start)]
-print("%-7s %-16s %-16s %-16s %-8.3f %-16s" % (
+# Net of start-up only where the relay clearly outlasts it (else the
+# difference of two noisy times means nothing).
+net = [p / (k - s) for p, k, s in zip(pipe, kw, start) if k - s > 0.2 * k] or [float("nan")]
+print("%-11s %-16s %-16s %-16s %-8.3f %-16s" % (
     n, three([mb / p for p in pipe], "%.0f"), three([mb / k for k in kw], "%.0f"),
     three(ratio, "%.2f"), statistics.median(start), three(net, "%.2f")))
 PY
+}
+
+printf 'text: %s, %s MiB; MB/s and ratios as min/median/max over %s rounds\n' "$text" "$size_mib" "$rounds"
+printf '%-11s %-16s %-16s %-16s %-8s %-16s\n' secrets "pipe MB/s" "keywarden MB/s" "ratio" "start s" "net ratio"
+for n in $counts; do
+  make_secrets "$n"
+  args=(run --pty never --env dev --registry reg.yaml --)
+  [ "$n" = 0 ] && args=(run --pty never --env dev --)
+  : > times.txt
+  : > times-old.txt
+  for _ in $(seq "$rounds"); do
+    round "$kw" "${args[@]}" >> times.txt
+    if [ -n "$old" ]; then round "$old" "${args[@]}" >> times-old.txt; fi
+  done
+  report "$n" times.txt
+  if [ -n "$old" ]; then report "$n old" times-old.txt; fi
 done

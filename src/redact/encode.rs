@@ -275,13 +275,20 @@ fn base64_wrapped(value: &[u8], out: &mut Vec<Form>) {
 /// command-line escape, and the sections of a value that PowerShell colour
 /// codes split at `&`. Each is plain bytes ([`Flavor::Exact`]).
 fn text_forms(value: &[u8], out: &mut Vec<Form>) {
-    let mut json_bodies = Vec::new();
-    json_forms(value, &mut json_bodies);
-    let nested = json(&json_bodies[0], JSON_MINIMAL);
-    if nested[..] != json_bodies[0][..] {
-        json_bodies.push(nested);
+    // Printable ASCII that no JSON encoder escapes: every JSON form (nested
+    // too) is the value itself.
+    let plain_json = value
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && !b"\"\\/<>&".contains(&b));
+    if !plain_json {
+        let mut json_bodies = Vec::new();
+        json_forms(value, &mut json_bodies);
+        let nested = json(&json_bodies[0], JSON_MINIMAL);
+        if nested[..] != json_bodies[0][..] {
+            json_bodies.push(nested);
+        }
+        out.extend(json_bodies.into_iter().map(Form::exact));
     }
-    out.extend(json_bodies.into_iter().map(Form::exact));
     if value.iter().any(|&b| !is_unreserved(b)) {
         for style in PERCENT_STYLES {
             out.push(Form::exact(percent(value, style)));

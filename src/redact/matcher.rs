@@ -35,12 +35,14 @@ use super::encode::{self, fold, Flavor, Form};
 use super::{Counts, Mask, Secret, MIN_SECRET_LEN};
 
 /// Patterns shorter than this go to their own tier.
-pub(crate) const SHORT_TIER_BELOW: usize = 32;
+pub(crate) const SHORT_TIER_BELOW: usize = 16;
 const MAX_TIERS: usize = 2;
 /// Largest distance between two tested windows: with 8-byte grams the long
 /// tier (patterns of 32 bytes or more) samples exactly its first 32 bytes.
 /// Each step costs one index entry per group of patterns.
 const MAX_STEP: usize = 25;
+/// Index entries per bucket, on average (at most twice this, by rounding).
+const KEYS_PER_BUCKET: usize = 4;
 /// Bloom filter bits per index entry, before rounding up to a power of two.
 const BLOOM_BITS_PER_ENTRY: usize = 8;
 /// Bytes scanned (by every tier) between two flushes of plain bytes to the
@@ -88,8 +90,8 @@ struct Tier {
     /// Bucket `b` holds entries `heads[b]..heads[b + 1]`.
     heads: Vec<u32>,
     bucket_shift: u32,
-    /// Per entry: 32 bits of the q-gram hash (derived, wiped on drop).
-    fingerprints: Zeroizing<Vec<u32>>,
+    /// Per entry: 16 bits of the q-gram hash (derived, wiped on drop).
+    fingerprints: Zeroizing<Vec<u16>>,
     /// Per entry: `group << OFFSET_BITS | offset`.
     refs: Vec<u32>,
 }
@@ -241,39 +243,56 @@ impl Matcher {
             encode::forms(secret.value, &mut scratch);
             forms.extend(scratch.drain(..).map(|f| (f, id)));
         }
-        // Sort by bytes, then shape (stable: the first secret wins a tie),
-        // and drop repeats. The first 8 bytes as a number decide most
-        // comparisons.
-        let keys: Vec<u64> = forms.iter().map(|(f, _)| key8(&f.bytes, |b| b)).collect();
+        // Sort by bytes, then shape (the first secret wins a tie), and drop
+        // repeats. The first 8 bytes as a number decide most comparisons:
+        // sort (key, index) pairs, then order each run of equal keys.
         let shape = |f: &Form| (f.back, f.fwd, f.flavor);
-        let mut order: Vec<usize> = (0..forms.len()).collect();
-        order.sort_by(|&a, &b| {
-            let (fa, fb) = (&forms[a].0, &forms[b].0);
-            keys[a]
-                .cmp(&keys[b])
-                .then_with(|| fa.bytes[..].cmp(&fb.bytes[..]))
+        let full_cmp = |a: u32, b: u32| {
+            let (fa, fb) = (&forms[a as usize].0, &forms[b as usize].0);
+            fa.bytes[..]
+                .cmp(&fb.bytes[..])
                 .then_with(|| shape(fa).cmp(&shape(fb)))
-        });
-        order.dedup_by(|b, a| {
-            let (fa, fb) = (&forms[*a].0, &forms[*b].0);
-            fa.bytes[..] == fb.bytes[..] && shape(fa) == shape(fb)
-        });
+        };
+        let mut keyed: Vec<(u64, u32)> = forms
+            .iter()
+            .enumerate()
+            .map(|(i, (f, _))| (key8(&f.bytes, |b| b), index_u32(i)))
+            .collect();
+        keyed.sort_unstable();
+        // Within a run the indices ascend, so a stable sort keeps the first
+        // secret first among equal forms.
+        for_each_run(&mut keyed, |run| run.sort_by(|a, b| full_cmp(a.1, b.1)));
+        keyed.dedup_by(|b, a| full_cmp(a.1, b.1).is_eq());
 
-        let total: usize = order.iter().map(|&i| forms[i].0.bytes.len()).sum();
+        // A form with the same bytes as the one before it (a value's
+        // prefixes and suffixes) shares its arena bytes.
+        let total: usize = keyed
+            .iter()
+            .map(|&(_, i)| forms[i as usize].0.bytes.len())
+            .sum();
         let mut arena = Zeroizing::new(Vec::with_capacity(total));
-        let mut pats = Vec::with_capacity(order.len());
-        for &i in &order {
-            let (form, id) = &forms[i];
+        let mut pats: Vec<Pat> = Vec::with_capacity(keyed.len());
+        let mut previous: Option<&[u8]> = None;
+        for &(_, i) in &keyed {
+            let (form, id) = &forms[i as usize];
+            let start = match (previous, pats.last()) {
+                (Some(prev), Some(last)) if prev == &form.bytes[..] => last.start,
+                _ => {
+                    arena.extend_from_slice(&form.bytes);
+                    index_u32(arena.len() - form.bytes.len())
+                }
+            };
+            previous = Some(&form.bytes[..]);
             pats.push(Pat {
-                start: index_u32(arena.len()),
+                start,
                 len: index_u32(form.bytes.len()),
                 back: index_u32(form.back),
                 fwd: index_u32(form.fwd),
                 id: *id,
                 flavor: form.flavor,
             });
-            arena.extend_from_slice(&form.bytes);
         }
+        drop(keyed);
         drop(forms);
 
         let masks = ids
@@ -292,44 +311,57 @@ impl Matcher {
             .collect();
 
         let full = |p: &Pat| &arena[p.start as usize..(p.start + p.len) as usize];
-        let n_starts: usize = pats.iter().map(|p| p.back as usize + 1).sum();
-        let mut starts: Vec<(u32, u32)> = Vec::with_capacity(n_starts);
+        // A pattern sharing bytes and flavour with the one before it repeats
+        // that one's first starts.
+        let repeats = |i: usize| -> usize {
+            match i.checked_sub(1).map(|k| (&pats[k], &pats[i])) {
+                Some((a, b)) if a.start == b.start && a.len == b.len && a.flavor == b.flavor => {
+                    a.back as usize + 1
+                }
+                _ => 0,
+            }
+        };
+        let n_starts: usize = (0..pats.len())
+            .map(|i| (pats[i].back as usize + 1).saturating_sub(repeats(i)))
+            .sum();
+        let mut keyed: Vec<(u64, (u32, u32))> = Vec::with_capacity(n_starts);
         let mut first1 = Zeroizing::new(vec![0u64; 256 / 64]);
         let mut first2 = Zeroizing::new(vec![0u64; 65536 / 64]);
         let mut prefixes = Bloom::new(2 * n_starts, 16);
+        // Each pattern folded once, with 8 zero bytes after it for keys.
+        let mut folded: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(max_len + 8));
         for (i, p) in pats.iter().enumerate() {
             let bytes = full(p);
-            for j in 0..=p.back as usize {
-                let rest = &bytes[j..];
-                starts.push((index_u32(i), index_u32(j)));
-                set_bit(&mut first1, usize::from(fold(rest[0])));
-                set_bit(
-                    &mut first2,
-                    usize::from(fold(rest[0])) << 8 | usize::from(fold(rest[1])),
-                );
-                if rest.len() > 4 {
-                    prefixes.insert(prefix_hash(&rest[..4]));
+            folded.clear();
+            folded.extend(bytes.iter().map(|&b| fold(b)));
+            folded.extend_from_slice(&[0; 8]);
+            for j in repeats(i)..=p.back as usize {
+                let word = |at: usize| {
+                    let w: [u8; 8] = folded[at..at + 8].try_into().expect("8 bytes");
+                    w
+                };
+                let key = word(j);
+                keyed.push((u64::from_be_bytes(key), (index_u32(i), index_u32(j))));
+                set_bit(&mut first1, usize::from(key[0]));
+                set_bit(&mut first2, usize::from(key[0]) << 8 | usize::from(key[1]));
+                let rest = bytes.len() - j;
+                if rest > 4 {
+                    let mut four = key;
+                    four[4..].fill(0);
+                    prefixes.insert(folded_prefix_hash(u64::from_le_bytes(four), 4));
                 }
-                if rest.len() > 8 {
-                    prefixes.insert(prefix_hash(&rest[..8]));
+                if rest > 8 {
+                    prefixes.insert(folded_prefix_hash(u64::from_le_bytes(key), 8));
                 }
             }
         }
-        let start_keys: Vec<u64> = starts
-            .iter()
-            .map(|&(p, j)| key8(&full(&pats[p as usize])[j as usize..], fold))
-            .collect();
-        let mut order: Vec<u32> = (0..index_u32(starts.len())).collect();
-        order.sort_unstable_by(|&a, &b| {
-            let rest = |k: u32| {
-                let (p, j) = starts[k as usize];
-                &full(&pats[p as usize])[j as usize..]
-            };
-            start_keys[a as usize]
-                .cmp(&start_keys[b as usize])
-                .then_with(|| folded_cmp(rest(a), rest(b)))
+        keyed.sort_unstable();
+        let rest = |&(_, (p, j)): &(u64, (u32, u32))| &full(&pats[p as usize])[j as usize..];
+        for_each_run(&mut keyed, |run| {
+            run.sort_unstable_by(|a, b| folded_cmp(rest(a), rest(b)))
         });
-        let starts = order.iter().map(|&k| starts[k as usize]).collect();
+        let starts = keyed.iter().map(|&(_, start)| start).collect();
+        drop(keyed);
 
         Matcher {
             arena,
@@ -707,6 +739,20 @@ fn key8(bytes: &[u8], f: impl Fn(u8) -> u8) -> u64 {
     u64::from_be_bytes(key)
 }
 
+/// Calls `f` on each run of two or more items with equal keys (the first
+/// field) in a sorted slice.
+fn for_each_run<K: PartialEq + Copy, T>(items: &mut [(K, T)], mut f: impl FnMut(&mut [(K, T)])) {
+    let mut i = 0;
+    while i < items.len() {
+        let key = items[i].0;
+        let n = items[i..].iter().take_while(|x| x.0 == key).count();
+        if n > 1 {
+            f(&mut items[i..i + n]);
+        }
+        i += n;
+    }
+}
+
 /// Compares byte strings as their folded bytes.
 fn folded_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.iter().map(|&x| fold(x)).cmp(b.iter().map(|&y| fold(y)))
@@ -721,8 +767,8 @@ impl Tier {
         4 * (self.members.capacity()
             + 2 * self.groups.capacity()
             + self.heads.capacity()
-            + self.fingerprints.capacity()
             + self.refs.capacity())
+            + 2 * self.fingerprints.capacity()
             + 8 * probe
     }
 
@@ -744,27 +790,49 @@ impl Tier {
         let step = sample.saturating_sub(q) + 1;
 
         let sample_of = |i: u32| &core(i)[..sample];
-        members.sort_unstable_by(|&a, &b| {
-            key8(sample_of(a), fold)
-                .cmp(&key8(sample_of(b), fold))
-                .then_with(|| folded_cmp(sample_of(a), sample_of(b)))
+        let mut keyed: Vec<(u64, u32)> = members
+            .iter()
+            .map(|&i| (key8(sample_of(i), fold), i))
+            .collect();
+        keyed.sort_unstable();
+        for_each_run(&mut keyed, |run| {
+            run.sort_unstable_by(|a, b| folded_cmp(sample_of(a.1), sample_of(b.1)))
         });
+        members.clear();
+        members.extend(keyed.iter().map(|&(_, i)| i));
         let mut groups: Vec<(u32, u32)> = Vec::new();
-        for (k, &i) in members.iter().enumerate() {
+        for (k, &(key, i)) in keyed.iter().enumerate() {
             match groups.last_mut() {
-                Some(g) if folded_cmp(sample_of(members[g.0 as usize]), sample_of(i)).is_eq() => {
+                Some(g)
+                    if keyed[k - 1].0 == key
+                        && folded_cmp(sample_of(members[g.0 as usize]), sample_of(i)).is_eq() =>
+                {
                     g.1 += 1
                 }
                 _ => groups.push((index_u32(k), index_u32(k + 1))),
             }
         }
+        drop(keyed);
 
         assert!(groups.len() < 1 << (32 - OFFSET_BITS), "too many patterns");
-        // Per key: the hash of the q-gram at offset o of a group's sample
-        // (derived, so wiped on drop), and `group << OFFSET_BITS | o`.
+        // One key per group and offset o: the q-gram at o of the group's
+        // sample, as `group << OFFSET_BITS | o`. Two passes over the keys
+        // (count per bucket, then fill) so that no list of hashes is kept.
         let n_keys = groups.len() * step;
-        let mut hashes: Zeroizing<Vec<u64>> = Zeroizing::new(Vec::with_capacity(n_keys));
-        let mut key_refs: Vec<u32> = Vec::with_capacity(n_keys);
+        let heads_of = || {
+            groups.iter().map(|&(first, _)| {
+                let mut folded = [0u8; MAX_STEP + 8];
+                for (f, &b) in folded.iter_mut().zip(sample_of(members[first as usize])) {
+                    *f = fold(b);
+                }
+                folded
+            })
+        };
+        let gram_at = |folded: &[u8; MAX_STEP + 8], o: usize| {
+            let mut g = [0u8; 8];
+            g[..q].copy_from_slice(&folded[o..o + q]);
+            u64::from_le_bytes(g)
+        };
         let small_bits = (n_keys * SMALL_PROBE_BITS_PER_KEY)
             .next_power_of_two()
             .clamp(1 << 12, SMALL_PROBE_MAX_BITS);
@@ -776,38 +844,36 @@ impl Tier {
         } else {
             Probe::Large(Bloom::new(n_keys, BLOOM_BITS_PER_ENTRY))
         };
-        for (g, &(first, _)) in groups.iter().enumerate() {
-            let head = sample_of(members[first as usize]);
+        let buckets = (n_keys / KEYS_PER_BUCKET).next_power_of_two().max(2);
+        let bucket_shift = 64 - buckets.trailing_zeros();
+        let mut heads = vec![0u32; buckets + 1];
+        for folded in heads_of() {
             for o in 0..step {
-                let gram = load_folded(&head[o..o + q]);
+                let gram = gram_at(&folded, o);
+                let h = hash(gram);
                 match &mut probe {
                     Probe::Small { table, shift } => {
                         set_bit(table, small_probe_index(gram, *shift))
                     }
-                    Probe::Large(bloom) => bloom.insert(hash(gram)),
+                    Probe::Large(bloom) => bloom.insert(h),
                 }
-                hashes.push(hash(gram));
-                key_refs.push(index_u32(g) << OFFSET_BITS | index_u32(o));
+                heads[(h >> bucket_shift) as usize + 1] += 1;
             }
-        }
-
-        let buckets = n_keys.next_power_of_two().max(2);
-        let bucket_shift = 64 - buckets.trailing_zeros();
-        let mut heads = vec![0u32; buckets + 1];
-        for &h in hashes.iter() {
-            heads[(h >> bucket_shift) as usize + 1] += 1;
         }
         for b in 0..buckets {
             heads[b + 1] += heads[b];
         }
         let mut fill: Vec<u32> = heads[..buckets].to_vec();
-        let mut fingerprints = Zeroizing::new(vec![0u32; n_keys]);
+        let mut fingerprints = Zeroizing::new(vec![0u16; n_keys]);
         let mut refs = vec![0u32; n_keys];
-        for (&h, &r) in hashes.iter().zip(&key_refs) {
-            let slot = &mut fill[(h >> bucket_shift) as usize];
-            fingerprints[*slot as usize] = fingerprint(h);
-            refs[*slot as usize] = r;
-            *slot += 1;
+        for (g, folded) in heads_of().enumerate() {
+            for o in 0..step {
+                let h = hash(gram_at(&folded, o));
+                let slot = &mut fill[(h >> bucket_shift) as usize];
+                fingerprints[*slot as usize] = fingerprint(h);
+                refs[*slot as usize] = index_u32(g) << OFFSET_BITS | index_u32(o);
+                *slot += 1;
+            }
         }
         Tier {
             members,
@@ -832,8 +898,8 @@ fn bloom_bits(h: u64) -> u64 {
 }
 
 #[inline(always)]
-fn fingerprint(h: u64) -> u32 {
-    (h >> 16) as u32
+fn fingerprint(h: u64) -> u16 {
+    (h >> 16) as u16
 }
 
 fn set_bit(words: &mut [u64], i: usize) {
@@ -846,7 +912,14 @@ fn get_bit(words: &[u64], i: usize) -> bool {
 
 /// Key of a (folded) pattern prefix of 4 or 8 bytes in `Matcher::prefixes`.
 fn prefix_hash(prefix: &[u8]) -> u64 {
-    hash(hash(load_folded(prefix)) ^ prefix.len() as u64)
+    folded_prefix_hash(load_folded(prefix), prefix.len())
+}
+
+/// [`prefix_hash`] of a prefix already folded and loaded (little-endian,
+/// zeros after it).
+#[inline]
+fn folded_prefix_hash(gram: u64, len: usize) -> u64 {
+    hash(hash(gram) ^ len as u64)
 }
 
 /// The `Q`-byte window at `at`, little-endian, folded as [`fold`] does.
