@@ -4,6 +4,12 @@
 //! child's or root's; the admin socket answers
 //! [`super::routes::handle_admin`] to keywarden's own uid or root.
 //!
+//! Why one file of over 900 lines: the lifecycle (bind, serve, shut down)
+//! and the request handling share the server's private state (`Shared`,
+//! `Peer`, the wiped reply body) and its invariants (who may call what, when
+//! values are swept); the pure parts (routes, state, tokens, limits,
+//! connection deadlines) already live in files of their own.
+//!
 //! Around the pure routes this adds what needs the world: peer credentials
 //! and executable, rate limiting of failed tokens ([`AuthLimiter`]),
 //! resolving expired values again through the `resolve` callback (one

@@ -3,6 +3,11 @@
 //! own, the rustls client to the upstreams (system roots plus
 //! `--proxy-ca`), bodies streamed both ways, and the audit.
 //!
+//! Why one file of over 900 lines: the listener, the request path and the
+//! streamed bodies (redacted responses, scanned requests) share one
+//! connection's state and its audit record; the pure rules (routes, presets,
+//! allow patterns, placeholders, header stripping) live in their own files.
+//!
 //! Each request goes through the pure checks of [`super::request`] in
 //! SPEC's order — form (405/501), route (404), path, placeholder
 //! (401/403), `allow` (403), rate (429), a secret in the request line or

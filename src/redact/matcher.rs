@@ -5,6 +5,11 @@
 //! spans; both the one-shot path and [`super::Stream`] use the same scanner and
 //! the same merge rule, which is why their outputs agree byte for byte.
 //!
+//! Why one file of over 900 lines: the build (patterns, tiers, index) and
+//! the scan share the index's layout, which is easy to break when the two
+//! halves are read apart; encodings live in `encode.rs`, streaming in
+//! `stream.rs`, the tests in `tests.rs`.
+//!
 //! ## The filter
 //! Patterns are split by length into at most two tiers: under
 //! [`SHORT_TIER_BELOW`] (32) bytes, and the rest. In a tier whose shortest

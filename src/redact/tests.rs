@@ -2,6 +2,9 @@
 //! is made at run time from a seeded generator, so no secret-looking literal
 //! lives in the source) and property tests that compare one-shot, streaming
 //! and a naive reference matcher.
+//!
+//! Over 900 lines of tests only: one table per encoding family and the
+//! property tests that hold stream, one-shot and reference together.
 
 use proptest::prelude::*;
 
