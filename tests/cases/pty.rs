@@ -285,7 +285,7 @@ fn review_20_no_stray_nul_when_stdin_ends_before_raw_mode() {
     need("script");
     let dir = Dir::new();
     for run in 0..20 {
-        let out = under_script(&dir, "run --pty auto -- echo hello", b"").expect("exits");
+        let out = under_script(&dir, "run -q --pty auto -- echo hello", b"").expect("exits");
         let text = String::from_utf8_lossy(&out);
         assert!(
             !out.contains(&0) && !text.contains("^@"),
@@ -300,7 +300,7 @@ fn input_and_an_eof_sent_before_raw_mode_reach_the_child_in_order() {
     need("script");
     let dir = Dir::new();
     for run in 0..5 {
-        let out = under_script(&dir, "run --pty auto -- cat", b"typed ahead\n")
+        let out = under_script(&dir, "run -q --pty auto -- cat", b"typed ahead\n")
             .unwrap_or_else(|| panic!("run {run}: cat never saw the end of its input"));
         let text = String::from_utf8_lossy(&out);
         assert!(
