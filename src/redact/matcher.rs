@@ -20,7 +20,9 @@
 //! covers `[s, s + sample)`, which holds exactly one tested window, at some
 //! offset `o` in `0..step` of the pattern. So the tier's index holds, for each
 //! group of patterns sharing their first `sample` bytes and each `o`, the
-//! `q` bytes at `o`. A window is first tested against a [`Probe`] (one bit in
+//! `q` bytes at `o`, as the scan loads them: each byte ORed with 0x20, and
+//! for base64 patterns every mix of the two alphabets (`window_keys`). A
+//! window is first tested against a [`Probe`] (one bit in
 //! a table of up to 1 MiB, or a blocked Bloom filter for large tiers); a hit
 //! looks up a bucketed table of `(group, o)` candidates, each checked with a
 //! 32-bit fingerprint of the q-gram's hash and then by comparing bytes.
@@ -820,24 +822,20 @@ impl Tier {
         drop(keyed);
 
         assert!(groups.len() < 1 << (32 - OFFSET_BITS), "too many patterns");
-        // One key per group and offset o: the q-gram at o of the group's
-        // sample, as `group << OFFSET_BITS | o`. Two passes over the keys
-        // (count per bucket, then fill) so that no list of hashes is kept.
-        let n_keys = groups.len() * step;
-        let heads_of = || {
-            groups.iter().map(|&(first, _)| {
-                let mut folded = [0u8; MAX_STEP + 8];
-                for (f, &b) in folded.iter_mut().zip(sample_of(members[first as usize])) {
-                    *f = fold(b);
-                }
-                folded
+        // Keys of group g at offset o: every window the scan can load there
+        // from an occurrence of one of its cores (see `window_keys`), as
+        // `g << OFFSET_BITS | o`. Three passes over the keys (count, count
+        // per bucket, fill) so that no list of hashes is kept.
+        let varies: Vec<u32> = groups
+            .iter()
+            .map(|&(first, last)| {
+                variation(&members[first as usize..last as usize], pats, arena, sample)
             })
-        };
-        let gram_at = |folded: &[u8; MAX_STEP + 8], o: usize| {
-            let mut g = [0u8; 8];
-            g[..q].copy_from_slice(&folded[o..o + q]);
-            u64::from_le_bytes(g)
-        };
+            .collect();
+        let mut n_keys = 0;
+        for_each_key(&groups, &varies, &members, pats, arena, step, q, |_, _| {
+            n_keys += 1
+        });
         let small_bits = (n_keys * SMALL_PROBE_BITS_PER_KEY)
             .next_power_of_two()
             .clamp(1 << 12, SMALL_PROBE_MAX_BITS);
@@ -852,34 +850,45 @@ impl Tier {
         let buckets = (n_keys / KEYS_PER_BUCKET).next_power_of_two().max(2);
         let bucket_shift = 64 - buckets.trailing_zeros();
         let mut heads = vec![0u32; buckets + 1];
-        for folded in heads_of() {
-            for o in 0..step {
-                let gram = gram_at(&folded, o);
-                let h = hash(gram);
+        for_each_key(
+            &groups,
+            &varies,
+            &members,
+            pats,
+            arena,
+            step,
+            q,
+            |_, key| {
+                let h = hash(key);
                 match &mut probe {
-                    Probe::Small { table, shift } => {
-                        set_bit(table, small_probe_index(gram, *shift))
-                    }
+                    Probe::Small { table, shift } => set_bit(table, small_probe_index(key, *shift)),
                     Probe::Large(bloom) => bloom.insert(h),
                 }
                 heads[(h >> bucket_shift) as usize + 1] += 1;
-            }
-        }
+            },
+        );
         for b in 0..buckets {
             heads[b + 1] += heads[b];
         }
         let mut fill: Vec<u32> = heads[..buckets].to_vec();
         let mut fingerprints = Zeroizing::new(vec![0u16; n_keys]);
         let mut refs = vec![0u32; n_keys];
-        for (g, folded) in heads_of().enumerate() {
-            for o in 0..step {
-                let h = hash(gram_at(&folded, o));
+        for_each_key(
+            &groups,
+            &varies,
+            &members,
+            pats,
+            arena,
+            step,
+            q,
+            |r, key| {
+                let h = hash(key);
                 let slot = &mut fill[(h >> bucket_shift) as usize];
                 fingerprints[*slot as usize] = fingerprint(h);
-                refs[*slot as usize] = index_u32(g) << OFFSET_BITS | index_u32(o);
+                refs[*slot as usize] = r;
                 *slot += 1;
-            }
-        }
+            },
+        );
         Tier {
             members,
             groups,
@@ -927,12 +936,117 @@ fn folded_prefix_hash(gram: u64, len: usize) -> u64 {
     hash(hash(gram) ^ len as u64)
 }
 
-/// The `Q`-byte window at `at`, little-endian, folded as [`fold`] does.
+/// The `Q`-byte window at `at`, little-endian, as the index keys it: each
+/// byte ORed with 0x20 (ASCII lower case; see [`window_keys`]).
 #[inline(always)]
 fn load_gram<const Q: usize>(hay: &[u8], at: usize) -> u64 {
     let mut gram = [0u8; 8];
     gram[..Q].copy_from_slice(&hay[at..at + Q]);
-    fold8(u64::from_le_bytes(gram))
+    u64::from_le_bytes(gram) | case_bits(Q)
+}
+
+/// Bit 0x20 of each of the first `q` bytes of a little-endian word.
+#[inline(always)]
+const fn case_bits(q: usize) -> u64 {
+    0x2020_2020_2020_2020 >> (64 - 8 * q)
+}
+
+/// Where of the first `sample` bytes (bit k for byte k) a key of `group`
+/// may differ from the first member's gram: where members differ beyond
+/// case, and at a base64 member's `+-/_`.
+fn variation(group: &[u32], pats: &[Pat], arena: &[u8], sample: usize) -> u32 {
+    let core = |i: u32| {
+        let p = &pats[i as usize];
+        let at = (p.start + p.back) as usize;
+        &arena[at..at + sample]
+    };
+    let head = core(group[0]);
+    let mut varies = 0u32;
+    for &i in group {
+        let bytes = core(i);
+        let base64 = pats[i as usize].flavor == Flavor::Base64;
+        for (k, (&a, &b)) in head.iter().zip(bytes).enumerate() {
+            if a | 0x20 != b | 0x20 || base64 && matches!(b, b'+' | b'-' | b'/' | b'_') {
+                varies |= 1 << k;
+            }
+        }
+    }
+    varies
+}
+
+/// Calls `f(group << OFFSET_BITS | o, key)` for every key of every group of
+/// `members` and offset `o` in `0..step` (see [`window_keys`]). Where the
+/// group's gram cannot vary (`varies`, from [`variation`]), as in most
+/// groups, its one key is the first member's gram.
+#[allow(clippy::too_many_arguments)]
+fn for_each_key(
+    groups: &[(u32, u32)],
+    varies: &[u32],
+    members: &[u32],
+    pats: &[Pat],
+    arena: &[u8],
+    step: usize,
+    q: usize,
+    mut f: impl FnMut(u32, u64),
+) {
+    let mut scratch: Zeroizing<Vec<u64>> = Zeroizing::new(Vec::new());
+    let q_bits = (1u32 << q) - 1;
+    for (g, (&(first, last), &varies)) in groups.iter().zip(varies).enumerate() {
+        let group = &members[first as usize..last as usize];
+        let p = &pats[group[0] as usize];
+        let head = &arena[(p.start + p.back) as usize..];
+        for o in 0..step {
+            let r = index_u32(g) << OFFSET_BITS | index_u32(o);
+            if varies >> o & q_bits == 0 {
+                let mut word = [0u8; 8];
+                word[..q].copy_from_slice(&head[o..o + q]);
+                f(r, u64::from_le_bytes(word) | case_bits(q));
+                continue;
+            }
+            window_keys(group, pats, arena, o, q, &mut scratch);
+            for &key in scratch.iter() {
+                f(r, key);
+            }
+        }
+    }
+}
+
+/// Every key [`load_gram`] can give for a window at offset `o` of an
+/// occurrence of a core in `group` (patterns whose samples fold alike),
+/// sorted and each once, into `out`. The load's fold (OR 0x20) costs one
+/// instruction and merges the cases of hex letters, but not the two base64
+/// alphabets: a base64 pattern adds one key per mix of `+`/`-` and `/`/`_`
+/// in its q-gram (none in most grams; 2^k for k such characters).
+fn window_keys(group: &[u32], pats: &[Pat], arena: &[u8], o: usize, q: usize, out: &mut Vec<u64>) {
+    out.clear();
+    for &i in group {
+        let p = &pats[i as usize];
+        let at = (p.start + p.back) as usize + o;
+        let gram = &arena[at..at + q];
+        let first = out.len();
+        let mut word = [0u8; 8];
+        word[..q].copy_from_slice(gram);
+        out.push(u64::from_le_bytes(word) | case_bits(q));
+        if p.flavor != Flavor::Base64 {
+            continue;
+        }
+        for (k, &b) in gram.iter().enumerate() {
+            let other = match b {
+                b'+' => b'-',
+                b'-' => b'+',
+                b'/' => b'_',
+                b'_' => b'/',
+                _ => continue,
+            };
+            let shift = 8 * k;
+            for j in first..out.len() {
+                let swapped = out[j] & !(0xff << shift) | u64::from(other | 0x20) << shift;
+                out.push(swapped);
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
 }
 
 /// Little-endian load of up to 8 bytes, each folded.
@@ -942,22 +1056,6 @@ fn load_folded(bytes: &[u8]) -> u64 {
         *g = fold(b);
     }
     u64::from_le_bytes(gram)
-}
-
-/// [`fold`] on each byte of a word at once: `A`-`Z` to lower case, `+` to
-/// `-`, `/` to `_`; bytes of 0x80 and above unchanged.
-#[inline(always)]
-fn fold8(g: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    const LOW7: u64 = !HIGH;
-    // The high bit of each byte of the result is set where the byte is zero.
-    let zero = |t: u64| !(((t & LOW7) + LOW7) | t) & HIGH;
-    let x = g & LOW7;
-    let upper = (x + 0x3f * ONES) & !(x + 0x25 * ONES) & !g & HIGH;
-    let plus = zero(g ^ (b'+' as u64 * ONES));
-    let slash = zero(g ^ (b'/' as u64 * ONES));
-    (g | upper >> 2) + (plus >> 6) + (slash >> 7) * 0x30
 }
 
 /// A folded multiply: one 64x64->128 product, halves xored, so every output

@@ -51,9 +51,10 @@
 //! `encode::Form`): one pattern holds a value with all its long prefixes,
 //! one all its long suffixes, one each base64 shift with its padding and
 //! straddling characters. Patterns compare in a flavour (exact, hex in
-//! either case, base64 in either alphabet), and the index holds every core
-//! folded (ASCII lower case, `+` as `-`, `/` as `_`), so hex upper and lower
-//! case and the two base64 alphabets share one entry. Text escapes that
+//! either case, base64 in either alphabet). The scan keys each window by
+//! its bytes with bit 0x20 set (one OR: ASCII lower case), so hex upper and
+//! lower case share one index entry; a base64 pattern gets one entry per
+//! mix of `+`/`-` and `/`/`_` in a window (usually none). Text escapes that
 //! change nothing (an alphanumeric value's JSON, XML or percent form) are
 //! not stored.
 //!
