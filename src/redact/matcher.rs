@@ -12,7 +12,7 @@
 //!
 //! ## The filter
 //! Patterns are split by length into at most two tiers: under
-//! [`SHORT_TIER_BELOW`] (32) bytes, and the rest. In a tier whose shortest
+//! [`SHORT_TIER_BELOW`] (16) bytes, and the rest. In a tier whose shortest
 //! pattern has `min_len` bytes, let `q` = 8 (4 when `min_len` < 16),
 //! `sample = min(min_len, q + MAX_STEP - 1)` and `step = sample - q + 1`
 //! (25 for the long tier). The scanner loads the `q`-byte window at positions
@@ -45,7 +45,8 @@ use super::{Counts, Mask, Secret, MIN_SECRET_LEN};
 pub(crate) const SHORT_TIER_BELOW: usize = 16;
 const MAX_TIERS: usize = 2;
 /// Largest distance between two tested windows: with 8-byte grams the long
-/// tier (patterns of 32 bytes or more) samples exactly its first 32 bytes.
+/// tier samples exactly the first 32 bytes of a core that long (shorter cores
+/// make the step shorter).
 /// Each step costs one index entry per group of patterns.
 const MAX_STEP: usize = 25;
 /// Index entries per bucket, on average (at most twice this, by rounding).
