@@ -139,29 +139,7 @@ fn issue_14_3_reload_subcommand_reaches_the_sidecar() {
     let new_value = secret(40);
     let admin = dir.join("custom/admin.sock");
     std::fs::create_dir_all(admin.parent().expect("parent")).expect("mkdir");
-    let script = format!(
-        "echo ready > ready; while [ ! -f go ]; do sleep 0.02; done; {kw} get -n openai > got",
-        kw = bin()
-    );
-    let child = kw(
-        &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--admin-socket",
-        ],
-    )
-    .arg(&admin)
-    .args(["--", "sh", "-c", &script])
-    .stdout(Stdio::piped())
-    .spawn()
-    .expect("spawn");
-    assert!(eventually(Duration::from_secs(10), || dir
-        .join("ready")
-        .exists()));
+    let child = sidecar_until_go(&dir, &admin, &format!("{} get -n openai > got", bin()));
     dir.write("secrets/openai", &new_value);
     let reloaded = output(kw(&dir, &["reload", "--admin-socket"]).arg(&admin));
     // A reload that fails gives its own error: a registry gone bad is 78,

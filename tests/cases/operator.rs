@@ -3,9 +3,6 @@
 //! none runs, `check` shows a revoked secret as revoked, and every command
 //! that learns secrets warns when nothing is protected.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use crate::util::*;
 
 /// One secret `openai` in `secrets/openai`, injected as OPENAI_API_KEY.
@@ -27,29 +24,11 @@ fn issue_14_4_revoke_and_inventory_find_a_sidecar_on_a_chosen_admin_socket() {
     setup(&dir);
     let admin = dir.join("ops/admin.sock");
     std::fs::create_dir_all(dir.join("ops")).expect("mkdir");
-    let script = format!(
-        "echo ready > ready; while [ ! -f go ]; do sleep 0.02; done; {kw} get openai >/dev/null 2>&1; echo rc=$?",
-        kw = bin()
-    );
-    let child = kw(
+    let child = sidecar_until_go(
         &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--admin-socket",
-        ],
-    )
-    .arg(&admin)
-    .args(["--", "sh", "-c", &script])
-    .stdout(Stdio::piped())
-    .spawn()
-    .expect("spawn");
-    assert!(eventually(Duration::from_secs(10), || dir
-        .join("ready")
-        .exists()));
+        &admin,
+        &format!("{} get openai >/dev/null 2>&1; echo rc=$?", bin()),
+    );
     // From another folder, with no registry there and no --admin-socket.
     let elsewhere = dir.join("elsewhere");
     std::fs::create_dir_all(&elsewhere).expect("mkdir");

@@ -81,29 +81,11 @@ fn revocation_is_immediate_and_survives_a_restart() {
     let dir = Dir::new();
     let value = setup(&dir);
     let admin = dir.join("admin.sock");
-    let script = format!(
-        "echo ready > ready; while [ ! -f go ]; do sleep 0.02; done; {kw} get openai >/dev/null 2>&1; echo rc=$?",
-        kw = bin()
-    );
-    let child = kw(
+    let child = sidecar_until_go(
         &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--admin-socket",
-        ],
-    )
-    .arg(&admin)
-    .args(["--", "sh", "-c", &script])
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .expect("spawn");
-    assert!(eventually(Duration::from_secs(10), || dir
-        .join("ready")
-        .exists()));
+        &admin,
+        &format!("{} get openai >/dev/null 2>&1; echo rc=$?", bin()),
+    );
     let out = output(
         kw(
             &dir,

@@ -256,3 +256,31 @@ pub fn collect(fd: std::os::fd::OwnedFd) -> std::sync::Arc<std::sync::Mutex<Vec<
     });
     seen
 }
+
+/// `keywarden run --env dev --registry reg.yaml --admin-socket ADMIN -- sh
+/// -c "echo ready > ready; wait for go; THEN"` in `dir`, stdout piped,
+/// returned once the child wrote `ready` (so the sidecar serves).
+pub fn sidecar_until_go(dir: &Dir, admin: &Path, then: &str) -> Child {
+    let script = format!("echo ready > ready; while [ ! -f go ]; do sleep 0.02; done; {then}");
+    let child = kw(
+        dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--admin-socket",
+        ],
+    )
+    .arg(admin)
+    .args(["--", "sh", "-c", &script])
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    assert!(
+        eventually(Duration::from_secs(10), || dir.join("ready").exists()),
+        "the sidecar's child never started"
+    );
+    child
+}
