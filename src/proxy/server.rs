@@ -18,6 +18,11 @@
 //! the child gets 400. The response body goes through the relay's
 //! matcher chunk by chunk: whatever the stream releases is sent at once,
 //! so server-sent events arrive as the upstream sends them.
+//!
+//! A revocation reaches the route's calls in flight at once (the keyring
+//! wakes them): one still waiting for the upstream is dropped and answered
+//! 410; a response body breaks off, its upstream connection closed, even
+//! while the upstream is silent.
 
 #![forbid(unsafe_code)]
 
@@ -528,11 +533,17 @@ enum ProxyBody {
     Upstream(Box<Redacted>),
 }
 
-/// The upstream's body through the redaction stream.
+/// Ends when the route is revoked.
+type Revoked = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The upstream's body through the redaction stream, cut when the route
+/// is revoked.
 struct Redacted {
-    inner: Incoming,
+    /// `None` once cut: dropping it closes the upstream connection.
+    inner: Option<Incoming>,
     stream: Stream<Arc<Matcher>>,
     record: Record,
+    revoked: Revoked,
     done: bool,
 }
 
@@ -580,7 +591,15 @@ impl Redacted {
             if self.done {
                 return Poll::Ready(None);
             }
-            match Pin::new(&mut self.inner).poll_frame(cx) {
+            // Revoked: cut now, even while the upstream is silent; what it
+            // sends from here on is never relayed.
+            if self.revoked.as_mut().poll(cx).is_ready() {
+                return self.cut();
+            }
+            let Some(inner) = self.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {
@@ -588,9 +607,7 @@ impl Redacted {
                     };
                     if let Some(id) = &self.record.id {
                         if self.record.ctx.keyring.is_revoked(id) {
-                            self.done = true;
-                            self.record.reason = Some("revoked while streaming; cut".into());
-                            return Poll::Ready(Some(Err("the route was revoked".into())));
+                            return self.cut();
                         }
                     }
                     let mut out = Vec::with_capacity(data.len() + 64);
@@ -617,6 +634,17 @@ impl Redacted {
                 }
             }
         }
+    }
+}
+
+impl Redacted {
+    /// End the response with an error (the client sees the stream break,
+    /// not end cleanly) and close the upstream connection.
+    fn cut(&mut self) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        self.inner = None;
+        self.record.reason = Some("revoked while streaming; cut".into());
+        Poll::Ready(Some(Err("the route was revoked".into())))
     }
 }
 
@@ -947,7 +975,20 @@ async fn forward(
         done: false,
     };
     let upstream_req = Request::from_parts(parts, UpBody::new(scanned));
-    let answer = ctx.client.request(upstream_req).await;
+    // A revocation while the upstream has not answered yet drops the call
+    // (and its connection) and answers 410; after that it cuts the body.
+    let mut revoked: Revoked = {
+        let keyring = ctx.keyring.clone();
+        let id = route.id.clone();
+        Box::pin(async move { keyring.revoked(&id).await })
+    };
+    let answer = tokio::select! {
+        biased;
+        _ = &mut revoked => {
+            return Err(refuse(410, format!("secret '{}' is revoked", route.id)));
+        }
+        answer = ctx.client.request(upstream_req) => answer,
+    };
     let response = match answer {
         Ok(r) => r,
         Err(e) => {
@@ -977,7 +1018,8 @@ async fn forward(
     redact_headers(&matcher, &mut rparts.headers);
     record.status = rparts.status.as_u16();
     let out = Redacted {
-        inner: rbody,
+        inner: Some(rbody),
+        revoked,
         stream: Stream::new(matcher),
         record: Record {
             ctx: ctx.clone(),
