@@ -1,10 +1,11 @@
 //! The credential proxy under pressure: a revocation in the middle of a
-//! stream, `--no-socket` (the proxy alone, reloaded by signal).
+//! stream, `--no-socket` (the proxy alone, reloaded by signal), malformed
+//! HTTP on its listener.
 //! Same fixtures as `proxy.rs`: a real HTTPS upstream, a real keywarden,
 //! raw sockets as the child's client.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::proxy::{assert_free_of, bearer, ca_opt, setup, upstream};
@@ -272,4 +273,299 @@ fn proxy_with_no_socket_reloads_by_signal_and_revokes() {
     assert!(status.success(), "{err}");
     assert_free_of(&new, "keywarden's output", &(out.clone() + &err));
     assert_free_of(&old, "keywarden's output", &(out + &err));
+}
+
+/// One exchange on a fresh connection: send `request` (then half-close
+/// when `half_close`), read until the proxy closes the connection or
+/// `limit` passes. Write errors are ignored: the proxy may close first.
+fn exchange(addr: &str, request: &[u8], half_close: bool, limit: Duration) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let _ = s.write_all(request);
+    if half_close {
+        let _ = s.shutdown(Shutdown::Write);
+    }
+    let (reply, closed) = read_to_close(&mut s, limit);
+    (String::from_utf8_lossy(&reply).into_owned(), closed)
+}
+
+/// The status of the first reply in `reply`, 0 for none.
+fn status_of(reply: &str) -> u16 {
+    reply
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| reply.strip_prefix("HTTP/1.0 "))
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A normal request on a fresh connection is answered 200 by the
+/// upstream through the proxy.
+fn assert_serves(addr: &str, me: &str, after: &str) {
+    let (reply, _) = exchange(
+        addr,
+        format!("GET /openai/echo HTTP/1.1\r\nHost: x\r\n{me}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+        false,
+        Duration::from_secs(15),
+    );
+    assert_eq!(
+        status_of(&reply),
+        200,
+        "after {after}, a normal request: {reply}"
+    );
+}
+
+/// Malformed HTTP on the proxy's listener: each is refused or closed,
+/// none reaches the upstream as a request, no reply carries the key, and
+/// the proxy serves a normal request after each.
+#[test]
+fn proxy_survives_malformed_http() {
+    let dir = Dir::new();
+    let up = upstream(&dir);
+    let key = setup(&dir, &up, "");
+    let ca = ca_opt();
+    let live = Live::start(&dir, &["--proxy-ca", &ca, "--audit", "audit.log"]);
+    let addr = proxy_addr(&live);
+    let me = bearer(&live);
+    let head = |method: &str, extra: &str| {
+        format!("{method} /openai/echo HTTP/1.1\r\nHost: x\r\n{me}\r\n{extra}")
+    };
+    let mut tls_hello = vec![
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ];
+    tls_hello.extend((0..64u8).map(|b| b.wrapping_mul(37)));
+    let junk: Vec<u8> = (0..=255u8).cycle().take(2048).collect();
+    let huge_header = head("GET", &format!("X-Big: {}\r\n\r\n", "a".repeat(1 << 20)));
+    let many_headers = head(
+        "GET",
+        &format!(
+            "{}\r\n",
+            (0..200)
+                .map(|i| format!("X-H{i}: v\r\n"))
+                .collect::<String>()
+        ),
+    );
+    let long_target = format!(
+        "GET /openai/echo?q={} HTTP/1.1\r\nHost: x\r\n{me}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let ws_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(secret(16))
+    };
+    let upgrade = head(
+        "GET",
+        &format!("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {ws_key}\r\n\r\n"),
+    );
+    let absolute = format!(
+        "GET {}/echo HTTP/1.1\r\nHost: x\r\n{me}\r\nConnection: close\r\n\r\n",
+        up.url("/v1")
+    );
+    let connect = format!(
+        "CONNECT 127.0.0.1:{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{me}\r\n\r\n",
+        up.port, up.port
+    );
+    // (what, bytes, half-close, statuses accepted; 0: closed unanswered)
+    type Case = (&'static str, Vec<u8>, bool, &'static [u16]);
+    let cases: Vec<Case> = vec![
+        ("a TLS hello on the plain port", tls_hello, false, &[400]),
+        ("a garbage request line", b"HELLO\r\n\r\n".to_vec(), false, &[400]),
+        ("binary junk", junk, false, &[400]),
+        (
+            "a header line without a colon",
+            head("GET", "Not A Header\r\n\r\n").into_bytes(),
+            false,
+            &[400],
+        ),
+        (
+            "a NUL in a header value",
+            head("GET", "X-A: a\0b\r\n\r\n").into_bytes(),
+            false,
+            &[400],
+        ),
+        (
+            "an obsolete folded header",
+            head("GET", "X-A: a\r\n b\r\n\r\n").into_bytes(),
+            false,
+            &[400],
+        ),
+        ("a 1 MiB header", huge_header.into_bytes(), false, &[431]),
+        ("200 headers", many_headers.into_bytes(), false, &[431]),
+        ("a 70 kB request target", long_target.into_bytes(), false, &[414]),
+        (
+            "a chunk size that is not hex",
+            head("POST", "Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n").into_bytes(),
+            false,
+            &[400],
+        ),
+        (
+            "a chunk longer than announced",
+            head("POST", "Transfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n").into_bytes(),
+            false,
+            &[400],
+        ),
+        (
+            "a body shorter than its Content-Length, then close",
+            head("POST", "Content-Length: 100\r\n\r\n{\"short\":1}").into_bytes(),
+            true,
+            &[400],
+        ),
+        // Framed by Transfer-Encoding (an empty body), then the connection
+        // is closed: the request after it, which an upstream reading the
+        // Content-Length would take for a second one, is never served.
+        (
+            "Content-Length and Transfer-Encoding both",
+            head(
+                "POST",
+                &format!("Content-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /openai/echo HTTP/1.1\r\nHost: x\r\n{me}\r\n\r\n"),
+            )
+            .into_bytes(),
+            false,
+            &[200],
+        ),
+        (
+            "two Content-Lengths that differ",
+            head("POST", "Content-Length: 2\r\nContent-Length: 3\r\n\r\nabc").into_bytes(),
+            false,
+            &[400],
+        ),
+        (
+            "an unknown Transfer-Encoding",
+            head("POST", "Transfer-Encoding: gzip\r\n\r\nabc").into_bytes(),
+            false,
+            &[400],
+        ),
+        (
+            "an HTTP/0.9 request",
+            b"GET /openai/echo\r\n\r\n".to_vec(),
+            true,
+            &[400],
+        ),
+        (
+            "an HTTP/2 preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            true,
+            &[400, 505, 0],
+        ),
+        ("an absolute-form target", absolute.into_bytes(), false, &[501]),
+        ("CONNECT", connect.into_bytes(), true, &[405]),
+        ("a WebSocket upgrade", upgrade.into_bytes(), true, &[501]),
+    ];
+    let before = up.requests().len();
+    for (what, bytes, half_close, want) in &cases {
+        let (reply, closed) = exchange(&addr, bytes, *half_close, Duration::from_secs(5));
+        let status = status_of(&reply);
+        eprintln!("{what}: {status}{}", if closed { ", closed" } else { "" });
+        assert!(
+            want.contains(&status),
+            "{what}: status {status}, want one of {want:?}: {reply}"
+        );
+        assert!(closed || status != 0, "{what}: neither answered nor closed");
+        assert!(
+            reply.matches("HTTP/1.1 ").count() <= 1,
+            "{what}: more than one answer: {reply}"
+        );
+        assert!(
+            !reply.contains(" 101 "),
+            "{what}: switched protocols: {reply}"
+        );
+        if status >= 400 && reply.contains("application/json") {
+            assert!(reply.contains("{\"error\":"), "{what}: {reply}");
+        }
+        assert_free_of(&key, what, &reply);
+        assert_serves(&addr, &me, what);
+    }
+    // Only the normal requests reached the upstream whole, and the POST
+    // framed by Transfer-Encoding with its empty body. (A body that ends
+    // early is streamed as it comes, then the upstream connection is
+    // dropped: the upstream sees a request shorter than it declared.)
+    let got = up.requests();
+    let new = &got[before..];
+    let normal = |r: &&serde_json::Value| {
+        r["path"] == "/v1/echo" && r["method"] == "GET" && r["key_ok"] == true
+    };
+    let cut_short = |r: &&serde_json::Value| {
+        let declared = r["length"].as_str().and_then(|l| l.parse::<u64>().ok());
+        r["body_bytes"]
+            .as_u64()
+            .zip(declared)
+            .is_some_and(|(n, d)| n < d)
+    };
+    let chunked_empty = |r: &&serde_json::Value| {
+        r["method"] == "POST" && r["body_bytes"] == 0 && r["length"].is_null()
+    };
+    assert!(
+        new.iter()
+            .all(|r| normal(&r) || cut_short(&r) || chunked_empty(&r)),
+        "a malformed request reached the upstream: {new:?}"
+    );
+    assert!(new.iter().filter(chunked_empty).count() <= 1, "{new:?}");
+    assert_eq!(new.iter().filter(normal).count(), cases.len(), "{new:?}");
+    let (status, out, err) = live.finish();
+    assert!(status.success(), "{err}");
+    assert_free_of(&key, "keywarden's output", &(out + &err));
+    assert_free_of(&key, "the audit log", &dir.read("audit.log"));
+}
+
+/// A head that never ends is closed at the head timeout (10 s), as is a
+/// connection that sends nothing; a connection idle between requests for
+/// longer than that stays open (the idle timeout is 60 s); the proxy
+/// serves meanwhile.
+#[test]
+fn proxy_closes_slow_heads_at_ten_seconds_and_keeps_idle_connections() {
+    let dir = Dir::new();
+    let up = upstream(&dir);
+    let key = setup(&dir, &up, "");
+    let ca = ca_opt();
+    let live = Live::start(&dir, &["--proxy-ca", &ca]);
+    let addr = proxy_addr(&live);
+    let me = bearer(&live);
+    let request = format!("GET /openai/echo HTTP/1.1\r\nHost: x\r\n{me}\r\n\r\n");
+    // Keep-alive: one request now, the next after the head timeout.
+    let mut keep = TcpStream::connect(&addr).expect("connect");
+    keep.write_all(request.as_bytes()).expect("write");
+    let first = read_until(&mut keep, "\r\n0\r\n\r\n", Duration::from_secs(15));
+    assert_eq!(status_of(&String::from_utf8_lossy(&first)), 200);
+    let start = Instant::now();
+    let mut silent = TcpStream::connect(&addr).expect("connect");
+    let mut slow = TcpStream::connect(&addr).expect("connect");
+    slow.write_all(format!("GET /openai/echo HTTP/1.1\r\nHost: x\r\n{me}\r\n").as_bytes())
+        .expect("write");
+    // A header line every half second: bytes keep coming, the head never
+    // ends.
+    let mut n = 0;
+    let slow_closed = loop {
+        if slow
+            .write_all(format!("X-Drip-{n}: x\r\n").as_bytes())
+            .is_err()
+        {
+            break start.elapsed();
+        }
+        n += 1;
+        let (_, closed) = read_to_close(&mut slow, Duration::from_millis(500));
+        if closed {
+            break start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the slow head was never closed"
+        );
+        if n == 4 {
+            assert_serves(&addr, &me, "a slow head started");
+        }
+    };
+    assert!(
+        slow_closed >= Duration::from_millis(9_500),
+        "closed before the head timeout: {slow_closed:?}"
+    );
+    let (_, closed) = read_to_close(&mut silent, Duration::from_secs(15));
+    assert!(closed, "a connection that sent nothing was kept open");
+    assert!(start.elapsed() >= Duration::from_millis(9_500));
+    // The keep-alive connection idled longer than the head timeout.
+    keep.write_all(request.as_bytes()).expect("write");
+    let second = read_until(&mut keep, "\r\n0\r\n\r\n", Duration::from_secs(15));
+    let second = String::from_utf8_lossy(&second);
+    assert_eq!(status_of(&second), 200, "{second}");
+    assert_free_of(&key, "the reply", &second);
+    live.finish();
 }

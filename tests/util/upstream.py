@@ -11,7 +11,7 @@ encodings), /sse?n=&pause= (server-sent events with pauses; writes
 mid-stream), /slow?delay= (answers after a delay; `closed` too),
 /big?mib= (a streamed body), /redirect (302). Every request is appended
 to `requests.log` in the state folder (method, path, whether the key was
-right, the headers' names).
+right, the headers' names, the body's length as read and as declared).
 
 usage: upstream.py STATE_DIR KEY_FILE [CERT KEY]
 Writes the port to STATE_DIR/port once listening.
@@ -139,7 +139,7 @@ class Handler(BaseHTTPRequestHandler):
         KEY = current_key()
         log({"method": method, "path": url.path, "key_ok": ok,
              "headers": sorted(k.lower() for k in self.headers.keys()),
-             "body_bytes": len(body)})
+             "body_bytes": len(body), "length": self.headers.get("Content-Length")})
         path = url.path
         if path.endswith("/redirect"):
             self.send_response(302)
