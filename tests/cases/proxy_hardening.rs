@@ -1,6 +1,6 @@
 //! The credential proxy under pressure: a revocation in the middle of a
 //! stream, `--no-socket` (the proxy alone, reloaded by signal), malformed
-//! HTTP on its listener.
+//! HTTP on its listener, and reloads that change a route's settings.
 //! Same fixtures as `proxy.rs`: a real HTTPS upstream, a real keywarden,
 //! raw sockets as the child's client.
 
@@ -568,4 +568,95 @@ fn proxy_closes_slow_heads_at_ten_seconds_and_keeps_idle_connections() {
     assert_eq!(status_of(&second), 200, "{second}");
     assert_free_of(&key, "the reply", &second);
     live.finish();
+}
+
+/// A reload that changes a route's settings: the running proxy keeps the
+/// ones it started with (SPEC promises only the value swap) and says so
+/// in keywarden's log, naming the settings and the way to apply them.
+#[test]
+fn proxy_reload_that_changes_route_settings_warns_and_keeps_the_old_ones() {
+    let dir = Dir::new();
+    let up = upstream(&dir);
+    setup(&dir, &up, "");
+    let ca = ca_opt();
+    let admin = dir.join("admin.sock");
+    let admin_opt = admin.display().to_string();
+    let live = Live::start(&dir, &["--proxy-ca", &ca, "--admin-socket", &admin_opt]);
+    let echo = format!("{}/echo", live.var("OPENAI_BASE_URL"));
+    let me = bearer(&live);
+    assert_eq!(curl(&[&echo, "-H", &me]).0, 200);
+    // /echo leaves the allow list, the upstream moves, the key rotates.
+    let reg = dir
+        .read("reg.yaml")
+        .replace("\"GET /echo\", ", "")
+        .replacen(&up.url("/v1"), "https://127.0.0.2:9/v1", 1);
+    dir.write("reg.yaml", reg);
+    dir.write("openai.key", secret(40));
+    let out = output(kw(&dir, &["reload"]).env("KEYWARDEN_ADMIN_SOCKET", &admin));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The old settings: still allowed, still the same upstream; the new key.
+    let (status, body) = curl(&[&echo, "-H", &me]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        up.requests().last().map(|r| r["key_ok"].clone()),
+        Some(true.into())
+    );
+    let (status, _, err) = live.finish();
+    assert!(status.success(), "{err}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains("route 'openai'"))
+        .unwrap_or_else(|| panic!("no warning about the changed route: {err}"));
+    assert!(
+        warning.contains("upstream, allow") && warning.contains("restart keywarden"),
+        "{warning}"
+    );
+    assert!(
+        !warning.contains("127.0.0.2"),
+        "a setting's value: {warning}"
+    );
+}
+
+/// A reload that drops `proxy:` from a secret: the running proxy serves
+/// the route on, and the socket goes on refusing the value to the child
+/// (403 "proxied") until keywarden restarts; keywarden's log says so.
+#[test]
+fn proxy_reload_that_drops_proxy_keeps_the_value_from_the_child() {
+    let dir = Dir::new();
+    let up = upstream(&dir);
+    let key = setup(&dir, &up, "");
+    let ca = ca_opt();
+    let admin = dir.join("admin.sock");
+    let admin_opt = admin.display().to_string();
+    let live = Live::start(&dir, &["--proxy-ca", &ca, "--admin-socket", &admin_opt]);
+    let reg = dir.read("reg.yaml");
+    let start = reg
+        .find("    proxy:\n      preset: openai")
+        .expect("openai's proxy");
+    let end = start + reg[start..].find("anthropic:").expect("next entry");
+    dir.write("reg.yaml", format!("{}{}", &reg[..start], &reg[end..]));
+    let out = output(kw(&dir, &["reload"]).env("KEYWARDEN_ADMIN_SOCKET", &admin));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sock = live.var("KEYWARDEN_SOCKET");
+    let auth = format!("Authorization: Bearer {}", live.var("KEYWARDEN_TOKEN"));
+    let (status, body) = curl(&[
+        "--unix-socket",
+        &sock,
+        "http://localhost/v1/secrets/openai",
+        "-H",
+        &auth,
+    ]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("proxied"), "{body}");
+    assert_free_of(&key, "the socket's answer", &body);
+    let echo = format!("{}/echo", live.var("OPENAI_BASE_URL"));
+    assert_eq!(curl(&[&echo, "-H", &bearer(&live)]).0, 200);
+    let (status, _, err) = live.finish();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("secret 'openai' is no longer proxied")
+                && l.contains("restart keywarden")),
+        "{err}"
+    );
 }
