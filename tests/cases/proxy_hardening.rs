@@ -1,6 +1,7 @@
 //! The credential proxy under pressure: a revocation in the middle of a
 //! stream, `--no-socket` (the proxy alone, reloaded by signal), malformed
-//! HTTP on its listener, and reloads that change a route's settings.
+//! HTTP on its listener, reloads that change a route's settings, and where
+//! the placeholder is accepted.
 //! Same fixtures as `proxy.rs`: a real HTTPS upstream, a real keywarden,
 //! raw sockets as the child's client.
 
@@ -659,4 +660,108 @@ fn proxy_reload_that_drops_proxy_keeps_the_value_from_the_child() {
                 && l.contains("restart keywarden")),
         "{err}"
     );
+}
+
+/// The placeholder is accepted where `inject` puts the key, and nowhere
+/// else (401), on its own route only. The one exception is the anthropic
+/// preset, whose official SDK sends the key as `Authorization: Bearer`:
+/// accepted there too (and stripped), the upstream still gets `x-api-key`.
+#[test]
+fn proxy_placeholder_only_where_the_key_goes() {
+    let dir = Dir::new();
+    let up = upstream(&dir);
+    let key = setup(&dir, &up, "");
+    // The upstream takes one key: both routes' secrets hold it.
+    dir.write("anthropic.key", &key);
+    let ca = ca_opt();
+    let live = Live::start(&dir, &["--proxy-ca", &ca]);
+    let openai = format!("{}/echo", live.var("OPENAI_BASE_URL"));
+    let anthropic = format!("{}/v1/messages", live.var("ANTHROPIC_BASE_URL"));
+    let own = live.var("OPENAI_API_KEY");
+    let theirs = live.var("ANTHROPIC_API_KEY");
+    let h = |name: &str, value: &str| format!("{name}: {value}");
+    let cases: Vec<(&str, &str, String, u16)> = vec![
+        (
+            "openai: in its Authorization",
+            &openai,
+            h("Authorization", &format!("Bearer {own}")),
+            200,
+        ),
+        ("openai: in x-api-key", &openai, h("X-Api-Key", &own), 401),
+        ("openai: in another header", &openai, h("X-Key", &own), 401),
+        (
+            "openai: without Bearer",
+            &openai,
+            h("Authorization", &own),
+            200,
+        ),
+        (
+            "openai: as Basic",
+            &openai,
+            h("Authorization", &format!("Basic {own}")),
+            401,
+        ),
+        (
+            "anthropic: in x-api-key",
+            &anthropic,
+            h("X-Api-Key", &theirs),
+            200,
+        ),
+        (
+            "anthropic: as a bearer token",
+            &anthropic,
+            h("Authorization", &format!("Bearer {theirs}")),
+            200,
+        ),
+        (
+            "anthropic: in another header",
+            &anthropic,
+            h("X-Key", &theirs),
+            401,
+        ),
+        (
+            "anthropic: openai's in x-api-key",
+            &anthropic,
+            h("X-Api-Key", &own),
+            403,
+        ),
+    ];
+    for (what, url, header, want) in &cases {
+        let body = "{\"model\":\"m\",\"max_tokens\":1,\"messages\":[]}";
+        let (status, reply) = if url.ends_with("/messages") {
+            curl(&[
+                url,
+                "-H",
+                header,
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ])
+        } else {
+            curl(&[url, "-H", header])
+        };
+        assert_eq!(status, *want, "{what}: {reply}");
+        assert_free_of(&key, what, &reply);
+    }
+    let sent: Vec<_> = up.requests();
+    assert!(sent.iter().all(|r| r["key_ok"] == true), "{sent:?}");
+    let messages: Vec<_> = sent
+        .iter()
+        .filter(|r| r["path"] == "/v1/messages")
+        .collect();
+    assert_eq!(messages.len(), 2, "{sent:?}");
+    for r in messages {
+        let names: Vec<&str> = r["headers"]
+            .as_array()
+            .expect("names")
+            .iter()
+            .filter_map(|n| n.as_str())
+            .collect();
+        assert!(
+            names.contains(&"x-api-key") && !names.contains(&"authorization"),
+            "the upstream gets x-api-key alone: {names:?}"
+        );
+    }
+    live.finish();
 }
