@@ -1,7 +1,8 @@
-//! Connection limits of the socket API (SPEC "Socket API"): a connection
-//! that sends no complete request head within [`ConnLimits::head`] is
-//! closed, as is one idle for [`ConnLimits::idle`] between requests; each
-//! peer uid holds at most [`ConnLimits::per_uid`] connections.
+//! Connection limits of the socket API (SPEC "Socket API"), shared by the
+//! credential proxy's listener: a connection that sends no complete
+//! request head within [`ConnLimits::head`] is closed, as is one idle for
+//! [`ConnLimits::idle`] between requests; each peer uid holds at most
+//! [`ConnLimits::per_uid`] connections.
 //!
 //! The cap never locks the child out, even when the flood comes from its
 //! own uid: a new connection over the cap evicts that uid's oldest
@@ -163,8 +164,34 @@ impl<'a> InCall<'a> {
 
 impl Drop for InCall<'_> {
     fn drop(&mut self) {
-        self.0.set_deadline(Instant::now() + self.0.limits.idle);
-        self.0.state.store(IDLE, Ordering::Relaxed);
+        self.0.end_call();
+    }
+}
+
+/// [`InCall`] for a call that outlives the service's future: the
+/// credential proxy's streamed response holds it until its body is done.
+#[derive(Debug)]
+pub struct OwnedCall(Arc<Watch>);
+
+impl OwnedCall {
+    /// The head of a request arrived.
+    pub fn start(watch: Arc<Watch>) -> Self {
+        watch.state.store(IN_CALL, Ordering::Relaxed);
+        OwnedCall(watch)
+    }
+}
+
+impl Drop for OwnedCall {
+    fn drop(&mut self) {
+        self.0.end_call();
+    }
+}
+
+impl Watch {
+    /// A call ended: the connection idles from now.
+    fn end_call(&self) {
+        self.set_deadline(Instant::now() + self.limits.idle);
+        self.state.store(IDLE, Ordering::Relaxed);
     }
 }
 

@@ -120,6 +120,10 @@ struct Shared {
     child_uid: u32,
     admin_uid: u32,
     limits: ConnLimits,
+    /// Bumped whenever a secret may have been revoked (a revoke, a
+    /// reload): the credential proxy cuts the streams of a revoked route
+    /// at once rather than at the upstream's next chunk.
+    revocations: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -135,6 +139,12 @@ impl Shared {
 
     fn limiter(&self) -> std::sync::MutexGuard<'_, AuthLimiter> {
         self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tell the proxy's streams to look again whether their route is
+    /// revoked.
+    fn revocations_changed(&self) {
+        self.revocations.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn refresh_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -606,6 +616,7 @@ fn shared_of(opts: &ApiOptions, state: State, callbacks: Callbacks) -> Arc<Share
         child_uid: opts.child_uid,
         admin_uid: nix::unistd::geteuid().as_raw(),
         limits: opts.limits,
+        revocations: watch::channel(0).0,
     })
 }
 
@@ -684,6 +695,24 @@ impl Keyring {
             .is_some_and(|e| e.revoked.is_some())
     }
 
+    /// Ends once `id` is revoked (at once if it is): a revoke or a reload
+    /// wakes it, from whichever thread carries it out.
+    pub async fn revoked(&self, id: &str) {
+        let mut changes = self.shared.revocations.subscribe();
+        loop {
+            // Marked seen before the look, so a revocation between the
+            // two still wakes the wait below.
+            changes.borrow_and_update();
+            if self.is_revoked(id) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                // Cannot happen while `self` holds the sender.
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Reload as the admin socket does (blocking; for `--no-socket`, where
     /// no admin socket carries it out).
     pub fn reload(&self) -> Result<()> {
@@ -697,6 +726,7 @@ impl Keyring {
             Err(e) => tracing::warn!("{e}"),
         }
         drop(st);
+        self.shared.revocations_changed();
         for ev in reply.events {
             self.shared.audit.note(ev);
         }
@@ -1107,9 +1137,14 @@ async fn admin_call(shared: &Shared, call: &Call<'_>, now: Now) -> Reply {
                 Ok(list) => st.apply_revocations(&list),
                 Err(e) => tracing::warn!("{e}"),
             }
+            drop(st);
+            shared.revocations_changed();
             reply
         }
         AdminHandled::Revoked { reply, record } => {
+            // Revoked in the state already: the proxy's streams go now,
+            // not once the list is written.
+            shared.revocations_changed();
             let path = shared.revocation_list.clone();
             let written = tokio::task::spawn_blocking(move || RevocationList::add(&path, record))
                 .await

@@ -289,7 +289,9 @@ impl State {
     }
 
     /// Serve `secrets` from now on (a reload). A revocation made in this
-    /// run carries over while the id keeps its ref.
+    /// run carries over while the id keeps its ref; a secret the run
+    /// started proxied stays refused (its route serves on until keywarden
+    /// restarts, and the child was never meant to hold the value).
     pub fn replace(&mut self, secrets: Vec<ServedSecret>, now: Now) {
         let mut next = BTreeMap::new();
         for s in secrets {
@@ -299,6 +301,7 @@ impl State {
                     e.revoked = old.revoked.clone();
                     e.value = None;
                 }
+                e.proxied |= old.proxied;
             }
             next.insert(e.id.clone(), e);
         }
@@ -551,6 +554,26 @@ pub(crate) mod tests {
         };
         st.apply_revocations(&list);
         assert_eq!(st.secrets["a"].revoked.as_deref(), Some("revoked"));
+    }
+
+    #[test]
+    fn a_secret_started_proxied_stays_refused_after_a_reload() {
+        let now = Now::system();
+        let proxied = ServedSecret {
+            proxied: true,
+            ..served("p", &["pool"], None, "vp")
+        };
+        let mut st = State::new(
+            settings(None),
+            vec![proxied, served("s", &["pool"], None, "vs")],
+            now,
+        );
+        // The registry drops `proxy:` from p and adds it to s.
+        let mut now_proxied = served("s", &["pool"], None, "vs");
+        now_proxied.proxied = true;
+        st.replace(vec![served("p", &["pool"], None, "vp"), now_proxied], now);
+        assert!(st.secrets["p"].proxied, "the running proxy still serves p");
+        assert!(st.secrets["s"].proxied, "refused from now on");
     }
 
     #[test]

@@ -413,6 +413,60 @@ impl Route {
         let line = format!("{method} {path}");
         self.allow.iter().any(|p| glob::matches(p, &line))
     }
+
+    /// The settings (registry field names) in which `other` differs.
+    pub fn changed_fields(&self, other: &Route) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.upstream != other.upstream {
+            changed.push("upstream");
+        }
+        if self.inject != other.inject || self.also_accept != other.also_accept {
+            changed.push("inject");
+        }
+        if self.allow != other.allow {
+            changed.push("allow");
+        }
+        if self.env != other.env {
+            changed.push("env");
+        }
+        if self.max_requests_per_minute != other.max_requests_per_minute {
+            changed.push("max_requests_per_minute");
+        }
+        changed
+    }
+}
+
+/// What a reload from registry routes `before` to `after` (by secret id)
+/// changes that the running proxy does not follow (it serves the routes
+/// it started with): one warning per route, naming settings, never values.
+pub fn reload_warnings(
+    before: &[(&str, Option<&Route>)],
+    after: &[(&str, Option<&Route>)],
+) -> Vec<String> {
+    const RESTART: &str = "restart keywarden to apply it";
+    let mut out = Vec::new();
+    for (id, new) in after {
+        let old = before.iter().find(|(i, _)| i == id).and_then(|(_, r)| *r);
+        match (old, new) {
+            (Some(old), Some(new)) => {
+                let changed = old.changed_fields(new);
+                if !changed.is_empty() {
+                    out.push(format!(
+                        "reload: the proxy settings of route '{id}' changed ({}); the running proxy keeps the ones it started with (the new value is used): {RESTART}",
+                        changed.join(", ")
+                    ));
+                }
+            }
+            (Some(_), None) => out.push(format!(
+                "reload: secret '{id}' is no longer proxied in the registry; the running proxy still serves route '{id}' with its old settings, and the socket goes on refusing its value: {RESTART}"
+            )),
+            (None, Some(_)) => out.push(format!(
+                "reload: secret '{id}' is proxied in the registry, but the running proxy has no route for it (the socket refuses it from now on): {RESTART}"
+            )),
+            (None, None) => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -537,6 +591,60 @@ mod tests {
         ] {
             assert!(Inject::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reloads_that_change_a_route_are_named() {
+        let base = Route::build("o", &spec("openai")).expect("route");
+        let other_upstream = Route::build(
+            "o",
+            &ProxySpec {
+                upstream: Some("https://eu.api.example.com/v1".into()),
+                allow: Some(vec!["GET /models".into()]),
+                ..spec("openai")
+            },
+        )
+        .expect("route");
+        let limited = Route::build(
+            "o",
+            &ProxySpec {
+                max_requests_per_minute: Some(5),
+                ..spec("openai")
+            },
+        )
+        .expect("route");
+        assert!(base.changed_fields(&base.clone()).is_empty());
+        assert_eq!(base.changed_fields(&other_upstream), ["upstream", "allow"]);
+        assert_eq!(base.changed_fields(&limited), ["max_requests_per_minute"]);
+        type Case<'a> = (Option<&'a Route>, Option<&'a Route>, Option<&'a str>);
+        let table: [Case<'_>; 5] = [
+            (Some(&base), Some(&base), None),
+            (
+                Some(&base),
+                Some(&other_upstream),
+                Some("changed (upstream, allow)"),
+            ),
+            (Some(&base), None, Some("no longer proxied")),
+            (None, Some(&base), Some("has no route")),
+            (None, None, None),
+        ];
+        for (before, after, want) in table {
+            let got = reload_warnings(&[("o", before)], &[("o", after)]);
+            match want {
+                None => assert!(got.is_empty(), "{got:?}"),
+                Some(w) => {
+                    assert_eq!(got.len(), 1, "{got:?}");
+                    assert!(got[0].contains(w) && got[0].contains("restart"), "{got:?}");
+                    assert!(
+                        !got[0].contains("example.com"),
+                        "names settings, not values"
+                    );
+                }
+            }
+        }
+        // A secret new to the registry, or gone from it: nothing to say.
+        assert!(reload_warnings(&[], &[("n", None)]).is_empty());
+        assert!(reload_warnings(&[("o", Some(&base))], &[]).is_empty());
     }
 
     #[test]

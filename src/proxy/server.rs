@@ -18,6 +18,13 @@
 //! the child gets 400. The response body goes through the relay's
 //! matcher chunk by chunk: whatever the stream releases is sent at once,
 //! so server-sent events arrive as the upstream sends them.
+//!
+//! A revocation reaches the route's calls in flight at once (the keyring
+//! wakes them): one still waiting for the upstream is dropped and answered
+//! 410; a response body breaks off, its upstream connection closed, even
+//! while the upstream is silent. Connections follow the socket API's
+//! limits ([`crate::api::conn`]): 10 s for a request head, 60 s idle
+//! between requests, the oldest idle one evicted when too many are open.
 
 #![forbid(unsafe_code)]
 
@@ -39,7 +46,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -47,6 +54,7 @@ use super::limit::RateLimit;
 use super::request::{self, Placeholder, Refusal};
 use super::route::{Inject, Route};
 use super::{Listen, MAX_BODY};
+use crate::api::conn::{self, ConnLimits};
 use crate::api::{KeyAnswer, Keyring};
 use crate::audit::{Actor, Auditor, Event, EventKind, Outcome};
 use crate::error::{Error, ErrorKind, Result};
@@ -57,10 +65,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type UpBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 type UpClient = Client<HttpsConnector<HttpConnector>, UpBody>;
 
-/// Most connections served at once; more are closed at once.
+/// Most connections held at once (per peer uid on a unix socket): a new
+/// one over the cap evicts the oldest that is not in a call, as the socket
+/// API does, so idle or slow clients never lock the child out.
 const MAX_CONNECTIONS: usize = 512;
-/// A connection must send its request head within this.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connecting to an upstream.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -392,6 +400,9 @@ enum Accept {
 
 async fn accept_loop(listener: Accept, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let mut conns = JoinSet::new();
+    let mut by_uid = conn::ByUid::default();
+    // The socket API's: 10 s for a request head, 60 s idle between requests.
+    let limits = ConnLimits::default();
     loop {
         let accepted = tokio::select! {
             a = accept(&listener) => a,
@@ -400,10 +411,14 @@ async fn accept_loop(listener: Accept, ctx: Arc<Ctx>, mut stop: watch::Receiver<
         };
         match accepted {
             Ok(io) => {
-                if conns.len() >= MAX_CONNECTIONS {
-                    continue; // dropped: closed at once
-                }
-                conns.spawn(serve_conn(io, ctx.clone(), stop.clone()));
+                let uid = match &io {
+                    Conn::Tcp(_) => None,
+                    Conn::Unix(s) => s.peer_cred().ok().map(|c| c.uid()),
+                };
+                let Some(watch) = by_uid.admit(uid, MAX_CONNECTIONS, limits) else {
+                    continue; // every connection is mid-call: this one is closed
+                };
+                conns.spawn(serve_conn(io, ctx.clone(), watch, stop.clone()));
             }
             Err(e) => {
                 tracing::debug!("credential proxy: accept failed: {e}");
@@ -439,30 +454,40 @@ async fn accept(l: &Accept) -> std::io::Result<Conn> {
     }
 }
 
-async fn serve_conn(io: Conn, ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
+async fn serve_conn(io: Conn, ctx: Arc<Ctx>, watch: Arc<conn::Watch>, stop: watch::Receiver<bool>) {
+    let _closed = conn::ClosedOnDrop(watch.clone());
     match io {
-        Conn::Tcp(s) => serve_io(TokioIo::new(s), ctx, stop).await,
-        Conn::Unix(s) => serve_io(TokioIo::new(s), ctx, stop).await,
+        Conn::Tcp(s) => serve_io(s, ctx, watch, stop).await,
+        Conn::Unix(s) => serve_io(s, ctx, watch, stop).await,
     }
 }
 
-async fn serve_io<I>(io: I, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+async fn serve_io<S>(
+    stream: S,
+    ctx: Arc<Ctx>,
+    watch: Arc<conn::Watch>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let in_service = watch.clone();
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+        // In a call from its head until its response body is done (a
+        // stream may last long): never closed as idle meanwhile.
+        let call = conn::OwnedCall::start(in_service.clone());
+        async move { Ok::<_, Infallible>(handle(ctx, req, call).await) }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .writev(true);
-    let conn = builder.serve_connection(io, service);
+    let io = TokioIo::new(conn::Watched::new(stream, watch.clone()));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .writev(true)
+        .serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
+        // No complete head in time, idle too long, or evicted for a newer
+        // connection: closed.
+        _ = watch.expired() => {}
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
@@ -528,11 +553,19 @@ enum ProxyBody {
     Upstream(Box<Redacted>),
 }
 
-/// The upstream's body through the redaction stream.
+/// Ends when the route is revoked.
+type Revoked = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The upstream's body through the redaction stream, cut when the route
+/// is revoked.
 struct Redacted {
-    inner: Incoming,
+    /// `None` once cut: dropping it closes the upstream connection.
+    inner: Option<Incoming>,
     stream: Stream<Arc<Matcher>>,
     record: Record,
+    revoked: Revoked,
+    /// The connection is in a call until the body is done.
+    call: Option<conn::OwnedCall>,
     done: bool,
 }
 
@@ -580,7 +613,15 @@ impl Redacted {
             if self.done {
                 return Poll::Ready(None);
             }
-            match Pin::new(&mut self.inner).poll_frame(cx) {
+            // Revoked: cut now, even while the upstream is silent; what it
+            // sends from here on is never relayed.
+            if self.revoked.as_mut().poll(cx).is_ready() {
+                return self.cut();
+            }
+            let Some(inner) = self.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {
@@ -588,9 +629,7 @@ impl Redacted {
                     };
                     if let Some(id) = &self.record.id {
                         if self.record.ctx.keyring.is_revoked(id) {
-                            self.done = true;
-                            self.record.reason = Some("revoked while streaming; cut".into());
-                            return Poll::Ready(Some(Err("the route was revoked".into())));
+                            return self.cut();
                         }
                     }
                     let mut out = Vec::with_capacity(data.len() + 64);
@@ -620,10 +659,22 @@ impl Redacted {
     }
 }
 
+impl Redacted {
+    /// End the response with an error (the client sees the stream break,
+    /// not end cleanly) and close the upstream connection.
+    fn cut(&mut self) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        self.inner = None;
+        self.record.reason = Some("revoked while streaming; cut".into());
+        Poll::Ready(Some(Err("the route was revoked".into())))
+    }
+}
+
 /// Why a request body was cut.
 const BODY_OK: u8 = 0;
 const BODY_SECRET: u8 = 1;
 const BODY_TOO_LARGE: u8 = 2;
+const BODY_BROKEN: u8 = 3;
 
 /// The child's request body on its way upstream: counted (413 past
 /// [`MAX_BODY`]) and scanned for secrets (400), the redaction stream
@@ -689,7 +740,11 @@ impl http_body::Body for Scanned {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    // The client's body broke (ended before its length,
+                    // bad chunked encoding): the client's fault, not the
+                    // upstream's.
                     me.done = true;
+                    me.cut.store(BODY_BROKEN, Ordering::Release);
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
                 Poll::Ready(None) => {
@@ -735,7 +790,11 @@ fn redacted(m: Option<&Matcher>, text: &str) -> String {
     }
 }
 
-async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(
+    ctx: Arc<Ctx>,
+    req: Request<Incoming>,
+    call: conn::OwnedCall,
+) -> Response<ProxyBody> {
     let start = Instant::now();
     let matcher = (ctx.matcher)();
     let mut record = Record {
@@ -751,7 +810,12 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
         bytes_out: 0,
     };
     match forward(&ctx, req, matcher, &mut record).await {
-        Ok(response) => response,
+        Ok(mut response) => {
+            if let ProxyBody::Upstream(r) = response.body_mut() {
+                r.call = Some(call);
+            }
+            response
+        }
         Err((refusal, retry_after)) => {
             let response = json_response(refusal.status, &refusal.message, retry_after);
             record.status = refusal.status;
@@ -947,7 +1011,20 @@ async fn forward(
         done: false,
     };
     let upstream_req = Request::from_parts(parts, UpBody::new(scanned));
-    let answer = ctx.client.request(upstream_req).await;
+    // A revocation while the upstream has not answered yet drops the call
+    // (and its connection) and answers 410; after that it cuts the body.
+    let mut revoked: Revoked = {
+        let keyring = ctx.keyring.clone();
+        let id = route.id.clone();
+        Box::pin(async move { keyring.revoked(&id).await })
+    };
+    let answer = tokio::select! {
+        biased;
+        _ = &mut revoked => {
+            return Err(refuse(410, format!("secret '{}' is revoked", route.id)));
+        }
+        answer = ctx.client.request(upstream_req) => answer,
+    };
     let response = match answer {
         Ok(r) => r,
         Err(e) => {
@@ -957,6 +1034,10 @@ async fn forward(
                     "the request body carries a secret's value; refused (keywarden adds the key itself)",
                 ),
                 BODY_TOO_LARGE => refuse(413, format!("request body larger than {MAX_BODY} bytes")),
+                BODY_BROKEN => refuse(
+                    400,
+                    "the request body could not be read (it ended before its length, or its chunked encoding is broken)",
+                ),
                 _ => refuse(
                     502,
                     redacted(
@@ -977,7 +1058,9 @@ async fn forward(
     redact_headers(&matcher, &mut rparts.headers);
     record.status = rparts.status.as_u16();
     let out = Redacted {
-        inner: rbody,
+        inner: Some(rbody),
+        revoked,
+        call: None,
         stream: Stream::new(matcher),
         record: Record {
             ctx: ctx.clone(),

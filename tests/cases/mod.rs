@@ -13,6 +13,7 @@ mod launch;
 mod operator;
 mod providers;
 mod proxy;
+mod proxy_hardening;
 mod pty;
 mod redaction;
 mod remote;

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use crate::util::upstream::{curl, raw, Live, Upstream};
 use crate::util::{eventually, kw, output, secret, stderr, stdout, Dir};
 
-const TEST_ALLOW: &str = r#"["POST /chat/completions", "GET /models*", "GET /echo", "POST /echo", "GET /leak", "GET /sse", "GET /big", "GET /redirect"]"#;
+pub(crate) const TEST_ALLOW: &str = r#"["POST /chat/completions", "GET /models*", "GET /echo", "POST /echo", "GET /leak", "GET /sse", "GET /big", "GET /redirect", "GET /slow"]"#;
 
 /// The registry: `openai` proxied to the upstream (with the test routes
 /// allowed), `anthropic` proxied too (another placeholder), `plain`
 /// served by the socket. Returns the openai key.
-fn setup(dir: &Dir, up: &Upstream, openai_extra: &str) -> String {
+pub(crate) fn setup(dir: &Dir, up: &Upstream, openai_extra: &str) -> String {
     let _ = up;
     let key = std::fs::read_to_string(dir.join("openai.key")).expect("key");
     dir.write("anthropic.key", secret(40));
@@ -28,20 +28,20 @@ fn setup(dir: &Dir, up: &Upstream, openai_extra: &str) -> String {
     key
 }
 
-fn upstream(dir: &Dir) -> Upstream {
+pub(crate) fn upstream(dir: &Dir) -> Upstream {
     dir.write("openai.key", secret(40));
     Upstream::start(dir, &dir.join("openai.key"), true)
 }
 
-fn ca_opt() -> String {
+pub(crate) fn ca_opt() -> String {
     crate::util::upstream::certs().ca.display().to_string()
 }
 
-fn bearer(live: &Live) -> String {
+pub(crate) fn bearer(live: &Live) -> String {
     format!("Authorization: Bearer {}", live.var("OPENAI_API_KEY"))
 }
 
-fn assert_free_of(key: &str, what: &str, text: &str) {
+pub(crate) fn assert_free_of(key: &str, what: &str, text: &str) {
     use base64::Engine;
     let forms = [
         key.to_string(),

@@ -7,10 +7,11 @@ expects it (Authorization: Bearer, x-api-key, or ?key=); it never sees the
 placeholder. Test routes: /echo (the request's headers, path and query as
 JSON, the key included: the proxy must mask it), /leak (the key in several
 encodings), /sse?n=&pause= (server-sent events with pauses; writes
-`closed` in the state folder when the client goes away mid-stream),
+`closed` (the time) in the state folder as soon as the client goes away
+mid-stream), /slow?delay= (answers after a delay; `closed` too),
 /big?mib= (a streamed body), /redirect (302). Every request is appended
 to `requests.log` in the state folder (method, path, whether the key was
-right, the headers' names).
+right, the headers' names, the body's length as read and as declared).
 
 usage: upstream.py STATE_DIR KEY_FILE [CERT KEY]
 Writes the port to STATE_DIR/port once listening.
@@ -19,6 +20,7 @@ Writes the port to STATE_DIR/port once listening.
 import base64
 import json
 import os
+import select
 import ssl
 import sys
 import time
@@ -100,6 +102,26 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
+    def pause_or_hangup(self, pause):
+        """Wait `pause` seconds; True as soon as the client closes the
+        connection meanwhile (so a test sees the hang-up when it happens,
+        not at the next write)."""
+        deadline = time.time() + pause
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                return False
+            readable, _, _ = select.select([self.connection], [], [], left)
+            if not readable:
+                return False
+            try:
+                if not self.connection.recv(1):
+                    return True
+            except ssl.SSLWantReadError:
+                continue
+            except (OSError, ssl.SSLError):
+                return True
+
     def do_GET(self):
         self.route("GET")
 
@@ -117,7 +139,7 @@ class Handler(BaseHTTPRequestHandler):
         KEY = current_key()
         log({"method": method, "path": url.path, "key_ok": ok,
              "headers": sorted(k.lower() for k in self.headers.keys()),
-             "body_bytes": len(body)})
+             "body_bytes": len(body), "length": self.headers.get("Content-Length")})
         path = url.path
         if path.endswith("/redirect"):
             self.send_response(302)
@@ -137,6 +159,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(200, {"plain": KEY, "b64": base64.b64encode(raw).decode(),
                                         "b64url": base64.urlsafe_b64encode(raw).decode().rstrip("="),
                                         "hex": raw.hex(), "json": json.dumps(KEY)})
+        if path.endswith("/slow"):
+            # The answer's head after `delay` seconds.
+            if self.pause_or_hangup(float(query.get("delay", ["30"])[0])):
+                open(os.path.join(STATE, "closed"), "w").write("%f" % time.time())
+                return
+            return self.send_json(200, {"slow": True})
         if path.endswith("/sse"):
             n = int(query.get("n", ["5"])[0])
             pause = float(query.get("pause", ["0.3"])[0])
@@ -144,11 +172,12 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 for i in range(n):
                     self.chunk("data: {\"i\": %d, \"t\": %f}\n\n" % (i, time.time()))
-                    time.sleep(pause)
+                    if self.pause_or_hangup(pause):
+                        raise ConnectionResetError("the client hung up")
                 self.chunk("data: [DONE]\n\n")
                 self.end_chunked()
             except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
-                open(os.path.join(STATE, "closed"), "w").write("closed")
+                open(os.path.join(STATE, "closed"), "w").write("%f" % time.time())
             return
         if path.endswith("/big"):
             mib = int(query.get("mib", ["1"])[0])

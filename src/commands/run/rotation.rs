@@ -250,6 +250,7 @@ impl Sources {
             let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
             let config = config::load(me.common.registry.as_deref(), me.common.policy.as_deref())?;
             let plan = config::build_plan(&config, me.common.env, &me.process_env, &cwd)?;
+            me.warn_route_changes(&plan);
             let outcomes = resolve_plan(
                 &plan,
                 &me.common.store,
@@ -312,6 +313,21 @@ impl Sources {
             }),
             vault,
         })
+    }
+
+    /// The credential proxy serves the routes the run started with: say
+    /// so when a reload's registry changes one (SPEC promises only the
+    /// value swap).
+    fn warn_route_changes(&self, plan: &LaunchPlan) {
+        fn routes(p: &LaunchPlan) -> Vec<(&str, Option<&crate::proxy::Route>)> {
+            p.secrets
+                .iter()
+                .map(|s| (s.id.as_str(), s.proxy.as_deref()))
+                .collect()
+        }
+        for w in crate::proxy::route::reload_warnings(&routes(&self.plan), &routes(plan)) {
+            tracing::warn!("{w}");
+        }
     }
 
     /// The rotation state, even if a thread panicked holding it.
