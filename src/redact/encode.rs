@@ -680,8 +680,7 @@ mod tests {
                     let mut blob = vec![fill; before];
                     blob.extend_from_slice(value);
                     blob.extend(std::iter::repeat_n(fill, after));
-                    let whole =
-                        base64_range(&blob, 0, 0, (8 * blob.len()).div_ceil(6), 0);
+                    let whole = base64_range(&blob, 0, 0, (8 * blob.len()).div_ceil(6), 0);
                     let form = b64(value, (3 - before % 3) % 3);
                     let inner = s(&form.bytes[..form.bytes.len() - form.fwd]);
                     assert!(

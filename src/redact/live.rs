@@ -164,7 +164,17 @@ impl MatcherCell {
             ready: std::sync::Condvar::new(),
         });
         let target = cell.clone();
-        let build = move || target.install_first(secrets.matcher(&mask));
+        let build = move || {
+            // Waiters would wait for ever, and nothing may be relayed
+            // unmasked: a build that fails ends keywarden, as it did when
+            // the matcher was built on the main thread.
+            let built =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| secrets.matcher(&mask)));
+            match built {
+                Ok(matcher) => target.install_first(matcher),
+                Err(_) => std::process::abort(),
+            }
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(1);
         let spawned = std::thread::Builder::new()
             .name("matcher".into())
@@ -370,5 +380,61 @@ impl Filter for RedactFilter {
 pub fn log_counts(counts: &Counts) {
     for (id, n) in counts.iter() {
         tracing::info!("masked {id} {n} time{}", if n == 1 { "" } else { "s" });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value made at run time: 32 hex digits.
+    fn value() -> String {
+        let mut bytes = [0u8; 16];
+        crate::sys::random::fill(&mut bytes).expect("random");
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn secrets(value: &[u8]) -> OwnedSecrets {
+        OwnedSecrets::new(&[Secret { id: "k", value }])
+    }
+
+    fn masked(cell: &MatcherCell, text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        cell.current()
+            .redact_all(text, &mut out, &mut Counts::default());
+        out
+    }
+
+    #[test]
+    fn a_cell_built_in_the_background_masks_once_ready() {
+        let value = value();
+        let cell = MatcherCell::build_in_background(secrets(value.as_bytes()), Mask::default());
+        let text = format!("key={value}");
+        assert_eq!(masked(&cell, text.as_bytes()), b"key=[REDACTED:k]");
+    }
+
+    #[test]
+    fn a_reload_before_the_first_build_wins() {
+        let old = value();
+        let new = value();
+        let cell = Arc::new(MatcherCell {
+            generation: std::sync::atomic::AtomicU64::new(0),
+            current: Mutex::new(None),
+            ready: std::sync::Condvar::new(),
+        });
+        // A waiter blocks until a matcher is there.
+        let waiter = {
+            let cell = cell.clone();
+            let text = format!("{old} {new}");
+            std::thread::spawn(move || masked(&cell, text.as_bytes()))
+        };
+        cell.replace(secrets(new.as_bytes()).matcher(&Mask::default()));
+        cell.install_first(secrets(old.as_bytes()).matcher(&Mask::default()));
+        let want = format!("{old} [REDACTED:k]");
+        assert_eq!(waiter.join().expect("waiter"), want.as_bytes());
+        assert_eq!(
+            masked(&cell, format!("{old} {new}").as_bytes()),
+            want.as_bytes()
+        );
     }
 }
