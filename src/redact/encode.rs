@@ -8,6 +8,7 @@
 use zeroize::Zeroizing;
 
 /// The RFC 4648 base64 alphabet.
+#[cfg(test)]
 pub(crate) const BASE64_STD: &[u8; 64] =
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 /// The RFC 4648 "URL and filename safe" alphabet.
@@ -228,7 +229,7 @@ fn base64_shifted(value: &[u8], shift: usize, out: &mut Vec<Form>) {
     let last = bits.div_ceil(6);
     let m = n - shift;
     let pad = (3 - m % 3) % 3;
-    let mut bytes = base64_range(value, k, first, last, BASE64_STD, pad);
+    let mut bytes = base64_range(value, k, first, last, pad);
     let len = bytes.len();
     bytes.resize(len + pad, b'=');
     out.push(Form {
@@ -250,7 +251,7 @@ fn base64_wrapped(value: &[u8], out: &mut Vec<Form>) {
         if padded <= width {
             continue;
         }
-        let plain = base64_range(value, 0, 0, chars, BASE64_STD, 0);
+        let plain = base64_range(value, 0, 0, chars, 0);
         for eol in [&b"\n"[..], b"\r\n"] {
             let lines = padded.div_ceil(width);
             let mut bytes = Zeroizing::new(Vec::with_capacity(padded + lines * eol.len()));
@@ -362,30 +363,24 @@ pub(crate) fn lines(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|line| !line.starts_with(b"-----BEGIN ") && !line.starts_with(b"-----END "))
 }
 
-/// Characters `first..last` of the base64 encoding of `k` zero bytes, then
-/// `value`, then zero bytes; with room for `spare` more bytes (a derived
-/// secret must not grow and leave an unwiped copy behind).
-fn base64_range(
-    value: &[u8],
-    k: usize,
-    first: usize,
-    last: usize,
-    alphabet: &[u8; 64],
-    spare: usize,
-) -> Bytes {
-    let byte = |t: usize| -> u16 {
-        match t.checked_sub(k) {
-            Some(i) if i < value.len() => u16::from(value[i]),
-            _ => 0,
-        }
-    };
+/// Characters `first..last` of the base64 encoding (standard alphabet) of
+/// `k` zero bytes, then `value`, then zero bytes; with room for `spare`
+/// more bytes (a derived secret must not grow and leave an unwiped copy
+/// behind). `last` is at most the unpadded length of that encoding.
+fn base64_range(value: &[u8], k: usize, first: usize, last: usize, spare: usize) -> Bytes {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    use base64::Engine;
+    let mut input = Zeroizing::new(Vec::with_capacity(k + value.len()));
+    input.resize(k, 0);
+    input.extend_from_slice(value);
+    let len = (8 * input.len()).div_ceil(6);
+    let mut full = Zeroizing::new(vec![0u8; len]);
+    let written = STANDARD_NO_PAD
+        .encode_slice(&input[..], &mut full[..])
+        .expect("the buffer holds the unpadded encoding");
+    debug_assert_eq!(written, len);
     let mut out = Zeroizing::new(Vec::with_capacity(last.saturating_sub(first) + spare));
-    for i in first..last {
-        let bit = 6 * i;
-        let pair = byte(bit / 8) << 8 | byte(bit / 8 + 1);
-        let six = (pair >> (10 - bit % 8)) & 63;
-        out.push(alphabet[usize::from(six)]);
-    }
+    out.extend_from_slice(&full[first.min(last)..last]);
     out
 }
 
@@ -685,8 +680,7 @@ mod tests {
                     let mut blob = vec![fill; before];
                     blob.extend_from_slice(value);
                     blob.extend(std::iter::repeat_n(fill, after));
-                    let whole =
-                        base64_range(&blob, 0, 0, (8 * blob.len()).div_ceil(6), BASE64_STD, 0);
+                    let whole = base64_range(&blob, 0, 0, (8 * blob.len()).div_ceil(6), 0);
                     let form = b64(value, (3 - before % 3) % 3);
                     let inner = s(&form.bytes[..form.bytes.len() - form.fwd]);
                     assert!(

@@ -23,8 +23,27 @@ pub fn matcher_for(
     extra: &[(&str, &[u8])],
     mask: &Mask,
 ) -> Matcher {
+    Matcher::new(&secrets_for(plan, values, process_env, extra), mask)
+}
+
+/// What [`matcher_for`] masks, copied out to build the matcher elsewhere.
+pub fn owned_secrets_for(
+    plan: &LaunchPlan,
+    values: &[SecretBytes],
+    process_env: &[(OsString, OsString)],
+    extra: &[(&str, &[u8])],
+) -> OwnedSecrets {
+    OwnedSecrets::new(&secrets_for(plan, values, process_env, extra))
+}
+
+fn secrets_for<'a>(
+    plan: &'a LaunchPlan,
+    values: &'a [SecretBytes],
+    process_env: &'a [(OsString, OsString)],
+    extra: &[(&'a str, &'a [u8])],
+) -> Vec<Secret<'a>> {
     let deny = DenyList::new(&plan.policy.deny_env);
-    let mut secrets: Vec<Secret<'_>> = plan
+    let mut secrets: Vec<Secret<'a>> = plan
         .secrets
         .iter()
         .zip(values)
@@ -43,7 +62,7 @@ pub fn matcher_for(
             });
         }
     }
-    Matcher::new(&secrets, mask)
+    secrets
 }
 
 /// Masks every form of known values in messages that quote what a provider
@@ -113,11 +132,14 @@ pub fn too_short(plan: &LaunchPlan, values: &[SecretBytes]) -> Vec<String> {
 }
 
 /// The matcher the relay uses, replaceable while it runs: a reload that
-/// brings new values installs a matcher that masks them too.
+/// brings new values installs a matcher that masks them too. The first
+/// one may still be building (see [`MatcherCell::build_in_background`]):
+/// whoever needs it then waits for it.
 #[derive(Debug)]
 pub struct MatcherCell {
     generation: std::sync::atomic::AtomicU64,
-    current: Mutex<Arc<Matcher>>,
+    current: Mutex<Option<Arc<Matcher>>>,
+    ready: std::sync::Condvar,
 }
 
 impl MatcherCell {
@@ -125,30 +147,129 @@ impl MatcherCell {
     pub fn new(matcher: Matcher) -> Self {
         MatcherCell {
             generation: std::sync::atomic::AtomicU64::new(0),
-            current: Mutex::new(Arc::new(matcher)),
+            current: Mutex::new(Some(Arc::new(matcher))),
+            ready: std::sync::Condvar::new(),
         }
+    }
+
+    /// A cell whose first matcher is built from `secrets` on a thread of its
+    /// own, so that nothing waits for it but what needs it: the relay's
+    /// first output, a proxied response, a record to scrub. A command that
+    /// writes nothing and exits never waits for it. If the thread cannot
+    /// start, the matcher is built here.
+    pub fn build_in_background(secrets: OwnedSecrets, mask: Mask) -> Arc<MatcherCell> {
+        let cell = Arc::new(MatcherCell {
+            generation: std::sync::atomic::AtomicU64::new(0),
+            current: Mutex::new(None),
+            ready: std::sync::Condvar::new(),
+        });
+        let target = cell.clone();
+        let build = move || {
+            // Waiters would wait for ever, and nothing may be relayed
+            // unmasked: a build that fails ends keywarden, as it did when
+            // the matcher was built on the main thread.
+            let built =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| secrets.matcher(&mask)));
+            match built {
+                Ok(matcher) => target.install_first(matcher),
+                Err(_) => std::process::abort(),
+            }
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(1);
+        let spawned = std::thread::Builder::new()
+            .name("matcher".into())
+            .spawn(move || {
+                if let Ok(build) = rx.recv() {
+                    build();
+                }
+            });
+        let build: Box<dyn FnOnce() + Send> = Box::new(build);
+        match spawned {
+            // Handed over once the thread exists, so a failed start keeps
+            // the work here.
+            Ok(_) => {
+                if let Err(back) = tx.send(build) {
+                    (back.0)();
+                }
+            }
+            Err(_) => build(),
+        }
+        cell
+    }
+
+    /// Install the first matcher, unless a reload already installed a newer
+    /// one.
+    fn install_first(&self, matcher: Matcher) {
+        let mut m = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if m.is_none() {
+            *m = Some(Arc::new(matcher));
+        }
+        self.ready.notify_all();
     }
 
     /// Install a new matcher; streams switch to it at their next write.
     pub fn replace(&self, matcher: Matcher) {
         let mut m = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        *m = Arc::new(matcher);
+        *m = Some(Arc::new(matcher));
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.ready.notify_all();
     }
 
-    /// The matcher now.
+    /// The matcher now (waiting for the first one to be built).
     pub fn current(&self) -> Arc<Matcher> {
         self.get().1
     }
 
     fn get(&self) -> (u64, Arc<Matcher>) {
-        let m = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        (self.generation(), m.clone())
+        let mut m = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(matcher) = m.as_ref() {
+                return (self.generation(), matcher.clone());
+            }
+            m = self.ready.wait(m).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Secrets copied out for a matcher built on another thread: ids and
+/// values, the values wiped on drop.
+pub struct OwnedSecrets {
+    ids: Vec<Box<str>>,
+    values: Vec<zeroize::Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for OwnedSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedSecrets")
+            .field("values", &self.values.len())
+            .finish()
+    }
+}
+
+impl OwnedSecrets {
+    fn new(secrets: &[Secret<'_>]) -> Self {
+        OwnedSecrets {
+            ids: secrets.iter().map(|s| s.id.into()).collect(),
+            values: secrets
+                .iter()
+                .map(|s| zeroize::Zeroizing::new(s.value.to_vec()))
+                .collect(),
+        }
+    }
+
+    fn matcher(&self, mask: &Mask) -> Matcher {
+        let secrets: Vec<Secret<'_>> = self
+            .ids
+            .iter()
+            .zip(&self.values)
+            .map(|(id, value)| Secret { id, value })
+            .collect();
+        Matcher::new(&secrets, mask)
     }
 }
 
@@ -193,29 +314,34 @@ pub fn scrub_record_in(text: &mut String) {
 }
 
 /// The relay stage that masks secrets in one stream; its counts are added
-/// to a shared total when the stream ends (or switches matcher).
+/// to a shared total when the stream ends (or switches matcher). It takes
+/// the cell's matcher at its first write, so that setting up the relay
+/// never waits for a matcher still being built.
 pub struct RedactFilter {
     cell: Arc<MatcherCell>,
-    generation: u64,
-    stream: Stream,
+    /// The generation and stream in use, from the first write on.
+    stream: Option<(u64, Stream)>,
     total: Arc<Mutex<Counts>>,
 }
 
 impl RedactFilter {
     /// A filter over the cell's matcher adding its counts to `total`.
     pub fn new(cell: Arc<MatcherCell>, total: Arc<Mutex<Counts>>) -> Self {
-        let (generation, matcher) = cell.get();
         RedactFilter {
             cell,
-            generation,
-            stream: Stream::new(matcher),
+            stream: None,
             total,
         }
     }
 
-    fn add_counts(&self) {
-        if let Ok(mut t) = self.total.lock() {
-            t.merge(self.stream.counts());
+    /// Ends the current stream: its held tail to `out`, its counts to the
+    /// total.
+    fn end_stream(&mut self, out: &mut Vec<u8>) {
+        if let Some((_, mut stream)) = self.stream.take() {
+            stream.finish(out);
+            if let Ok(mut t) = self.total.lock() {
+                t.merge(stream.counts());
+            }
         }
     }
 }
@@ -223,28 +349,30 @@ impl RedactFilter {
 impl std::fmt::Debug for RedactFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedactFilter")
-            .field("stream", &self.stream)
+            .field("stream", &self.stream.as_ref().map(|(_, s)| s))
             .finish()
     }
 }
 
 impl Filter for RedactFilter {
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        if self.cell.generation() != self.generation {
-            // A reload installed a new matcher: flush the held tail through
-            // the old one, then go on with the new one.
-            self.stream.finish(out);
-            self.add_counts();
-            let (generation, matcher) = self.cell.get();
-            self.generation = generation;
-            self.stream = Stream::new(matcher);
+        if let Some((generation, _)) = &self.stream {
+            if self.cell.generation() != *generation {
+                // A reload installed a new matcher: flush the held tail
+                // through the old one, then go on with the new one.
+                self.end_stream(out);
+            }
         }
-        self.stream.push(input, out);
+        let cell = &self.cell;
+        let (_, stream) = self.stream.get_or_insert_with(|| {
+            let (generation, matcher) = cell.get();
+            (generation, Stream::new(matcher))
+        });
+        stream.push(input, out);
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) {
-        self.stream.finish(out);
-        self.add_counts();
+        self.end_stream(out);
     }
 }
 
@@ -252,5 +380,61 @@ impl Filter for RedactFilter {
 pub fn log_counts(counts: &Counts) {
     for (id, n) in counts.iter() {
         tracing::info!("masked {id} {n} time{}", if n == 1 { "" } else { "s" });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value made at run time: 32 hex digits.
+    fn value() -> String {
+        let mut bytes = [0u8; 16];
+        crate::sys::random::fill(&mut bytes).expect("random");
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn secrets(value: &[u8]) -> OwnedSecrets {
+        OwnedSecrets::new(&[Secret { id: "k", value }])
+    }
+
+    fn masked(cell: &MatcherCell, text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        cell.current()
+            .redact_all(text, &mut out, &mut Counts::default());
+        out
+    }
+
+    #[test]
+    fn a_cell_built_in_the_background_masks_once_ready() {
+        let value = value();
+        let cell = MatcherCell::build_in_background(secrets(value.as_bytes()), Mask::default());
+        let text = format!("key={value}");
+        assert_eq!(masked(&cell, text.as_bytes()), b"key=[REDACTED:k]");
+    }
+
+    #[test]
+    fn a_reload_before_the_first_build_wins() {
+        let old = value();
+        let new = value();
+        let cell = Arc::new(MatcherCell {
+            generation: std::sync::atomic::AtomicU64::new(0),
+            current: Mutex::new(None),
+            ready: std::sync::Condvar::new(),
+        });
+        // A waiter blocks until a matcher is there.
+        let waiter = {
+            let cell = cell.clone();
+            let text = format!("{old} {new}");
+            std::thread::spawn(move || masked(&cell, text.as_bytes()))
+        };
+        cell.replace(secrets(new.as_bytes()).matcher(&Mask::default()));
+        cell.install_first(secrets(old.as_bytes()).matcher(&Mask::default()));
+        let want = format!("{old} [REDACTED:k]");
+        assert_eq!(waiter.join().expect("waiter"), want.as_bytes());
+        assert_eq!(
+            masked(&cell, format!("{old} {new}").as_bytes()),
+            want.as_bytes()
+        );
     }
 }

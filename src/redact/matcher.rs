@@ -608,7 +608,11 @@ impl Matcher {
     ) -> usize {
         match &tier.probe {
             Probe::Small { table, shift } => {
-                let test = |gram: u64| get_bit(table, small_probe_index(gram, *shift));
+                let (table, shift): (&[u64], u32) = (table, *shift);
+                let test = |gram: u64| {
+                    let i = small_probe_index(gram, shift);
+                    table[i / 64] >> (i % 64) & 1 != 0
+                };
                 self.scan_windows::<Q>(tier, hay, w, stop, start_limit, pending, test)
             }
             Probe::Large(bloom) => {
@@ -632,22 +636,19 @@ impl Matcher {
     ) -> usize {
         let step = tier.step;
         // Four windows per round: independent loads and tests overlap, and
-        // one branch covers all four.
+        // one branch covers all four. One bounds check covers the four
+        // loads.
         while w + 3 * step < stop {
-            let g0 = load_gram::<Q>(hay, w);
-            let g1 = load_gram::<Q>(hay, w + step);
-            let g2 = load_gram::<Q>(hay, w + 2 * step);
-            let g3 = load_gram::<Q>(hay, w + 3 * step);
+            let block = &hay[w..w + 3 * step + Q];
+            let (g0, g1, g2, g3) = (
+                load_gram::<Q>(block, 0),
+                load_gram::<Q>(block, step),
+                load_gram::<Q>(block, 2 * step),
+                load_gram::<Q>(&block[3 * step..], 0),
+            );
             let (m0, m1, m2, m3) = (test(g0), test(g1), test(g2), test(g3));
             if m0 | m1 | m2 | m3 {
-                for (i, (hit, g)) in [(m0, g0), (m1, g1), (m2, g2), (m3, g3)]
-                    .into_iter()
-                    .enumerate()
-                {
-                    if hit {
-                        self.verify(tier, hay, w + i * step, g, start_limit, pending);
-                    }
-                }
+                self.verify_four(tier, hay, w, [m0, m1, m2, m3], start_limit, pending);
             }
             w += 4 * step;
         }
@@ -659,6 +660,29 @@ impl Matcher {
             w += step;
         }
         w
+    }
+
+    /// Verifies the windows `w + i * step` whose `hits[i]` is set.
+    #[inline(never)]
+    fn verify_four(
+        &self,
+        tier: &Tier,
+        hay: &[u8],
+        w: usize,
+        hits: [bool; 4],
+        start_limit: usize,
+        pending: &mut Vec<(usize, usize, u32)>,
+    ) {
+        for (i, hit) in hits.into_iter().enumerate() {
+            if hit {
+                let at = w + i * tier.step;
+                let gram = match tier.q {
+                    4 => load_gram::<4>(hay, at),
+                    _ => load_gram::<8>(hay, at),
+                };
+                self.verify(tier, hay, at, gram, start_limit, pending);
+            }
+        }
     }
 
     /// Checks the index candidates of window `w`, adding every pattern

@@ -338,9 +338,9 @@ impl Session<'_> {
     }
 
     /// One start: the environment (stage 3), the spawn and its relay
-    /// (stage 5); on the first, the relay's matcher is built while the
-    /// command execs (nothing is relayed before it exists, and no reload
-    /// comes before the supervisor runs).
+    /// (stage 5); on the first, the relay's matcher starts building on a
+    /// thread of its own (nothing is relayed, proxied or recorded through
+    /// it before it exists; a reload that installs one first wins).
     fn start(
         &self,
         (plan, values): &(LaunchPlan, Vec<SecretBytes>),
@@ -410,7 +410,8 @@ fn warn_unmasked(opts: &RunOptions, planned: &plan::Planned, values: &[SecretByt
 }
 
 /// The relay's matcher: the plan's values, the always-denied values of
-/// keywarden's environment, and the services' masked variables.
+/// keywarden's environment, and the services' masked variables; built on
+/// a thread of its own while the command starts.
 fn relay_matcher(
     opts: &RunOptions,
     world: &World,
@@ -422,13 +423,8 @@ fn relay_matcher(
         .iter()
         .map(|(k, v)| (k.as_str(), v.expose()))
         .collect();
-    Arc::new(MatcherCell::new(redaction::matcher_for(
-        plan,
-        values,
-        &world.env,
-        &extra,
-        &Mask::new(&opts.mask),
-    )))
+    let secrets = redaction::owned_secrets_for(plan, values, &world.env, &extra);
+    MatcherCell::build_in_background(secrets, Mask::new(&opts.mask))
 }
 
 #[cfg(test)]
