@@ -9,7 +9,8 @@
 //! connection that is not in the middle of a call (idle, or still sending
 //! its head), so a fresh connection is always served. Only when every one
 //! of them is mid-call is the new one refused; calls end on their own
-//! (a request body gets [`ConnLimits::head`] too).
+//! (a request body gets [`ConnLimits::head`] too: the socket API's whole
+//! body, the credential proxy's streamed one between two pieces).
 //!
 //! Each connection has a [`Watch`]: a few atomics the hyper service and
 //! the socket wrapper ([`Watched`]) update, and a future
@@ -36,7 +37,8 @@ pub const STRANGER_CAP: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
     /// Time to send a complete request head (from connect, or from the
-    /// first byte after an idle spell), and a request body.
+    /// first byte after an idle spell), and a request body (the proxy's:
+    /// the longest pause in it).
     pub head: Duration,
     /// Time a connection may stay idle between requests.
     pub idle: Duration,

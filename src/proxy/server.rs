@@ -25,6 +25,10 @@
 //! while the upstream is silent. Connections follow the socket API's
 //! limits ([`crate::api::conn`]): 10 s for a request head, 60 s idle
 //! between requests, the oldest idle one evicted when too many are open.
+//! A call is never evicted, so its request body has the head's 10 s too,
+//! timed between pieces rather than over the whole (a 32 MiB upload on a
+//! slow link must pass): a body that pauses longer drops the upstream
+//! request and is answered 408, the connection closed.
 
 #![forbid(unsafe_code)]
 
@@ -41,7 +45,9 @@ use bytes::Bytes;
 use http_body::Body as _;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{
+    HeaderMap, HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
+};
 use hyper::{Request, Response, StatusCode};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -125,6 +131,9 @@ struct Setup {
 
 /// What every connection shares.
 struct Ctx {
+    /// The socket API's connection limits; `head` is also the longest
+    /// pause in a request body.
+    limits: ConnLimits,
     routes: Vec<Served>,
     keyring: Keyring,
     matcher: MatcherNow,
@@ -367,6 +376,9 @@ fn spawn(
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let ctx = Arc::new(Ctx {
+        // The socket API's: 10 s for a request head (and between a
+        // body's bytes), 60 s idle between requests.
+        limits: ConnLimits::default(),
         client: client(setup.extra_roots)?,
         routes: setup.routes,
         keyring: setup.keyring,
@@ -401,8 +413,7 @@ enum Accept {
 async fn accept_loop(listener: Accept, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let mut conns = JoinSet::new();
     let mut by_uid = conn::ByUid::default();
-    // The socket API's: 10 s for a request head, 60 s idle between requests.
-    let limits = ConnLimits::default();
+    let limits = ctx.limits;
     loop {
         let accepted = tokio::select! {
             a = accept(&listener) => a,
@@ -566,6 +577,11 @@ struct Redacted {
     revoked: Revoked,
     /// The connection is in a call until the body is done.
     call: Option<conn::OwnedCall>,
+    /// Why the request body was cut, if it was ([`Scanned`]): it may be
+    /// after this answer began, which then breaks off.
+    body_cut: Arc<AtomicU8>,
+    /// The longest pause in a request body.
+    stall_after: Duration,
     done: bool,
 }
 
@@ -641,7 +657,13 @@ impl Redacted {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     self.done = true;
-                    self.record.reason = Some("the upstream's body failed".into());
+                    let why = self.body_cut.load(Ordering::Acquire);
+                    let id = self.record.id.as_deref().unwrap_or_default();
+                    self.record.reason = Some(match body_refusal(why, id, self.stall_after) {
+                        // The upstream connection went with the request.
+                        Some(r) => format!("{} (after the answer began)", r.message),
+                        None => "the upstream's body failed".into(),
+                    });
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
                 Poll::Ready(None) => {
@@ -675,10 +697,39 @@ const BODY_OK: u8 = 0;
 const BODY_SECRET: u8 = 1;
 const BODY_TOO_LARGE: u8 = 2;
 const BODY_BROKEN: u8 = 3;
+const BODY_STALLED: u8 = 4;
+
+/// What the child is told when its request body was cut for `why`
+/// (`None`: it was not).
+fn body_refusal(why: u8, route: &str, stall: Duration) -> Option<Refusal> {
+    let (status, message) = match why {
+        BODY_SECRET => (
+            400,
+            "the request body carries a secret's value; refused (keywarden adds the key itself)"
+                .to_string(),
+        ),
+        BODY_TOO_LARGE => (413, format!("request body larger than {MAX_BODY} bytes")),
+        BODY_BROKEN => (
+            400,
+            "the request body could not be read (it ended before its length, or its chunked encoding is broken)"
+                .to_string(),
+        ),
+        BODY_STALLED => (
+            408,
+            format!(
+                "route '{route}': no request body bytes for {} s; the upstream call was dropped",
+                stall.as_secs()
+            ),
+        ),
+        _ => return None,
+    };
+    Some(Refusal::new(status, message))
+}
 
 /// The child's request body on its way upstream: counted (413 past
-/// [`MAX_BODY`]) and scanned for secrets (400), the redaction stream
-/// holding back any tail that could begin one.
+/// [`MAX_BODY`]), scanned for secrets (400), the redaction stream
+/// holding back any tail that could begin one, and cut when the client
+/// pauses too long (408).
 struct Scanned {
     inner: Incoming,
     stream: Stream<Arc<Matcher>>,
@@ -686,6 +737,15 @@ struct Scanned {
     seen: Arc<AtomicU64>,
     cut: Arc<AtomicU8>,
     done: bool,
+    /// The longest pause allowed between two pieces of the body: the
+    /// pause is timed, not the whole body, so a large upload is never cut
+    /// while its bytes keep coming.
+    stall_after: Duration,
+    /// Runs while the client has sent nothing new: started when the
+    /// upstream side first asks for more and none has arrived (time spent
+    /// waiting for the upstream to take bytes is not the client's), reset
+    /// by each piece.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Scanned {
@@ -719,8 +779,19 @@ impl http_body::Body for Scanned {
                 return Poll::Ready(None);
             }
             match Pin::new(&mut me.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    let stall = me
+                        .stall
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(me.stall_after)));
+                    if std::future::Future::poll(stall.as_mut(), cx).is_ready() {
+                        // An error from the body makes hyper drop the
+                        // upstream connection: the call holds nothing more.
+                        return me.fail(BODY_STALLED);
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Some(Ok(frame))) => {
+                    me.stall = None;
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
@@ -817,7 +888,14 @@ async fn handle(
             response
         }
         Err((refusal, retry_after)) => {
-            let response = json_response(refusal.status, &refusal.message, retry_after);
+            let mut response = json_response(refusal.status, &refusal.message, retry_after);
+            if refusal.status == 408 {
+                // The rest of a stalled body may still come: never read
+                // it as the next request.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             record.status = refusal.status;
             record.reason = Some(refusal.message);
             if let ProxyBody::Full(Some(b)) = response.body() {
@@ -1009,6 +1087,8 @@ async fn forward(
         seen: record.bytes_in.clone(),
         cut: cut.clone(),
         done: false,
+        stall_after: ctx.limits.head,
+        stall: None,
     };
     let upstream_req = Request::from_parts(parts, UpBody::new(scanned));
     // A revocation while the upstream has not answered yet drops the call
@@ -1028,29 +1108,22 @@ async fn forward(
     let response = match answer {
         Ok(r) => r,
         Err(e) => {
-            return Err(match cut.load(Ordering::Acquire) {
-                BODY_SECRET => refuse(
-                    400,
-                    "the request body carries a secret's value; refused (keywarden adds the key itself)",
-                ),
-                BODY_TOO_LARGE => refuse(413, format!("request body larger than {MAX_BODY} bytes")),
-                BODY_BROKEN => refuse(
-                    400,
-                    "the request body could not be read (it ended before its length, or its chunked encoding is broken)",
-                ),
-                _ => refuse(
-                    502,
-                    redacted(
-                        Some(&matcher),
-                        &format!(
-                            "route '{}': upstream {} unreachable: {}",
-                            route.id,
-                            route.upstream,
-                            transport(&e)
-                        ),
+            let why = cut.load(Ordering::Acquire);
+            if let Some(r) = body_refusal(why, &route.id, ctx.limits.head) {
+                return Err((r, None));
+            }
+            return Err(refuse(
+                502,
+                redacted(
+                    Some(&matcher),
+                    &format!(
+                        "route '{}': upstream {} unreachable: {}",
+                        route.id,
+                        route.upstream,
+                        transport(&e)
                     ),
                 ),
-            })
+            ));
         }
     };
     let (mut rparts, rbody) = response.into_parts();
@@ -1061,6 +1134,8 @@ async fn forward(
         inner: Some(rbody),
         revoked,
         call: None,
+        body_cut: cut,
+        stall_after: ctx.limits.head,
         stream: Stream::new(matcher),
         record: Record {
             ctx: ctx.clone(),
@@ -1124,5 +1199,32 @@ fn transport(e: &(dyn std::error::Error + 'static)) -> String {
         "connection failed".into()
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_request_body_maps_to_its_refusal() {
+        let stall = Duration::from_secs(10);
+        let table = [
+            (BODY_OK, None),
+            (BODY_SECRET, Some(400)),
+            (BODY_TOO_LARGE, Some(413)),
+            (BODY_BROKEN, Some(400)),
+            (BODY_STALLED, Some(408)),
+        ];
+        for (why, want) in table {
+            let got = body_refusal(why, "openai", stall).map(|r| r.status);
+            assert_eq!(got, want, "cut {why}");
+        }
+        let r = body_refusal(BODY_STALLED, "openai", stall).expect("stalled");
+        assert!(
+            r.message.contains("route 'openai'") && r.message.contains("10 s"),
+            "{}",
+            r.message
+        );
     }
 }

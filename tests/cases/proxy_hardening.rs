@@ -1,7 +1,7 @@
 //! The credential proxy under pressure: a revocation in the middle of a
 //! stream, `--no-socket` (the proxy alone, reloaded by signal), malformed
-//! HTTP on its listener, reloads that change a route's settings, and where
-//! the placeholder is accepted.
+//! HTTP on its listener, slow heads and stalled uploads, reloads that
+//! change a route's settings, and where the placeholder is accepted.
 //! Same fixtures as `proxy.rs`: a real HTTPS upstream, a real keywarden,
 //! raw sockets as the child's client.
 
@@ -764,4 +764,131 @@ fn proxy_placeholder_only_where_the_key_goes() {
         );
     }
     live.finish();
+}
+
+/// A request body that stops halfway is cut at the body timeout (10 s
+/// without a byte): the upstream call is dropped (the upstream sees the
+/// connection go), the client gets 408 naming the route, the audit log
+/// records it, and the proxy serves on. Meanwhile a multi-MiB body sent
+/// slowly but steadily, for longer than the timeout in all, passes whole.
+/// Both run at once: the test waits for the timeout once.
+#[test]
+fn proxy_cuts_a_stalled_upload_and_passes_a_slow_steady_one() {
+    let dir = Dir::new();
+    let up = upstream(&dir);
+    let key = setup(&dir, &up, "");
+    let ca = ca_opt();
+    let live = Live::start(&dir, &["--proxy-ca", &ca, "--audit", "audit.log"]);
+    let addr = proxy_addr(&live);
+    let me = bearer(&live);
+    let phantom = live.var("OPENAI_API_KEY");
+
+    // Steady: 14 pieces of 256 KiB a second apart, 13 s in all.
+    const PIECE: usize = 256 << 10;
+    const PIECES: usize = 14;
+    let steady = {
+        let (addr, me) = (addr.clone(), me.clone());
+        std::thread::spawn(move || {
+            let total = PIECE * PIECES;
+            let mut body = b"{\"model\":\"m\",\"messages\":[],\"pad\":\"".to_vec();
+            body.resize(total - 2, b'x');
+            body.extend_from_slice(b"\"}");
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            write!(
+                s,
+                "POST /openai/chat/completions HTTP/1.1\r\nHost: x\r\n{me}\r\nContent-Type: application/json\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n"
+            )
+            .expect("head");
+            let start = Instant::now();
+            let mut sent = Ok(());
+            for (i, piece) in body.chunks(PIECE).enumerate() {
+                if i > 0 {
+                    // Pacing, not synchronisation: the upload is meant to
+                    // be slow.
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                if let Err(e) = s.write_all(piece) {
+                    sent = Err(format!("piece {i} after {:?}: {e}", start.elapsed()));
+                    break;
+                }
+            }
+            let took = start.elapsed();
+            let (reply, _) = read_to_close(&mut s, Duration::from_secs(30));
+            (reply, sent, took, total)
+        })
+    };
+
+    // Stalled: the head and half of the body, then nothing.
+    let declared: usize = 64 << 10;
+    let mut stalled = TcpStream::connect(&addr).expect("connect");
+    write!(
+        stalled,
+        "POST /openai/echo HTTP/1.1\r\nHost: x\r\n{me}\r\nContent-Length: {declared}\r\n\r\n"
+    )
+    .expect("head");
+    stalled
+        .write_all(&vec![b'y'; declared / 2])
+        .expect("half the body");
+    let stalled_at = Instant::now();
+    assert_serves(&addr, &me, "an upload stalled");
+    let (reply, closed) = read_to_close(&mut stalled, Duration::from_secs(40));
+    let took = stalled_at.elapsed();
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    assert_eq!(status_of(&reply), 408, "after {took:?}: {reply}");
+    assert!(closed, "the connection stayed open after the 408: {reply}");
+    assert!(
+        (Duration::from_millis(9_500)..Duration::from_secs(30)).contains(&took),
+        "cut {took:?} after the body stalled (the timeout is 10 s)"
+    );
+    assert!(
+        reply.contains("{\"error\":") && reply.contains("route 'openai'"),
+        "{reply}"
+    );
+    assert_free_of(&key, "the 408", &reply);
+    assert!(!reply.contains(&phantom), "the 408 holds the placeholder");
+    assert!(
+        upstream_hung_up(&up, Duration::from_secs(10)),
+        "the upstream call of the stalled upload was not dropped"
+    );
+    let cut = up
+        .requests()
+        .into_iter()
+        .find(|r| r["path"] == "/v1/echo" && r["method"] == "POST")
+        .expect("the stalled request reached the upstream");
+    assert!(
+        cut["body_bytes"]
+            .as_u64()
+            .is_some_and(|n| n < declared as u64),
+        "{cut}"
+    );
+    assert_serves(&addr, &me, "a stalled upload was cut");
+
+    let (reply, sent, took, total) = steady.join().expect("the steady upload");
+    let reply = String::from_utf8_lossy(&reply);
+    if let Err(e) = sent {
+        panic!("the steady upload was cut: {e}: {reply}");
+    }
+    assert!(took > Duration::from_secs(10), "not slow enough: {took:?}");
+    assert_eq!(status_of(&reply), 200, "the steady upload: {reply}");
+    assert!(reply.contains("Hello from upstream"), "{reply}");
+    let whole = up
+        .requests()
+        .into_iter()
+        .find(|r| r["path"] == "/v1/chat/completions")
+        .expect("the steady upload reached the upstream");
+    assert_eq!(whole["body_bytes"].as_u64(), Some(total as u64), "{whole}");
+
+    let (status, _, err) = live.finish();
+    assert!(status.success(), "{err}");
+    let audit = dir.read("audit.log");
+    let line = audit
+        .lines()
+        .find(|l| l.contains("\"event\":\"proxy\"") && l.contains("\"status\":408"))
+        .unwrap_or_else(|| panic!("no proxy event with 408: {audit}"));
+    assert!(
+        line.contains("/openai/echo") && line.contains("no request body bytes"),
+        "{line}"
+    );
+    assert_free_of(&key, "the audit log", &audit);
+    assert!(!audit.contains(&phantom), "placeholder in the audit log");
 }

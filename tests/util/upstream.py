@@ -11,7 +11,9 @@ encodings), /sse?n=&pause= (server-sent events with pauses; writes
 mid-stream), /slow?delay= (answers after a delay; `closed` too),
 /big?mib= (a streamed body), /redirect (302). Every request is appended
 to `requests.log` in the state folder (method, path, whether the key was
-right, the headers' names, the body's length as read and as declared).
+right, the headers' names, the body's length as read and as declared). A
+request whose body ends before its Content-Length (the client went away)
+is logged, writes `closed` too, and is not answered.
 
 usage: upstream.py STATE_DIR KEY_FILE [CERT KEY]
 Writes the port to STATE_DIR/port once listening.
@@ -63,7 +65,10 @@ class Handler(BaseHTTPRequestHandler):
     def body(self):
         n = int(self.headers.get("Content-Length") or 0)
         if n:
-            return self.rfile.read(n)
+            try:
+                return self.rfile.read(n)
+            except OSError:
+                return b""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             data = b""
             while True:
@@ -140,6 +145,10 @@ class Handler(BaseHTTPRequestHandler):
         log({"method": method, "path": url.path, "key_ok": ok,
              "headers": sorted(k.lower() for k in self.headers.keys()),
              "body_bytes": len(body), "length": self.headers.get("Content-Length")})
+        if len(body) < int(self.headers.get("Content-Length") or 0):
+            open(os.path.join(STATE, "closed"), "w").write("%f" % time.time())
+            self.close_connection = True
+            return
         path = url.path
         if path.endswith("/redirect"):
             self.send_response(302)
