@@ -39,7 +39,7 @@ mod supervise;
 mod teardown;
 mod watch;
 
-use rotation::Sources;
+use rotation::{PlanValues, Sources};
 use services::Masked;
 use spawn::Launch;
 use supervise::RestartWatch;
@@ -198,14 +198,8 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     let world = World::capture(&opts.env_files)?;
     let planned = plan::plan(common, opts, &world)?;
     let resolved = resolve::resolve(common, &planned, &world, &signals)?;
-    let sources = Sources::new(
-        common,
-        opts,
-        &world.env,
-        &planned.plan,
-        &resolved.values,
-        resolved.vault.clone(),
-    );
+    let first: PlanValues = (Arc::clone(&planned.plan), Arc::clone(&resolved.values));
+    let sources = Sources::new(common, opts, &world.env, &first, resolved.vault.clone());
     let mut services = services::start(common, opts, &world.env, &planned, &resolved, &sources)?;
     let offered = Offered::collect(&mut services);
     sources.rotation().masked = offered
@@ -231,7 +225,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         signals: &signals,
         counts: &counts,
     };
-    let first = (planned.plan.clone(), resolved.values);
+    drop(resolved);
     let exit = session.launch(&mut services, first)?;
     Ok(teardown::teardown(&planned.audit, &counts, services, exit))
 }
@@ -281,7 +275,7 @@ impl Session<'_> {
     fn launch(
         &self,
         services: &mut [Box<dyn services::Service>],
-        mut current: (LaunchPlan, Vec<SecretBytes>),
+        mut current: PlanValues,
     ) -> Result<crate::supervise::ChildExit> {
         let terminals = Terminals {
             stdin: std::io::stdin().is_terminal(),
@@ -343,7 +337,7 @@ impl Session<'_> {
     /// comes before the supervisor runs).
     fn start(
         &self,
-        (plan, values): &(LaunchPlan, Vec<SecretBytes>),
+        (plan, values): &PlanValues,
         terminals: Terminals,
         matcher: &mut Option<Arc<MatcherCell>>,
         first: bool,
