@@ -120,6 +120,11 @@ impl OnRotate {
     }
 }
 
+/// From this many secrets on, the heap's free memory is given back once the
+/// first start is done (see docs/PERFORMANCE.md, "Start-up outside the
+/// matcher").
+const TRIM_FROM_SECRETS: usize = 2048;
+
 /// The variable holding the audit fingerprint key (never passed on).
 pub const AUDIT_KEY_VAR: &str = "KEYWARDEN_AUDIT_KEY";
 
@@ -373,6 +378,13 @@ impl Session<'_> {
             redaction::scrub_records_with(cell.clone());
             self.sources.rotation().cell = Some(cell.clone());
             *matcher = Some(cell);
+            // What start-up built and dropped (the registry, the requests,
+            // the matcher's build tables) need not stay resident: 6.5 MB
+            // of 42 at 10,000 secrets. Below a few thousand it is a few
+            // hundred KiB, not worth the system calls.
+            if plan.secrets.len() >= TRIM_FROM_SECRETS {
+                sys::release_free_memory();
+            }
         }
         let pid = spawned.pid;
         let started = spawn::start_io(
