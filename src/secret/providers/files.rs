@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use zeroize::Zeroize;
+
 use super::file::read_dated;
 use super::{empty, lock, trim_newline, ResolveError};
 use crate::secret::SecretBytes;
@@ -66,11 +68,31 @@ impl Batch {
                 trim_newline(&mut bytes);
                 (bytes, modified)
             });
-            if let Some(slot) = lock(&self.results).get_mut(i) {
-                *slot = Some((read, Instant::now()));
+            match lock(&self.results).get_mut(i) {
+                Some(slot) => *slot = Some((read, Instant::now())),
+                // Collected already (the deadline passed): nobody takes
+                // the value, wipe it.
+                None => {
+                    if let Ok((mut bytes, _)) = read {
+                        bytes.zeroize();
+                    }
+                }
             }
             if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
                 self.done.notify_one();
+            }
+        }
+    }
+}
+
+/// Values read but never collected (the resolution was abandoned, by a
+/// stop signal) are wiped with the batch.
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let results = self.results.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (read, _) in results.iter_mut().flatten() {
+            if let Ok((bytes, _)) = read {
+                bytes.zeroize();
             }
         }
     }
