@@ -98,7 +98,6 @@ impl<'t> Node<'t> for &'t MarkedYaml<'t> {
 }
 
 /// One node of the flat tree.
-#[derive(Debug)]
 struct FlatNode<'i> {
     line: usize,
     /// The index just past this node's subtree: its next sibling's.
@@ -106,7 +105,6 @@ struct FlatNode<'i> {
     data: FlatData<'i>,
 }
 
-#[derive(Debug)]
 enum FlatData<'i> {
     Scalar(Scalar<'i>),
     Sequence,
@@ -114,9 +112,17 @@ enum FlatData<'i> {
 }
 
 /// A YAML document as a flat tree (see the module's paragraph).
-#[derive(Debug)]
 pub(super) struct Flat<'i> {
     nodes: Vec<FlatNode<'i>>,
+}
+
+/// Counts only: a scalar may be a key pasted by mistake, never echoed.
+impl std::fmt::Debug for Flat<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flat")
+            .field("nodes", &self.nodes.len())
+            .finish()
+    }
 }
 
 impl<'i> Flat<'i> {
@@ -246,10 +252,20 @@ impl<'i> SpannedEventReceiver<'i> for Builder<'i> {
 }
 
 /// A node of a [`Flat`] tree.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub(super) struct FlatRef<'t, 'i> {
     nodes: &'t [FlatNode<'i>],
     at: usize,
+}
+
+/// Where it is only (see [`Flat`]'s `Debug`).
+impl std::fmt::Debug for FlatRef<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlatRef")
+            .field("at", &self.at)
+            .field("line", &self.nodes[self.at].line)
+            .finish()
+    }
 }
 
 impl<'t> Node<'t> for FlatRef<'t, '_> {
