@@ -126,7 +126,7 @@ fn main() {
                 label: format!("vendor{i:05}"),
                 reference: SecretRef::parse(&format!("kv://vendor{i:05}/prod/api_key"))
                     .expect("ref"),
-                base_dir: std::path::PathBuf::from("/"),
+                base_dir: std::path::Path::new("/").into(),
             })
             .collect();
         let outcomes = rt.block_on(resolver.resolve_all(requests));

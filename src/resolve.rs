@@ -266,9 +266,47 @@ pub fn secret_dates(
     env: &[(OsString, OsString)],
     wanted: impl Fn(&crate::config::PlannedSecret) -> bool,
 ) -> std::collections::HashMap<String, crate::api::SecretDates> {
-    let mut out = std::collections::HashMap::new();
-    let chosen: Vec<_> = plan.secrets.iter().filter(|s| wanted(s)).collect();
-    let kv_meta = if chosen.iter().any(|s| s.reference.scheme() == Scheme::Kv) {
+    dates_of(plan, store, env, wanted, None)
+        .into_iter()
+        .map(|(i, d)| (plan.secrets[i].id.clone(), d))
+        .collect()
+}
+
+/// The dates [`secret_dates`] finds, of every secret of `plan`, in plan
+/// order; the `file://` files' mtimes taken from `modified` (the outcomes'
+/// [`Outcome::modified`], in plan order) rather than from a `stat` each.
+pub fn secret_dates_read(
+    plan: &LaunchPlan,
+    store: &StoreOptions,
+    env: &[(OsString, OsString)],
+    modified: &[Option<std::time::SystemTime>],
+) -> Vec<Option<crate::api::SecretDates>> {
+    let mut out = vec![None; plan.secrets.len()];
+    for (i, d) in dates_of(plan, store, env, |_| true, Some(modified)) {
+        out[i] = Some(d);
+    }
+    out
+}
+
+/// The known dates of the secrets `wanted` picks, by index in the plan.
+fn dates_of(
+    plan: &LaunchPlan,
+    store: &StoreOptions,
+    env: &[(OsString, OsString)],
+    wanted: impl Fn(&crate::config::PlannedSecret) -> bool,
+    modified: Option<&[Option<std::time::SystemTime>]>,
+) -> Vec<(usize, crate::api::SecretDates)> {
+    let mut out = Vec::new();
+    let chosen: Vec<_> = plan
+        .secrets
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| wanted(s))
+        .collect();
+    let kv_meta = if chosen
+        .iter()
+        .any(|(_, s)| s.reference.scheme() == Scheme::Kv)
+    {
         crate::store::store_path(store, env)
             .and_then(|path| Ok((path, crate::store::load_keys(store, env)?)))
             .and_then(|(path, keys)| crate::store::Store::open(path, keys))
@@ -277,7 +315,7 @@ pub fn secret_dates(
     } else {
         Vec::new()
     };
-    for s in chosen {
+    for (i, s) in chosen {
         let dates = match s.reference.scheme() {
             Scheme::Kv => kv_meta
                 .iter()
@@ -287,19 +325,22 @@ pub fn secret_dates(
                     rotated: Some(m.updated),
                     rotate_every_days: s.rotate_every_days,
                 }),
-            Scheme::File => std::fs::metadata(s.base_dir.join(s.reference.path()))
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| crate::api::SecretDates {
-                    created: None,
-                    rotated: Some(d.as_secs() as i64),
-                    rotate_every_days: s.rotate_every_days,
-                }),
+            Scheme::File => match modified {
+                Some(read) => read.get(i).copied().flatten(),
+                None => std::fs::metadata(s.base_dir.join(s.reference.path()))
+                    .and_then(|m| m.modified())
+                    .ok(),
+            }
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| crate::api::SecretDates {
+                created: None,
+                rotated: Some(d.as_secs() as i64),
+                rotate_every_days: s.rotate_every_days,
+            }),
             _ => None,
         };
         if let Some(d) = dates {
-            out.insert(s.id.clone(), d);
+            out.push((i, d));
         }
     }
     out

@@ -293,19 +293,35 @@ impl State {
     /// started proxied stays refused (its route serves on until keywarden
     /// restarts, and the child was never meant to hold the value).
     pub fn replace(&mut self, secrets: Vec<ServedSecret>, now: Now) {
-        let mut next = BTreeMap::new();
-        for s in secrets {
-            let mut e = self.entry_of(s, now);
-            if let Some(old) = self.secrets.get(&e.id) {
-                if old.reference == e.reference && old.revoked.is_some() {
-                    e.revoked = old.revoked.clone();
-                    e.value = None;
+        let mut entries: Vec<Option<Entry>> = secrets
+            .into_iter()
+            .map(|s| {
+                let mut e = self.entry_of(s, now);
+                if let Some(old) = self.secrets.get(&e.id) {
+                    if old.reference == e.reference && old.revoked.is_some() {
+                        e.revoked = old.revoked.clone();
+                        e.value = None;
+                    }
+                    e.proxied |= old.proxied;
                 }
-                e.proxied |= old.proxied;
-            }
-            next.insert(e.id.clone(), e);
-        }
-        self.secrets = next;
+                Some(e)
+            })
+            .collect();
+        // Built from the entries sorted by id, in one pass with full nodes
+        // (thousands of inserts in file order cost a search, moves and
+        // splits each). The sort is stable and the map keeps the last of
+        // equal ids: a later secret of an id replaces an earlier one (and
+        // wipes its value), as inserting them in order did.
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_by(|&a, &b| {
+            let id = |i: usize| entries[i].as_ref().map(|e| e.id.as_str());
+            id(a).cmp(&id(b))
+        });
+        self.secrets = order
+            .into_iter()
+            .filter_map(|i| entries[i].take())
+            .map(|e| (e.id.clone(), e))
+            .collect();
         // A reload ends every challenge and approval.
         if let Some(a) = self.approvals.as_mut() {
             a.clear();
@@ -451,6 +467,49 @@ pub(crate) mod tests {
             max_ttl_seconds: max,
             slack_secret_id: None,
         }
+    }
+
+    /// The map is built from the entries sorted by id: every id once, in
+    /// order, the later of two secrets of one id served (as inserting them
+    /// one by one in the given order did).
+    #[test]
+    fn replace_serves_each_id_once_the_later_of_duplicates() {
+        let now = Now::system();
+        let ids = ["s10", "b", "s2", "a", "b", "s1", "a"];
+        let secrets: Vec<ServedSecret> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| served(id, &[], None, &format!("value-{i}")))
+            .collect();
+        let mut st = State::new(settings(None), secrets, now);
+        let got: Vec<(&str, &[u8])> = st
+            .secrets
+            .iter()
+            .map(|(k, e)| {
+                assert_eq!(*k, e.id);
+                let value = e.fresh_value_ref(now).map(SecretBytes::expose);
+                (k.as_str(), value.unwrap_or_default())
+            })
+            .collect();
+        let want: Vec<(&str, &[u8])> = vec![
+            ("a", b"value-6"),
+            ("b", b"value-4"),
+            ("s1", b"value-5"),
+            ("s10", b"value-0"),
+            ("s2", b"value-2"),
+        ];
+        assert_eq!(got, want);
+        let many: Vec<ServedSecret> = (0..1000)
+            .rev()
+            .map(|i| served(&format!("k{i}"), &[], None, "v"))
+            .collect();
+        st.replace(many, now);
+        assert_eq!(st.secrets.len(), 1000);
+        assert!(st
+            .secrets
+            .keys()
+            .zip(st.secrets.keys().skip(1))
+            .all(|(a, b)| a < b));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod common;
 mod plan;
 mod policy;
 mod registry;
+mod yaml;
 
 use std::path::{Path, PathBuf};
 

@@ -2,8 +2,10 @@
 //! plus the refs found in environment values. Pure: the process
 //! environment comes in as a value.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{Approval, Config, Environment, Policy};
 use crate::envfilter;
@@ -30,8 +32,9 @@ pub struct PlannedSecret {
     pub id: String,
     /// Where the value lives.
     pub reference: SecretRef,
-    /// Where relative paths are taken from.
-    pub base_dir: PathBuf,
+    /// Where relative paths are taken from (shared by the secrets of one
+    /// registry).
+    pub base_dir: Arc<Path>,
     /// Scope labels.
     pub scope: Vec<String>,
     /// Effective TTL: min(entry, policy for the env).
@@ -52,13 +55,20 @@ pub struct PlannedSecret {
 impl PlannedSecret {
     /// The provider request for this secret.
     pub fn request(&self) -> Request {
+        // (Built by hand: `format!` cost more than the rest of the request
+        // with thousands of refs.)
+        let (before, after) = match self.origin {
+            Origin::Registry { .. } => ("secret '", "'"),
+            Origin::EnvVar => ("variable ", ""),
+        };
+        let mut label = String::with_capacity(before.len() + self.id.len() + after.len());
+        label.push_str(before);
+        label.push_str(&self.id);
+        label.push_str(after);
         Request {
-            label: match self.origin {
-                Origin::Registry { .. } => format!("secret '{}'", self.id),
-                Origin::EnvVar => format!("variable {}", self.id),
-            },
+            label,
             reference: self.reference.clone(),
-            base_dir: self.base_dir.clone(),
+            base_dir: Arc::clone(&self.base_dir),
         }
     }
 }
@@ -97,6 +107,20 @@ impl LaunchPlan {
     pub fn env_sources(&self) -> Vec<String> {
         self.env_sources.clone()
     }
+
+    /// This plan with no secret to resolve (everything else kept): what a
+    /// plan of some of its secrets, or of none, starts from, without
+    /// copying all of them.
+    pub fn without_secrets(&self) -> LaunchPlan {
+        LaunchPlan {
+            env: self.env,
+            secrets: Vec::new(),
+            skipped: self.skipped.clone(),
+            policy: self.policy.clone(),
+            registry_path: self.registry_path.clone(),
+            env_sources: self.env_sources.clone(),
+        }
+    }
 }
 
 /// The name an `env://` ref reads, when `reference` is one.
@@ -132,9 +156,13 @@ pub fn build_plan(
     let mut secrets: Vec<PlannedSecret> = Vec::new();
     let mut skipped = Vec::new();
     let mut env_sources: Vec<String> = Vec::new();
+    // Variables given to the child so far, by name: the secret that
+    // injects each, or the proxied secret whose route sets it.
+    let mut given: HashMap<String, usize> = HashMap::new();
     if let Some(reg) = &config.registry {
         let file = reg.path.display();
-        let base = reg.base_dir();
+        let base: Arc<Path> = reg.base_dir().into();
+        secrets.reserve_exact(reg.entries.len());
         for entry in &reg.entries {
             let Some(e) = entry.for_env(env) else {
                 continue;
@@ -178,21 +206,16 @@ pub fn build_plan(
                         "env: a secret that requires approval cannot be injected".to_string(),
                     ));
                 }
-                if let Some(other) = secrets.iter().find(|s| {
-                    s.env_var.as_deref() == Some(var)
-                        || s.proxy
-                            .as_ref()
-                            .is_some_and(|r| r.env.iter().any(|t| t.name == *var))
-                }) {
+                if let Some(&other) = given.get(var.as_str()) {
                     return Err(at(format!(
                         "env: {var} is already injected by secret '{}'",
-                        other.id
+                        secrets[other].id
                     )));
                 }
             }
             let proxy = match &e.proxy {
                 Some(spec) => Some(Box::new(
-                    proxy_route(&entry.id, e, spec, &deny, &secrets).map_err(at)?,
+                    proxy_route(&entry.id, e, spec, &deny, &secrets, &given).map_err(at)?,
                 )),
                 None => None,
             };
@@ -201,10 +224,16 @@ pub fn build_plan(
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            give(
+                &mut given,
+                e.env_var.as_deref(),
+                proxy.as_deref(),
+                secrets.len(),
+            );
             secrets.push(PlannedSecret {
                 id: entry.id.clone(),
                 reference: e.secret_ref.clone(),
-                base_dir: base.clone(),
+                base_dir: Arc::clone(&base),
                 scope: e.scope.clone(),
                 ttl_seconds: ttl,
                 // A proxied value is never injected (its `env:` is ignored;
@@ -217,6 +246,7 @@ pub fn build_plan(
             });
         }
     }
+    let cwd: Arc<Path> = cwd.into();
     for (name, value) in process_env {
         let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
             continue;
@@ -224,12 +254,7 @@ pub fn build_plan(
         if !looks_like_ref(value) || deny.is_denied(name) || envfilter::is_own(name) {
             continue;
         }
-        if secrets.iter().any(|s| {
-            s.env_var.as_deref() == Some(name)
-                || s.proxy
-                    .as_ref()
-                    .is_some_and(|r| r.env.iter().any(|t| t.name == name))
-        }) {
+        if given.contains_key(name) {
             continue; // the registry injects this name; its value wins
         }
         let reference =
@@ -243,10 +268,11 @@ pub fn build_plan(
         check_env_source(&reference)
             .map_err(|why| Error::config(format!("variable {name}: {why}")))?;
         env_sources.extend(env_source(&reference).map(str::to_string));
+        give(&mut given, Some(name), None, secrets.len());
         secrets.push(PlannedSecret {
             id: name.to_string(),
             reference,
-            base_dir: cwd.to_path_buf(),
+            base_dir: Arc::clone(&cwd),
             scope: Vec::new(),
             ttl_seconds: policy.max_ttl_for(env),
             env_var: Some(name.to_string()),
@@ -266,14 +292,35 @@ pub fn build_plan(
     })
 }
 
+/// Record the variables secret number `index` gives the child: the one it
+/// is injected as, or its proxy route's. The first to give a name keeps it
+/// (the plan refuses a second anyway).
+fn give(
+    given: &mut HashMap<String, usize>,
+    env_var: Option<&str>,
+    proxy: Option<&crate::proxy::Route>,
+    index: usize,
+) {
+    // A proxied value is never injected: its route's variables count.
+    let names: Vec<&str> = match proxy {
+        Some(route) => route.env.iter().map(|t| t.name.as_str()).collect(),
+        None => env_var.into_iter().collect(),
+    };
+    for name in names {
+        given.entry(name.to_string()).or_insert(index);
+    }
+}
+
 /// The proxy route of registry secret `id`: its fields validated, its
-/// variables neither denied nor given by another secret.
+/// variables neither denied nor given by another secret (`given`: the
+/// variables of the secrets `before` it, by name).
 fn proxy_route(
     id: &str,
     e: &super::EnvEntry,
     spec: &crate::proxy::ProxySpec,
     deny: &envfilter::DenyList,
     before: &[PlannedSecret],
+    given: &HashMap<String, usize>,
 ) -> std::result::Result<crate::proxy::Route, String> {
     if e.approval == Approval::Required {
         return Err("proxy: a secret that requires approval cannot be proxied".into());
@@ -283,16 +330,10 @@ fn proxy_route(
         if deny.is_denied(&t.name) {
             return Err(format!("proxy: env: {} is a denied variable", t.name));
         }
-        let taken = before.iter().find(|s| {
-            s.env_var.as_deref() == Some(t.name.as_str())
-                || s.proxy
-                    .as_ref()
-                    .is_some_and(|r| r.env.iter().any(|o| o.name == t.name))
-        });
-        if let Some(other) = taken {
+        if let Some(&other) = given.get(t.name.as_str()) {
             return Err(format!(
                 "proxy: env: {} is already given by secret '{}'",
-                t.name, other.id
+                t.name, before[other].id
             ));
         }
     }
@@ -333,7 +374,7 @@ mod tests {
         assert_eq!(plan.secrets.len(), 2);
         let openai = &plan.secrets[0];
         assert_eq!(openai.ttl_seconds, Some(3600));
-        assert_eq!(openai.base_dir, PathBuf::from("/etc/kw"));
+        assert_eq!(*openai.base_dir, *Path::new("/etc/kw"));
         assert_eq!(openai.env_var.as_deref(), Some("OPENAI_API_KEY"));
         let ci =
             build_plan(&config(REG, "{}"), Environment::Ci, &[], Path::new("/cwd")).expect("plan");
@@ -402,7 +443,12 @@ mod tests {
         let ids: Vec<_> = plan.secrets.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, vec!["openai", "billing", "TOKEN"]);
         assert_eq!(plan.secrets[2].origin, Origin::EnvVar);
-        assert_eq!(plan.secrets[2].base_dir, PathBuf::from("/cwd"));
+        assert_eq!(*plan.secrets[2].base_dir, *Path::new("/cwd"));
+        let labels: Vec<String> = plan.secrets.iter().map(|s| s.request().label).collect();
+        assert_eq!(
+            labels,
+            ["secret 'openai'", "secret 'billing'", "variable TOKEN"]
+        );
         let bad = env(&[("TOKEN", "dotenv://x")]);
         let err = build_plan(&Config::default(), Environment::Dev, &bad, Path::new("/"))
             .expect_err("malformed");

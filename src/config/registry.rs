@@ -2,15 +2,17 @@
 //! `secret_ref`, `scope`, `max_ttl_seconds`, `env`, `approval`,
 //! `rotate_every_days`. Refs only, never values.
 //!
-//! Parsed strictly from a YAML tree that keeps line numbers: unknown keys,
+//! Parsed strictly from a YAML tree that keeps line numbers (see
+//! [`super::yaml`] for the two trees it is read from): unknown keys,
 //! wrong types and values that are not refs are errors naming the file, the
 //! line, the secret id and the key — the offending value is never echoed,
 //! since it may be a key pasted by mistake.
 
 use std::path::{Path, PathBuf};
 
-use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use saphyr::{LoadableYamlNode, MarkedYaml, Scalar};
 
+use super::yaml::{Flat, Node};
 use super::Environment;
 use crate::error::{Error, Result};
 use crate::proxy::ProxySpec;
@@ -88,30 +90,6 @@ impl Ctx<'_> {
     }
 }
 
-fn line_of(node: &MarkedYaml<'_>) -> usize {
-    node.span.start.line()
-}
-
-fn as_str<'a>(node: &'a MarkedYaml<'_>) -> Option<&'a str> {
-    match &node.data {
-        YamlData::Value(Scalar::String(s)) => Some(s.as_ref()),
-        _ => None,
-    }
-}
-
-fn type_name(node: &MarkedYaml<'_>) -> &'static str {
-    match &node.data {
-        YamlData::Value(Scalar::String(_)) => "a string",
-        YamlData::Value(Scalar::Integer(_)) => "an integer",
-        YamlData::Value(Scalar::FloatingPoint(_)) => "a number",
-        YamlData::Value(Scalar::Boolean(_)) => "a boolean",
-        YamlData::Value(Scalar::Null) => "empty",
-        YamlData::Sequence(_) => "a list",
-        YamlData::Mapping(_) => "a mapping",
-        _ => "an unsupported value",
-    }
-}
-
 fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
@@ -129,60 +107,38 @@ pub fn is_valid_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// A positive integer scalar.
+fn positive<'t>(node: impl Node<'t>) -> Option<u64> {
+    match node.scalar()? {
+        Scalar::Integer(n) if *n > 0 => Some(*n as u64),
+        _ => None,
+    }
+}
+
 impl Registry {
     /// Parse registry YAML read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Registry> {
         let ctx = Ctx { path };
+        // The flat tree when it can be built and read; every error, and
+        // every document it does not take, from the marked tree.
+        if let Some(flat) = Flat::parse(text) {
+            if let Ok(registry) = from_root(&ctx, flat.root()) {
+                return Ok(registry);
+            }
+        }
+        Self::parse_marked(&ctx, text)
+    }
+
+    /// Parse from saphyr's marked tree (see [`super::yaml`]).
+    fn parse_marked(ctx: &Ctx<'_>, text: &str) -> Result<Registry> {
         let docs = MarkedYaml::load_from_str(text).map_err(|e| {
             // Scanner messages describe syntax, never content.
             ctx.err(e.marker().line(), format!("invalid YAML: {}", e.info()))
         })?;
-        let mut entries = Vec::new();
-        let Some(root) = docs.first() else {
-            return Ok(Registry {
-                path: path.to_path_buf(),
-                entries,
-            });
-        };
         if docs.len() > 1 {
-            return Err(ctx.err(line_of(&docs[1]), "expected one YAML document"));
+            return Err(ctx.err(docs[1].line(), "expected one YAML document"));
         }
-        let map = match &root.data {
-            YamlData::Mapping(m) => m,
-            YamlData::Value(Scalar::Null) => {
-                return Ok(Registry {
-                    path: path.to_path_buf(),
-                    entries,
-                })
-            }
-            _ => {
-                return Err(ctx.err(
-                    line_of(root),
-                    format!(
-                        "expected a mapping of secret ids, found {}",
-                        type_name(root)
-                    ),
-                ))
-            }
-        };
-        for (key, value) in map.iter() {
-            let line = line_of(key);
-            let id = as_str(key)
-                .filter(|id| is_valid_id(id))
-                .ok_or_else(|| {
-                    ctx.err(
-                        line,
-                        "secret ids must be names of letters, digits, '_', '-' or '.'",
-                    )
-                })?
-                .to_string();
-            let envs = parse_envs(&ctx, &id, value)?;
-            entries.push(RegistryEntry { id, line, envs });
-        }
-        Ok(Registry {
-            path: path.to_path_buf(),
-            entries,
-        })
+        from_root(ctx, docs.first())
     }
 
     /// The folder relative `file://` refs are taken from.
@@ -194,23 +150,67 @@ impl Registry {
     }
 }
 
-fn parse_envs(ctx: &Ctx<'_>, id: &str, node: &MarkedYaml<'_>) -> Result<Vec<EnvEntry>> {
-    let YamlData::Mapping(map) = &node.data else {
+/// The registry of a document whose root is `root` (`None`: no document).
+fn from_root<'t>(ctx: &Ctx<'_>, root: Option<impl Node<'t>>) -> Result<Registry> {
+    let empty = || Registry {
+        path: ctx.path.to_path_buf(),
+        entries: Vec::new(),
+    };
+    let Some(root) = root else {
+        return Ok(empty());
+    };
+    if matches!(root.scalar(), Some(Scalar::Null)) {
+        return Ok(empty());
+    }
+    let Some(map) = root.entries() else {
         return Err(ctx.err(
-            line_of(node),
+            root.line(),
             format!(
-                "secret '{id}': expected a mapping of environments (dev, ci, prod), found {}",
-                type_name(node)
+                "expected a mapping of secret ids, found {}",
+                root.type_name()
             ),
         ));
     };
-    let mut envs = Vec::new();
-    for (key, value) in map.iter() {
-        let line = line_of(key);
-        let env = as_str(key)
+    let mut entries = Vec::new();
+    for (key, value) in map {
+        let line = key.line();
+        let id = key
+            .as_str()
+            .filter(|id| is_valid_id(id))
+            .ok_or_else(|| {
+                ctx.err(
+                    line,
+                    "secret ids must be names of letters, digits, '_', '-' or '.'",
+                )
+            })?
+            .to_string();
+        let envs = parse_envs(ctx, &id, value)?;
+        entries.push(RegistryEntry { id, line, envs });
+    }
+    Ok(Registry {
+        path: ctx.path.to_path_buf(),
+        entries,
+    })
+}
+
+fn parse_envs<'t>(ctx: &Ctx<'_>, id: &str, node: impl Node<'t>) -> Result<Vec<EnvEntry>> {
+    let Some(map) = node.entries() else {
+        return Err(ctx.err(
+            node.line(),
+            format!(
+                "secret '{id}': expected a mapping of environments (dev, ci, prod), found {}",
+                node.type_name()
+            ),
+        ));
+    };
+    let mut envs = Vec::with_capacity(1);
+    for (key, value) in map {
+        let line = key.line();
+        let env = key
+            .as_str()
             .and_then(Environment::from_name)
             .ok_or_else(|| {
-                let shown = as_str(key).map(|k| format!(" '{k}'")).unwrap_or_default();
+                let shown = key.as_str().map(|k| format!(" '{k}'")).unwrap_or_default();
                 ctx.err(
                     line,
                     format!("secret '{id}': unknown environment{shown} (expected dev, ci or prod)"),
@@ -221,93 +221,86 @@ fn parse_envs(ctx: &Ctx<'_>, id: &str, node: &MarkedYaml<'_>) -> Result<Vec<EnvE
     Ok(envs)
 }
 
-fn parse_entry(
+fn parse_entry<'t>(
     ctx: &Ctx<'_>,
     id: &str,
     env: Environment,
     line: usize,
-    node: &MarkedYaml<'_>,
+    node: impl Node<'t>,
 ) -> Result<EnvEntry> {
     let at = |what: String| format!("secret '{id}' env '{}': {what}", env.as_str());
-    let YamlData::Mapping(map) = &node.data else {
+    let Some(map) = node.entries() else {
         return Err(ctx.err(
-            line_of(node),
+            node.line(),
             at(format!(
                 "expected a mapping of {FIELDS}, found {}",
-                type_name(node)
+                node.type_name()
             )),
         ));
     };
     let mut secret_ref = None;
-    let mut entry = EnvEntry {
-        env,
-        line,
-        secret_ref: SecretRef::parse("env://_").map_err(|_| ctx.err(line, "internal"))?,
-        scope: Vec::new(),
-        max_ttl_seconds: None,
-        env_var: None,
-        approval: Approval::None,
-        rotate_every_days: None,
-        proxy: None,
-    };
-    for (key, value) in map.iter() {
-        let kline = line_of(value).max(line_of(key));
-        let Some(name) = as_str(key) else {
-            return Err(ctx.err(line_of(key), at("keys must be strings".to_string())));
+    let mut scope = Vec::new();
+    let mut max_ttl_seconds = None;
+    let mut env_var = None;
+    let mut approval = Approval::None;
+    let mut rotate_every_days = None;
+    let mut proxy = None;
+    for (key, value) in map {
+        let kline = value.line().max(key.line());
+        let Some(name) = key.as_str() else {
+            return Err(ctx.err(key.line(), at("keys must be strings".to_string())));
         };
         let expect = |what: &str| {
             ctx.err(
                 kline,
                 at(format!(
                     "{name}: expected {what}, found {}",
-                    type_name(value)
+                    value.type_name()
                 )),
             )
         };
         match name {
             "secret_ref" => {
-                let text = as_str(value).ok_or_else(|| expect("a reference string"))?;
+                let text = value.as_str().ok_or_else(|| expect("a reference string"))?;
                 let r = SecretRef::parse(text)
                     .map_err(|e| ctx.err(kline, at(format!("secret_ref: {e}"))))?;
                 secret_ref = Some(r);
             }
             "scope" => {
-                let YamlData::Sequence(items) = &value.data else {
+                let Some(items) = value.items() else {
                     return Err(expect("a list of scope labels"));
                 };
                 for item in items {
-                    let label = as_str(item)
+                    let label = item
+                        .as_str()
                         .filter(|s| !s.is_empty() && !s.chars().any(char::is_whitespace))
                         .ok_or_else(|| {
                             ctx.err(
-                                line_of(item),
+                                item.line(),
                                 at("scope: labels must be non-empty strings without spaces"
                                     .to_string()),
                             )
                         })?;
-                    entry.scope.push(label.to_string());
+                    scope.push(label.to_string());
                 }
             }
             "max_ttl_seconds" | "rotate_every_days" => {
-                let n = match &value.data {
-                    YamlData::Value(Scalar::Integer(n)) if *n > 0 => *n as u64,
-                    _ => return Err(expect("a positive integer")),
-                };
+                let n = positive(value).ok_or_else(|| expect("a positive integer"))?;
                 if name == "max_ttl_seconds" {
-                    entry.max_ttl_seconds = Some(n);
+                    max_ttl_seconds = Some(n);
                 } else {
-                    entry.rotate_every_days = Some(n);
+                    rotate_every_days = Some(n);
                 }
             }
             "env" => {
-                let var = as_str(value).ok_or_else(|| expect("a variable name"))?;
+                let var = value.as_str().ok_or_else(|| expect("a variable name"))?;
                 if !is_valid_env_name(var) {
                     return Err(ctx.err(kline, at("env: not a valid variable name".to_string())));
                 }
-                entry.env_var = Some(var.to_string());
+                env_var = Some(var.to_string());
             }
             "approval" => {
-                entry.approval = match as_str(value) {
+                approval = match value.as_str() {
                     Some("none") => Approval::None,
                     Some("required") => Approval::Required,
                     _ => {
@@ -319,14 +312,14 @@ fn parse_entry(
                 };
             }
             "proxy" => {
-                entry.proxy =
+                proxy =
                     Some(parse_proxy(value).map_err(|(l, e)| {
                         ctx.err(l.unwrap_or(kline), at(format!("proxy: {e}")))
                     })?);
             }
             other => {
                 return Err(ctx.err(
-                    line_of(key),
+                    key.line(),
                     at(format!(
                         "unknown field '{other}' (expected one of {FIELDS})"
                     )),
@@ -334,42 +327,57 @@ fn parse_entry(
             }
         }
     }
-    entry.secret_ref =
+    let secret_ref =
         secret_ref.ok_or_else(|| ctx.err(line, at("missing field 'secret_ref'".to_string())))?;
-    Ok(entry)
+    Ok(EnvEntry {
+        env,
+        line,
+        secret_ref,
+        scope,
+        max_ttl_seconds,
+        env_var,
+        approval,
+        rotate_every_days,
+        proxy,
+    })
 }
 
 /// `proxy:` as a preset name or a block. Errors carry the line of the
 /// offending key when known, and never a value.
-fn parse_proxy(node: &MarkedYaml<'_>) -> std::result::Result<ProxySpec, (Option<usize>, String)> {
-    if let Some(name) = as_str(node) {
+fn parse_proxy<'t>(node: impl Node<'t>) -> std::result::Result<ProxySpec, (Option<usize>, String)> {
+    if let Some(name) = node.as_str() {
         return Ok(ProxySpec {
             preset: Some(name.to_string()),
             ..ProxySpec::default()
         });
     }
-    let YamlData::Mapping(map) = &node.data else {
+    let Some(map) = node.entries() else {
         return Err((
             None,
             format!(
                 "expected a preset name or a mapping, found {}",
-                type_name(node)
+                node.type_name()
             ),
         ));
     };
     let mut spec = ProxySpec::default();
-    for (key, value) in map.iter() {
-        let l = Some(line_of(value).max(line_of(key)));
-        let name = as_str(key).ok_or((l, "keys must be strings".to_string()))?;
+    for (key, value) in map {
+        let l = Some(value.line().max(key.line()));
+        let name = key
+            .as_str()
+            .ok_or((l, "keys must be strings".to_string()))?;
         let expect = |what: &str| {
             (
                 l,
-                format!("{name}: expected {what}, found {}", type_name(value)),
+                format!("{name}: expected {what}, found {}", value.type_name()),
             )
         };
         match name {
             "preset" | "upstream" | "inject" => {
-                let text = as_str(value).ok_or_else(|| expect("a string"))?.to_string();
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| expect("a string"))?
+                    .to_string();
                 match name {
                     "preset" => spec.preset = Some(text),
                     "upstream" => spec.upstream = Some(text),
@@ -377,13 +385,13 @@ fn parse_proxy(node: &MarkedYaml<'_>) -> std::result::Result<ProxySpec, (Option<
                 }
             }
             "allow" => {
-                let YamlData::Sequence(items) = &value.data else {
+                let Some(items) = value.items() else {
                     return Err(expect("a list of \"METHOD /path\" patterns"));
                 };
                 let mut allow = Vec::new();
                 for item in items {
-                    let text = as_str(item).ok_or((
-                        Some(line_of(item)),
+                    let text = item.as_str().ok_or((
+                        Some(item.line()),
                         "allow: patterns must be strings".to_string(),
                     ))?;
                     allow.push(text.to_string());
@@ -391,30 +399,28 @@ fn parse_proxy(node: &MarkedYaml<'_>) -> std::result::Result<ProxySpec, (Option<
                 spec.allow = Some(allow);
             }
             "env" => {
-                let YamlData::Mapping(vars) = &value.data else {
+                let Some(vars) = value.entries() else {
                     return Err(expect("a mapping of variable names to templates"));
                 };
                 let mut env = Vec::new();
-                for (k, v) in vars.iter() {
-                    let (Some(k), Some(v)) = (as_str(k), as_str(v)) else {
+                for (k, v) in vars {
+                    let (Some(name), Some(template)) = (k.as_str(), v.as_str()) else {
                         return Err((
-                            Some(line_of(k)),
+                            Some(k.line()),
                             "env: names and templates must be strings".to_string(),
                         ));
                     };
-                    env.push((k.to_string(), v.to_string()));
+                    env.push((name.to_string(), template.to_string()));
                 }
                 spec.env = Some(env);
             }
             "max_requests_per_minute" => {
-                spec.max_requests_per_minute = match &value.data {
-                    YamlData::Value(Scalar::Integer(n)) if *n > 0 => Some(*n as u64),
-                    _ => return Err(expect("a positive integer")),
-                };
+                spec.max_requests_per_minute =
+                    Some(positive(value).ok_or_else(|| expect("a positive integer"))?);
             }
             other => {
                 return Err((
-                    Some(line_of(key)),
+                    Some(key.line()),
                     format!("unknown field '{other}' (expected one of {PROXY_FIELDS})"),
                 ))
             }
@@ -533,6 +539,144 @@ mod tests {
                 !err.contains("12345678901234567"),
                 "{err:?} echoes the value"
             );
+        }
+    }
+
+    /// Reads `text` both ways: the flat tree must give what the marked
+    /// tree gives (the registry, or the same error), or not be built.
+    /// Returns whether it was built.
+    fn flat_agrees(text: &str) -> bool {
+        let ctx = Ctx {
+            path: Path::new("reg.yaml"),
+        };
+        let marked = Registry::parse_marked(&ctx, text);
+        let Some(flat) = Flat::parse(text) else {
+            return false;
+        };
+        match (from_root(&ctx, flat.root()), marked) {
+            (Ok(f), Ok(m)) => assert_eq!(format!("{f:?}"), format!("{m:?}"), "{text:?}"),
+            (Err(f), Err(m)) => assert_eq!(f.to_string(), m.to_string(), "{text:?}"),
+            (f, m) => panic!("{text:?}: flat tree {f:?}, marked tree {m:?}"),
+        }
+        true
+    }
+
+    #[test]
+    fn the_flat_tree_reads_plain_registries_as_the_marked_tree_does() {
+        let plain = [
+            "",
+            "# nothing\n",
+            "---\n",
+            "~\n",
+            "---\nopenai:\n  dev:\n    secret_ref: kv://a\n...\n",
+            "openai:\n  dev:\n    secret_ref: \"kv://openai/dev/api_key\"\n    scope: [\"llm:chat\"]\n    max_ttl_seconds: 3600\n    env: OPENAI_API_KEY\n    approval: none\n    rotate_every_days: 30\n  prod:\n    secret_ref: kv://openai/prod/api_key\nbilling:\n  dev:\n    secret_ref: file://billing.key\n    approval: required\n",
+            "s0: {dev: {secret_ref: file://secrets/s0}}\ns1: {dev: {secret_ref: file://secrets/s1}, ci: {secret_ref: 'env://S1'}}\n",
+            "{a: {dev: {secret_ref: kv://a, scope: [x, y]}}}",
+            "a:\n  dev:\n    secret_ref: >-\n      kv://folded\n    scope:\n      - one\n      - \"two\"\n",
+            "a:\r\n  dev:\r\n    secret_ref: kv://crlf\r\n",
+            "\u{feff}a:\n  dev:\n    secret_ref: kv://bom\n",
+            "a:\n  dev:\n    secret_ref: kv://a # a comment\n    max_ttl_seconds: 0x10\n    rotate_every_days: 0o7\n",
+            "a:\n  dev:\n    secret_ref: kv://a\n    max_ttl_seconds: +12\n",
+            "\"quoted id\":\n  dev:\n    secret_ref: kv://a\n",
+            "'a.b-c_d':\n  dev:\n    secret_ref: kv://a\n",
+            "a:\n  dev:\n    secret_ref: kv://a\n    proxy: openai\nb:\n  dev:\n    secret_ref: kv://b\n    proxy:\n      preset: anthropic\n      upstream: https://example.com/v1\n      inject: \"Authorization: Bearer {secret}\"\n      allow: [\"GET /models\", \"POST /chat\"]\n      env: {B_URL: \"{url}\", B_KEY: \"{phantom}\"}\n      max_requests_per_minute: 60\n",
+            "é:\n  dev:\n    secret_ref: kv://a\n",
+            // Errors the walk finds in a plain document.
+            "a:\n  dev:\n    scope: [x]\n",
+            "a:\n  staging:\n    secret_ref: kv://x\n",
+            "a:\n  dev:\n    secret_ref: gopher://x\n",
+            "a:\n  dev:\n    secret_ref: kv://x\n    max_ttl_seconds: \"12\"\n",
+            "a:\n  dev:\n    secret_ref: kv://x\n    max_ttl_seconds: 0\n",
+            "a:\n  dev:\n    secret_ref: kv://x\n    max_ttl_seconds: 1.5\n",
+            "a:\n  dev:\n    secret_ref: kv://x\n    scope: plain\n",
+            "a:\n  dev:\n    secret_ref: kv://x\n    scope: [\"has space\"]\n",
+            "a:\n  dev:\n    secret_ref: kv://x\n    env: 1BAD\n",
+            "a:\n  dev:\n    secret_ref: kv://x\n    approval: maybe\n",
+            "a:\n  dev:\n    secret_ref: kv://x\n    proxy: [x]\n",
+            "a:\n  dev:\n    secret_ref: kv://x\n    proxy: {allow: GET}\n",
+            "a:\n  dev:\n    secret_ref: true\n",
+            "a:\n  dev:\n    secret_ref:\n",
+            "a:\n  dev: kv://x\n",
+            "a: [dev]\n",
+            "a:\n",
+            "- a\n- b\n",
+            "just text\n",
+            "bad id!:\n  dev:\n    secret_ref: kv://x\n",
+            "a:\n  dev:\n    secret_ref: kv://x\n    scpe: [y]\n",
+        ];
+        for text in plain {
+            assert!(flat_agrees(text), "not read flat: {text:?}");
+        }
+        // What the flat tree leaves to the marked tree (and what that says).
+        let marked_only = [
+            (
+                "a:\n  dev:\n    secret_ref: kv://x\n  dev:\n    secret_ref: kv://y\n",
+                true,
+            ),
+            (
+                "a:\n  dev:\n    secret_ref: kv://x\na:\n  dev:\n    secret_ref: kv://y\n",
+                true,
+            ),
+            (
+                "a:\n  dev:\n    secret_ref: kv://x\n    env: A\n    env: B\n",
+                true,
+            ),
+            ("a: [\n", true),
+            ("a:\n  dev:\n    secret_ref: kv://x\n---\nb: 1\n", true),
+            ("base: &b {secret_ref: kv://x}\na:\n  dev: *b\n", true),
+            ("a: &a\n  dev:\n    secret_ref: kv://x\n", false),
+            ("a:\n  dev: !custom {secret_ref: kv://x}\n", true),
+            ("a:\n  dev:\n    secret_ref: !!str kv://x\n", false),
+            ("1:\n  dev:\n    secret_ref: kv://x\n", true),
+            ("? [a]\n: {dev: {secret_ref: kv://x}}\n", true),
+            (
+                "a:\n  dev:\n    secret_ref: kv://x\n    max_ttl_seconds: !!int x\n",
+                true,
+            ),
+        ];
+        for (text, fails) in marked_only {
+            assert!(!flat_agrees(text), "read flat: {text:?}");
+            assert_eq!(parse(text).is_err(), fails, "{text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+        /// Registries pieced together from valid and invalid parts, in
+        /// block and flow style.
+        #[test]
+        fn the_flat_tree_agrees_on_generated_registries(
+            entries in proptest::collection::vec(
+                (0..6usize, 0..5usize, proptest::collection::vec((0..12usize, 0..14usize), 0..5), proptest::bool::ANY),
+                0..6,
+            ),
+        ) {
+            let ids = ["a", "b", "s1", "\"quoted\"", "bad id", "1"];
+            let envs = ["dev", "ci", "prod", "staging", "'dev'"];
+            let keys = [
+                "secret_ref", "scope", "max_ttl_seconds", "env", "approval",
+                "rotate_every_days", "proxy", "nope", "\"secret_ref\"", "~", "1", "[x]",
+            ];
+            let values = [
+                "kv://x", "file://s/a", "\"env://A\"", "gopher://x", "[a, b]", "[\"a b\"]",
+                "12", "0", "-3", "1.5", "true", "~", "{preset: openai}", "OPENAI_API_KEY",
+            ];
+            let mut text = String::new();
+            for (id, env, fields, flow) in &entries {
+                let fields: Vec<String> = fields
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", keys[*k], values[*v]))
+                    .collect();
+                if *flow {
+                    text += &format!("{}: {{{}: {{{}}}}}\n", ids[*id], envs[*env], fields.join(", "));
+                } else {
+                    text += &format!("{}:\n  {}:\n", ids[*id], envs[*env]);
+                    for f in &fields {
+                        text += &format!("    {f}\n");
+                    }
+                }
+            }
+            flat_agrees(&text);
         }
     }
 

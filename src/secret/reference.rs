@@ -82,12 +82,30 @@ impl fmt::Display for Scheme {
 }
 
 /// A parsed reference. Displays as the original text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// The text is held once and shared: a registry of thousands of refs is
+/// cloned into the plan, the resolver's requests and the socket API's
+/// state, and each clone is a reference count, not three strings. The path
+/// and field are ranges of the text.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SecretRef {
+    text: std::sync::Arc<str>,
     scheme: Scheme,
-    path: String,
-    field: Option<String>,
-    text: String,
+    /// `text[path.0..path.1]`.
+    path: (u32, u32),
+    /// `text[field..]`, when the scheme takes a field and one was given.
+    field: Option<u32>,
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretRef")
+            .field("scheme", &self.scheme)
+            .field("path", &self.path())
+            .field("field", &self.field())
+            .field("text", &self.as_str())
+            .finish()
+    }
 }
 
 /// Why a string is not a valid reference. Never contains the input.
@@ -151,7 +169,7 @@ impl SecretRef {
                 if f.is_empty() {
                     return Err(RefError::Malformed("empty #field"));
                 }
-                (p, Some(f.to_string()))
+                (p, Some(f))
             }
             _ => (rest, None),
         };
@@ -180,11 +198,20 @@ impl SecretRef {
             },
             _ => {}
         }
+        // Offsets of the slices into `text` (ranges of it, by construction).
+        let offset = |part: &str| part.as_ptr() as usize - text.as_ptr() as usize;
+        let too_long = || RefError::Malformed("reference longer than 4 GiB");
+        let start = u32::try_from(offset(path)).map_err(|_| too_long())?;
+        let end = u32::try_from(offset(path) + path.len()).map_err(|_| too_long())?;
+        let field = match field {
+            Some(f) => Some(u32::try_from(offset(f)).map_err(|_| too_long())?),
+            None => None,
+        };
         Ok(SecretRef {
+            text: text.into(),
             scheme,
-            path: path.to_string(),
+            path: (start, end),
             field,
-            text: text.to_string(),
         })
     }
 
@@ -195,12 +222,12 @@ impl SecretRef {
 
     /// Everything between `://` and `#` (for `exec`, `PROGRAM?PATH`).
     pub fn path(&self) -> &str {
-        &self.path
+        &self.text[self.path.0 as usize..self.path.1 as usize]
     }
 
     /// The `#field`, for schemes that take one.
     pub fn field(&self) -> Option<&str> {
-        self.field.as_deref()
+        self.field.map(|start| &self.text[start as usize..])
     }
 
     /// The reference as written.

@@ -172,3 +172,52 @@ fn slow_providers_time_out_and_resolve_concurrently() {
         started.elapsed()
     );
 }
+
+/// `file://` refs are read as one batch, with one timeout each: a file
+/// whose open never returns (a FIFO nobody writes) times out alone, and the
+/// refs after it, more than there are readers, resolve.
+#[test]
+fn a_hung_file_ref_times_out_alone() {
+    let dir = Dir::new();
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.join("fifo"))
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+    let mut reg = String::from("hung:\n  dev:\n    secret_ref: file://fifo\n");
+    let values: Vec<String> = (0..20).map(|_| secret(32)).collect();
+    for (i, v) in values.iter().enumerate() {
+        dir.write(&format!("keys/k{i}"), v);
+        reg += &format!("k{i}:\n  dev:\n    secret_ref: file://keys/k{i}\n");
+    }
+    dir.write("reg.yaml", reg);
+    let started = Instant::now();
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "check",
+            "--registry",
+            "reg.yaml",
+            "--env",
+            "dev",
+            "--resolve-timeout",
+            "2s",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rows = json["secrets"].as_array().expect("rows");
+    assert_eq!(rows.len(), 21);
+    assert_eq!(rows[0]["id"], "hung");
+    assert_eq!(rows[0]["status"], "error");
+    assert_eq!(rows[0]["reason"], "timed out after 2s");
+    for row in &rows[1..] {
+        assert_eq!(row["status"], "ok", "{row}");
+    }
+    for v in &values {
+        assert!(!stdout(&out).contains(v.as_str()));
+    }
+}

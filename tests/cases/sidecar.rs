@@ -245,6 +245,13 @@ fn inventory_shows_metadata_with_store_dates_and_no_value() {
         dir.read("reg.yaml")
     );
     dir.write("reg.yaml", reg);
+    // A file's rotation date is its mtime, as the read saw it.
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "@981173106"])
+        .arg(dir.join("secrets/openai"))
+        .status()
+        .expect("touch");
+    assert!(touched.success());
     let admin = dir.join("admin.sock");
     let child = kw(
         &dir,
@@ -301,6 +308,7 @@ fn inventory_shows_metadata_with_store_dates_and_no_value() {
         openai["rotated"].is_string() && openai["resolved_at"].is_string(),
         "{openai}"
     );
+    assert_eq!(openai["rotated"], "2001-02-03T04:05:06Z", "{openai}");
 }
 
 #[test]

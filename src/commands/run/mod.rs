@@ -39,7 +39,7 @@ mod supervise;
 mod teardown;
 mod watch;
 
-use rotation::Sources;
+use rotation::{PlanValues, Sources};
 use services::Masked;
 use spawn::Launch;
 use supervise::RestartWatch;
@@ -120,6 +120,11 @@ impl OnRotate {
     }
 }
 
+/// From this many secrets on, the heap's free memory is given back once the
+/// first start is done (see docs/PERFORMANCE.md, "Start-up outside the
+/// matcher").
+const TRIM_FROM_SECRETS: usize = 2048;
+
 /// The variable holding the audit fingerprint key (never passed on).
 pub const AUDIT_KEY_VAR: &str = "KEYWARDEN_AUDIT_KEY";
 
@@ -198,14 +203,8 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     let world = World::capture(&opts.env_files)?;
     let planned = plan::plan(common, opts, &world)?;
     let resolved = resolve::resolve(common, &planned, &world, &signals)?;
-    let sources = Sources::new(
-        common,
-        opts,
-        &world.env,
-        &planned.plan,
-        &resolved.values,
-        resolved.vault.clone(),
-    );
+    let first: PlanValues = (Arc::clone(&planned.plan), Arc::clone(&resolved.values));
+    let sources = Sources::new(common, opts, &world.env, &first, resolved.vault.clone());
     let mut services = services::start(common, opts, &world.env, &planned, &resolved, &sources)?;
     let offered = Offered::collect(&mut services);
     sources.rotation().masked = offered
@@ -231,7 +230,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         signals: &signals,
         counts: &counts,
     };
-    let first = (planned.plan.clone(), resolved.values);
+    drop(resolved);
     let exit = session.launch(&mut services, first)?;
     Ok(teardown::teardown(&planned.audit, &counts, services, exit))
 }
@@ -281,7 +280,7 @@ impl Session<'_> {
     fn launch(
         &self,
         services: &mut [Box<dyn services::Service>],
-        mut current: (LaunchPlan, Vec<SecretBytes>),
+        mut current: PlanValues,
     ) -> Result<crate::supervise::ChildExit> {
         let terminals = Terminals {
             stdin: std::io::stdin().is_terminal(),
@@ -343,7 +342,7 @@ impl Session<'_> {
     /// it before it exists; a reload that installs one first wins).
     fn start(
         &self,
-        (plan, values): &(LaunchPlan, Vec<SecretBytes>),
+        (plan, values): &PlanValues,
         terminals: Terminals,
         matcher: &mut Option<Arc<MatcherCell>>,
         first: bool,
@@ -379,6 +378,13 @@ impl Session<'_> {
             redaction::scrub_records_with(cell.clone());
             self.sources.rotation().cell = Some(cell.clone());
             *matcher = Some(cell);
+            // What start-up built and dropped (the registry, the requests,
+            // the matcher's build tables) need not stay resident: 6.5 MB
+            // of 42 at 10,000 secrets. Below a few thousand it is a few
+            // hundred KiB, not worth the system calls.
+            if plan.secrets.len() >= TRIM_FROM_SECRETS {
+                sys::release_free_memory();
+            }
         }
         let pid = spawned.pid;
         let started = spawn::start_io(

@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::api::revocations::{self, RevocationList};
 use crate::audit::{self, Auditor, Event, EventKind};
@@ -16,8 +17,9 @@ use super::{RunOptions, World, AUDIT_KEY_VAR};
 
 /// What the later stages start from.
 pub(super) struct Planned {
-    /// The secrets to resolve (revoked ones left out).
-    pub plan: LaunchPlan,
+    /// The secrets to resolve (revoked ones left out); shared, never
+    /// copied, by the stages and the rotation's sources.
+    pub plan: Arc<LaunchPlan>,
     /// The revoked secrets: the API lists them and answers 410.
     pub revoked: Vec<PlannedSecret>,
     pub revocation_list: PathBuf,
@@ -29,10 +31,12 @@ pub(super) struct Planned {
 /// Load the configuration and everything decided before a value is read.
 pub(super) fn plan(common: &Common, opts: &RunOptions, world: &World) -> Result<Planned> {
     let config = config::load(common.registry.as_deref(), common.policy.as_deref())?;
-    let plan = config::build_plan(&config, common.env, &world.env, &world.cwd)?;
+    let mut plan = config::build_plan(&config, common.env, &world.env, &world.cwd)?;
     if let Some(w) = config::unprotected_warning(&config, &plan, &world.cwd) {
         tracing::warn!("{w}");
     }
+    // The registry is read: its memory goes back before values are read.
+    drop(config);
     let audit = open_audit(opts, common.env, &world.env)?;
     audit.note(
         Event::new(EventKind::RunStart).reason(format!("{} secrets planned", plan.secrets.len())),
@@ -43,24 +47,32 @@ pub(super) fn plan(common: &Common, opts: &RunOptions, world: &World) -> Result<
     let user = target_user(opts)?;
     let revocation_list = revocation_path(opts, &world.env)?;
     let list = RevocationList::load(&revocation_list)?;
-    let (revoked, active): (Vec<_>, Vec<_>) = plan
-        .secrets
-        .iter()
-        .cloned()
-        .partition(|s| list.find(&s.id, s.reference.as_str()).is_some());
+    let revoked = take_revoked(&mut plan.secrets, |s| {
+        list.find(&s.id, s.reference.as_str()).is_some()
+    });
     for s in &revoked {
         tracing::warn!("secret '{}' is revoked: not resolved, not injected", s.id);
     }
     Ok(Planned {
-        plan: LaunchPlan {
-            secrets: active,
-            ..plan
-        },
+        plan: Arc::new(plan),
         revoked,
         revocation_list,
         audit,
         user,
     })
+}
+
+/// Move the secrets `revoked` picks out of `secrets` (order kept in both).
+fn take_revoked(
+    secrets: &mut Vec<PlannedSecret>,
+    revoked: impl Fn(&PlannedSecret) -> bool,
+) -> Vec<PlannedSecret> {
+    if !secrets.iter().any(&revoked) {
+        return Vec::new();
+    }
+    let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(secrets).into_iter().partition(revoked);
+    *secrets = kept;
+    out
 }
 
 fn target_user(opts: &RunOptions) -> Result<Option<sys::TargetUser>> {

@@ -3,7 +3,7 @@
 //! re-resolutions.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::audit::{Event, EventKind, Outcome as AuditOutcome};
 use crate::config::Common;
@@ -18,9 +18,14 @@ use super::World;
 
 /// The plan's values, in plan order.
 pub(super) struct Resolved {
-    pub values: Vec<SecretBytes>,
+    /// Shared with the rotation's sources and the first start (each value
+    /// held once).
+    pub values: Arc<[SecretBytes]>,
     /// The lease each backend gave its value (Vault), if any.
     pub leases: Vec<Option<Duration>>,
+    /// When each source was last changed, where the read learnt it (a
+    /// file's mtime): the API's rotation dates, without a `stat` each.
+    pub modified: Vec<Option<SystemTime>>,
     /// The run's Vault session, shared with re-resolutions.
     pub vault: Arc<VaultSession>,
 }
@@ -44,8 +49,10 @@ pub(super) fn resolve(
         &vault,
     )?;
     let leases: Vec<_> = outcomes.iter().map(|o| o.lease).collect();
+    let modified: Vec<_> = outcomes.iter().map(|o| o.modified).collect();
     // Outcomes come back in plan order.
-    for (p, o) in plan.secrets.iter().zip(&outcomes) {
+    let audited = plan.secrets.iter().zip(&outcomes);
+    for (p, o) in audited.filter(|_| planned.audit.is_enabled()) {
         let e = Event::new(EventKind::Resolve).secret(&p.id, &p.reference, &p.scope);
         planned.audit.note(match &o.result {
             Ok(v) => e
@@ -73,8 +80,9 @@ pub(super) fn resolve(
         }
     }
     Ok(Resolved {
-        values,
+        values: values.into(),
         leases,
+        modified,
         vault,
     })
 }

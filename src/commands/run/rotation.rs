@@ -19,10 +19,14 @@ use crate::secret::SecretBytes;
 
 use super::{OnRotate, RunOptions};
 
+/// A plan and its values, in plan order, shared (each value is held once
+/// however many stages read it).
+pub(super) type PlanValues = (Arc<LaunchPlan>, Arc<[SecretBytes]>);
+
 /// What the API's callbacks need to resolve again, shared with its thread.
 pub(super) struct Sources {
     common: Common,
-    plan: LaunchPlan,
+    plan: Arc<LaunchPlan>,
     process_env: Vec<(OsString, OsString)>,
     rotation: Mutex<Rotation>,
     /// The run's Vault token (renewed in the background) and leases.
@@ -35,7 +39,9 @@ pub(super) struct Rotation {
     /// The relay's matcher, unless `--no-redact`.
     pub cell: Option<Arc<MatcherCell>>,
     mask: Mask,
-    /// Every value seen in this run, by id (old values stay masked).
+    /// The plan and values the run started with: masked for the whole run.
+    first: PlanValues,
+    /// Every other value seen in this run, by id (old values stay masked).
     seen: Vec<(String, SecretBytes)>,
     /// What the services give the child that the relay masks too (the
     /// child's token, the proxy's placeholders), by variable.
@@ -50,12 +56,13 @@ pub(super) struct Rotation {
     on_rotate: OnRotate,
     /// `--on-rotate restart`: the plan and values to start the child with
     /// once it has stopped.
-    pub restart: Option<(LaunchPlan, Vec<SecretBytes>)>,
+    pub restart: Option<PlanValues>,
     /// Wakes the supervisor for a restart.
     pub wake: Option<std::fs::File>,
-    /// `--watch`: the plan of the last reload, and a digest of each of its
-    /// values (what a poll compares against; no further copy of a value).
-    latest: (LaunchPlan, Vec<Digest>),
+    /// `--watch` only: the plan of the last reload, and a digest of each of
+    /// its values (what a poll compares against; no further copy of a
+    /// value).
+    latest: Option<(Arc<LaunchPlan>, Vec<Digest>)>,
 }
 
 /// SHA-256 of a value, for `--watch`'s comparisons.
@@ -71,9 +78,21 @@ fn digests(values: &[SecretBytes]) -> Vec<Digest> {
 }
 
 impl Rotation {
+    /// Every value seen in this run, with its id: the first ones, then
+    /// the later ones.
+    fn all_seen(&self) -> impl Iterator<Item = (&str, &SecretBytes)> {
+        let (plan, values) = &self.first;
+        let first = plan
+            .secrets
+            .iter()
+            .map(|p| p.id.as_str())
+            .zip(values.iter());
+        first.chain(self.seen.iter().map(|(id, v)| (id.as_str(), v)))
+    }
+
     /// Add `value` to the values the relay masks; whether it is new.
     fn remember(&mut self, id: &str, value: &SecretBytes) -> bool {
-        if self.seen.iter().any(|(_, s)| s.expose() == value.expose()) {
+        if self.all_seen().any(|(_, s)| s.expose() == value.expose()) {
             return false;
         }
         self.seen.push((id.to_string(), value.duplicate()));
@@ -86,17 +105,10 @@ impl Sources {
     /// child's token), under `plan`'s policy.
     fn rebuild_matcher(&self, r: &Rotation, plan: &LaunchPlan) {
         let Some(cell) = &r.cell else { return };
-        let mut extra: Vec<(&str, &[u8])> = r
-            .seen
-            .iter()
-            .map(|(id, v)| (id.as_str(), v.expose()))
-            .collect();
+        let mut extra: Vec<(&str, &[u8])> = r.all_seen().map(|(id, v)| (id, v.expose())).collect();
         extra.extend(r.masked.iter().map(|(k, v)| (k.as_str(), v.expose())));
         extra.extend(r.minted.iter().map(|(_, t)| (api::TOKEN_VAR, t.expose())));
-        let base = LaunchPlan {
-            secrets: Vec::new(),
-            ..plan.clone()
-        };
+        let base = plan.without_secrets();
         cell.replace(redaction::matcher_for(
             &base,
             &[],
@@ -117,9 +129,11 @@ impl Sources {
 
     /// After a reload: mask the new values, and tell the child per
     /// `--on-rotate` when a value it was given has changed.
-    fn rotated(&self, plan: &LaunchPlan, values: &[SecretBytes]) {
+    fn rotated(&self, plan: &Arc<LaunchPlan>, values: &[SecretBytes]) {
         let mut r = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
-        r.latest = (plan.clone(), digests(values));
+        if r.latest.is_some() {
+            r.latest = Some((Arc::clone(plan), digests(values)));
+        }
         for (p, v) in plan.secrets.iter().zip(values) {
             r.remember(&p.id, v);
         }
@@ -146,7 +160,7 @@ impl Sources {
                     "injected {} changed: restarting the command",
                     changed.join(", ")
                 );
-                r.restart = Some((plan.clone(), values.iter().map(SecretBytes::duplicate).collect()));
+                r.restart = Some((Arc::clone(plan), values.iter().map(SecretBytes::duplicate).collect()));
                 if let Some(w) = r.wake.as_mut() {
                     use std::io::Write;
                     let _ = w.write_all(b"r");
@@ -171,8 +185,14 @@ impl Sources {
         let me = self.clone();
         let id = id.to_string();
         std::thread::spawn(move || {
-            let mut plan = me.plan.clone();
-            plan.secrets.retain(|s| s.id == id);
+            let mut plan = me.plan.without_secrets();
+            plan.secrets = me
+                .plan
+                .secrets
+                .iter()
+                .filter(|s| s.id == id)
+                .cloned()
+                .collect();
             if plan.secrets.is_empty() {
                 return Err(Error::new(ErrorKind::Data, format!("no secret '{id}'")));
             }
@@ -209,9 +229,8 @@ impl Sources {
     fn scrub_error(&self, e: Error) -> Error {
         let r = self.rotation();
         let known: Vec<(&str, &[u8])> = r
-            .seen
-            .iter()
-            .map(|(id, v)| (id.as_str(), v.expose()))
+            .all_seen()
+            .map(|(id, v)| (id, v.expose()))
             .chain(r.masked.iter().map(|(k, v)| (k.as_str(), v.expose())))
             .collect();
         let text = redaction::Scrubber::new(&known, &self.process_env).scrub(e.message());
@@ -223,7 +242,9 @@ impl Sources {
     /// registry and policy are not re-read, the values are compared by
     /// digest and dropped at once, and nothing is logged but ids.
     pub fn changed(&self) -> Result<Vec<String>> {
-        let (plan, known) = self.rotation().latest.clone();
+        let Some((plan, known)) = self.rotation().latest.clone() else {
+            return Ok(Vec::new());
+        };
         let outcomes = resolve_plan(
             &plan,
             &self.common.store,
@@ -249,7 +270,12 @@ impl Sources {
         std::thread::spawn(move || {
             let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
             let config = config::load(me.common.registry.as_deref(), me.common.policy.as_deref())?;
-            let plan = config::build_plan(&config, me.common.env, &me.process_env, &cwd)?;
+            let plan = Arc::new(config::build_plan(
+                &config,
+                me.common.env,
+                &me.process_env,
+                &cwd,
+            )?);
             me.warn_route_changes(&plan);
             let outcomes = resolve_plan(
                 &plan,
@@ -285,23 +311,18 @@ impl Sources {
         common: &Common,
         opts: &RunOptions,
         process_env: &[(OsString, OsString)],
-        plan: &LaunchPlan,
-        values: &[SecretBytes],
+        (plan, values): &PlanValues,
         vault: Arc<VaultSession>,
     ) -> Arc<Sources> {
         Arc::new(Sources {
             common: common.clone(),
-            plan: plan.clone(),
+            plan: Arc::clone(plan),
             process_env: process_env.to_vec(),
             rotation: Mutex::new(Rotation {
                 cell: None,
                 mask: Mask::new(&opts.mask),
-                seen: plan
-                    .secrets
-                    .iter()
-                    .zip(values)
-                    .map(|(p, v)| (p.id.clone(), v.duplicate()))
-                    .collect(),
+                first: (Arc::clone(plan), Arc::clone(values)),
+                seen: Vec::new(),
                 masked: Vec::new(),
                 minted: Vec::new(),
                 injected: Vec::new(),
@@ -309,7 +330,7 @@ impl Sources {
                 on_rotate: opts.on_rotate,
                 restart: None,
                 wake: None,
-                latest: (plan.clone(), digests(values)),
+                latest: opts.watch.map(|_| (Arc::clone(plan), digests(values))),
             }),
             vault,
         })

@@ -9,6 +9,7 @@
 //! ([`Service::started`]), is polled by the supervisor while it runs
 //! ([`Service::watch`]), and is stopped at teardown ([`Service::stop`]).
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -17,8 +18,8 @@ use std::time::SystemTime;
 
 use nix::poll::PollFlags;
 
-use crate::api::{self, ApiOptions, Callbacks, Keyring, RunningApi, ServedSecret};
-use crate::config::Common;
+use crate::api::{self, ApiOptions, Callbacks, Keyring, RunningApi, SecretDates, ServedSecret};
+use crate::config::{Common, Origin};
 use crate::error::{Error, Result};
 use crate::proxy::server::Proxy;
 use crate::proxy::{Listen, Route};
@@ -183,26 +184,47 @@ fn served(
 ) -> Vec<ServedSecret> {
     let plan = &planned.plan;
     let now = SystemTime::now();
-    let mut served: Vec<ServedSecret> = plan
-        .secrets
-        .iter()
-        .zip(&resolved.values)
-        .zip(&resolved.leases)
-        .map(|((p, v), lease)| ServedSecret {
-            lease: *lease,
-            ..ServedSecret::from_planned(p, Some(v.duplicate()), now)
-        })
-        .collect();
+    let mut served: Vec<ServedSecret> =
+        Vec::with_capacity(plan.secrets.len() + planned.revoked.len());
+    served.extend(
+        plan.secrets
+            .iter()
+            .zip(resolved.values.iter())
+            .zip(&resolved.leases)
+            .map(|((p, v), lease)| ServedSecret {
+                lease: *lease,
+                ..ServedSecret::from_planned(p, Some(v.duplicate()), now)
+            }),
+    );
     served.extend(
         planned
             .revoked
             .iter()
             .map(|p| ServedSecret::from_planned(p, None, now)),
     );
-    let dates = crate::resolve::secret_dates(plan, &common.store, env, |_| true);
-    for s in served.iter_mut() {
-        if let Some(d) = dates.get(&s.id) {
-            s.dates = *d;
+    let dates = crate::resolve::secret_dates_read(plan, &common.store, env, &resolved.modified);
+    // A served secret has the dates of the last planned secret of its id
+    // that has some. Registry ids are distinct: without secrets from the
+    // environment or revoked ones, that is each secret's own.
+    let ids_repeat =
+        !planned.revoked.is_empty() || plan.secrets.iter().any(|s| s.origin == Origin::EnvVar);
+    if ids_repeat {
+        let by_id: HashMap<&str, SecretDates> = plan
+            .secrets
+            .iter()
+            .zip(&dates)
+            .filter_map(|(p, d)| Some((p.id.as_str(), (*d)?)))
+            .collect();
+        for s in served.iter_mut() {
+            if let Some(d) = by_id.get(s.id.as_str()) {
+                s.dates = *d;
+            }
+        }
+    } else {
+        for (s, d) in served.iter_mut().zip(dates) {
+            if let Some(d) = d {
+                s.dates = d;
+            }
         }
     }
     served

@@ -18,6 +18,14 @@ pub(super) struct CredProvider;
 /// (a device like `/dev/zero` says it has none) is `FileTooLarge`, and
 /// nothing past them is read.
 pub(super) fn read_secret_file(path: &Path) -> Result<Vec<u8>, std::io::Error> {
+    read_dated(path).map(|(bytes, _)| bytes)
+}
+
+/// [`read_secret_file`], and the file's last modification (from the same
+/// `fstat` that gave its size).
+pub(super) fn read_dated(
+    path: &Path,
+) -> Result<(Vec<u8>, Option<std::time::SystemTime>), std::io::Error> {
     use zeroize::Zeroize;
     let mut file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
@@ -36,7 +44,7 @@ pub(super) fn read_secret_file(path: &Path) -> Result<Vec<u8>, std::io::Error> {
         buf.zeroize();
         return Err(std::io::ErrorKind::FileTooLarge.into());
     }
-    Ok(buf)
+    Ok((buf, meta.modified().ok()))
 }
 
 async fn read_trimmed(path: PathBuf) -> Result<SecretBytes, ResolveError> {

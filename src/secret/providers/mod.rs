@@ -11,6 +11,7 @@ mod dotenv;
 mod env;
 mod exec;
 mod file;
+mod files;
 mod https;
 mod kv;
 mod op;
@@ -22,7 +23,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -80,7 +81,7 @@ pub struct Request {
     /// The ref.
     pub reference: SecretRef,
     /// Where relative paths are taken from.
-    pub base_dir: PathBuf,
+    pub base_dir: Arc<Path>,
 }
 
 /// What providers may read of the world: keywarden's environment as it was
@@ -192,6 +193,9 @@ pub struct Outcome {
     /// The lease the server gave the value (`vault://`), when it has one:
     /// a cached value must not outlive it.
     pub lease: Option<Duration>,
+    /// When the source was last changed, where the read learnt it for free
+    /// (a `file://` file's mtime, from the `fstat` that sized the read).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// The providers and how long each may take.
@@ -200,6 +204,9 @@ pub struct Resolver {
     context: Context,
     timeout: Duration,
     jobs: usize,
+    /// `file://` is the built-in provider: its refs are read in one batch
+    /// (see `files`).
+    batch_files: bool,
 }
 
 impl fmt::Debug for Resolver {
@@ -210,6 +217,7 @@ impl fmt::Debug for Resolver {
             .field("schemes", &schemes)
             .field("timeout", &self.timeout)
             .field("jobs", &self.jobs)
+            .field("batch_files", &self.batch_files)
             .finish()
     }
 }
@@ -240,6 +248,7 @@ impl Resolver {
             context,
             timeout,
             jobs: default_jobs(),
+            batch_files: true,
         }
     }
 
@@ -274,6 +283,9 @@ impl Resolver {
 
     /// Add or replace the provider for `scheme`.
     pub fn with_provider(mut self, scheme: Scheme, provider: Box<dyn Provider>) -> Self {
+        if scheme == Scheme::File {
+            self.batch_files = false;
+        }
         self.providers.insert(scheme, provider);
         self
     }
@@ -305,18 +317,53 @@ impl Resolver {
     }
 
     /// Resolve every request concurrently; outcomes come back in order.
+    /// `file://` refs are read as one batch, with the same timeout each
+    /// (see `files`).
     pub async fn resolve_all(&self, requests: Vec<Request>) -> Vec<Outcome> {
-        let futures = requests.into_iter().map(|request| async move {
+        let batched = |r: &Request| self.batch_files && r.reference.scheme() == Scheme::File;
+        let (files, others): (Vec<_>, Vec<_>) = requests
+            .into_iter()
+            .enumerate()
+            .partition(|(_, r)| batched(r));
+        let paths = files
+            .iter()
+            .map(|(_, r)| files::join(&r.base_dir, r.reference.path()))
+            .collect();
+        let others = others.into_iter().map(|(i, request)| async move {
             let started = Instant::now();
             let result = self.resolve(&request).await;
-            Outcome {
+            let outcome = Outcome {
                 request,
                 result,
                 elapsed: started.elapsed(),
                 lease: None,
-            }
+                modified: None,
+            };
+            (i, outcome)
         });
-        join_all(futures.collect()).await
+        let (read, others) = tokio::join!(
+            files::read_all(paths, self.timeout),
+            join_all(others.collect())
+        );
+        let mut outcomes: Vec<Option<Outcome>> = Vec::new();
+        outcomes.resize_with(read.len() + others.len(), || None);
+        for ((i, request), (result, elapsed)) in files.into_iter().zip(read) {
+            let (result, modified) = match result {
+                Ok((value, modified)) => (Ok(value), modified),
+                Err(e) => (Err(e), None),
+            };
+            outcomes[i] = Some(Outcome {
+                request,
+                result,
+                elapsed,
+                lease: None,
+                modified,
+            });
+        }
+        for (i, outcome) in others {
+            outcomes[i] = Some(outcome);
+        }
+        outcomes.into_iter().flatten().collect()
     }
 }
 
@@ -442,12 +489,17 @@ pub(crate) fn trim_newline(bytes: &mut Vec<u8>) {
 pub(crate) fn non_empty(bytes: Vec<u8>, what: &str) -> Result<SecretBytes, ResolveError> {
     let secret = SecretBytes::from_vec(bytes);
     if secret.is_empty() {
-        return Err(ResolveError {
-            kind: ErrorKind::Data,
-            reason: format!("{what} is empty"),
-        });
+        return Err(empty(what));
     }
     Ok(secret)
+}
+
+/// `what` held nothing (after its trailing newline).
+pub(crate) fn empty(what: &str) -> ResolveError {
+    ResolveError {
+        kind: ErrorKind::Data,
+        reason: format!("{what} is empty"),
+    }
 }
 
 #[cfg(test)]

@@ -393,7 +393,7 @@ pub fn request(reference: &str) -> Request {
     Request {
         label: "test".into(),
         reference: SecretRef::parse(reference).expect("ref"),
-        base_dir: std::env::temp_dir(),
+        base_dir: std::env::temp_dir().into(),
     }
 }
 

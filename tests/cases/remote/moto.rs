@@ -257,7 +257,7 @@ fn request(r: &str) -> Request {
     Request {
         label: "t".into(),
         reference: SecretRef::parse(r).expect("a ref"),
-        base_dir: ".".into(),
+        base_dir: std::path::Path::new(".").into(),
     }
 }
 

@@ -840,7 +840,7 @@ fn backend_resolves_kv_refs() {
     let request = |r: &str| Request {
         label: "openai".into(),
         reference: SecretRef::parse(r).expect("ref"),
-        base_dir: fx.path().to_path_buf(),
+        base_dir: fx.path().into(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -897,7 +897,9 @@ async fn secret_id(ctx: &Context) -> Result<SecretBytes, ResolveError> {
     let request = Request {
         label: "VAULT_SECRET_ID".into(),
         reference,
-        base_dir: std::env::current_dir().unwrap_or_else(|_| "/".into()),
+        base_dir: std::env::current_dir()
+            .unwrap_or_else(|_| "/".into())
+            .into(),
     };
     local.resolve(&request).await.map_err(|e| ResolveError {
         kind: e.kind,
