@@ -301,7 +301,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         };
         // Handlers do not survive exec, but one could run before it once
         // signals are unblocked. keywarden catches no signal (it reads them
-        // from a signalfd; a test holds it to that) and ignores SIGPIPE;
+        // from a signalfd; a test holds it to that) but glibc's internal
+        // set*id one, which glibc sends only to keywarden's own threads by
+        // id, never to this clone; it ignores SIGPIPE;
         // std's runtime, where it runs (the library's tests), catches
         // SIGSEGV and SIGBUS. All three back to the default.
         for sig in [libc::SIGPIPE, libc::SIGSEGV, libc::SIGBUS] {
