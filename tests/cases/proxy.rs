@@ -37,6 +37,42 @@ pub(crate) fn ca_opt() -> String {
     crate::util::upstream::certs().ca.display().to_string()
 }
 
+/// A proxied run as most tests start it: a fresh upstream, the registry
+/// of [`setup`] (no extra openai settings), keywarden trusting the test CA
+/// and with an admin socket, and `opts` besides.
+pub(crate) struct Proxied {
+    pub dir: Dir,
+    pub up: Upstream,
+    /// The openai key.
+    pub key: String,
+    pub admin: std::path::PathBuf,
+    pub live: Live,
+}
+
+pub(crate) fn start_with_admin(opts: &[&str]) -> Proxied {
+    let dir = Dir::new();
+    let up = upstream(&dir);
+    let key = setup(&dir, &up, "");
+    let ca = ca_opt();
+    let admin = dir.join("admin.sock");
+    let admin_opt = admin.display().to_string();
+    let mut all = vec![
+        "--proxy-ca",
+        ca.as_str(),
+        "--admin-socket",
+        admin_opt.as_str(),
+    ];
+    all.extend_from_slice(opts);
+    let live = Live::start(&dir, &all);
+    Proxied {
+        dir,
+        up,
+        key,
+        admin,
+        live,
+    }
+}
+
 pub(crate) fn bearer(live: &Live) -> String {
     format!("Authorization: Bearer {}", live.var("OPENAI_API_KEY"))
 }
@@ -417,23 +453,13 @@ fn proxy_upstream_down_is_502_naming_the_route() {
 /// request, with the same child.
 #[test]
 fn proxy_reload_swaps_the_key_and_revoke_answers_410_with_the_same_child() {
-    let dir = Dir::new();
-    let up = upstream(&dir);
-    let old = setup(&dir, &up, "");
-    let ca = ca_opt();
-    let admin = dir.join("admin.sock");
-    let admin_opt = admin.display().to_string();
-    let live = Live::start(
-        &dir,
-        &[
-            "--proxy-ca",
-            &ca,
-            "--admin-socket",
-            &admin_opt,
-            "--reload-signal",
-            "HUP",
-        ],
-    );
+    let Proxied {
+        dir,
+        up,
+        key: old,
+        admin,
+        live,
+    } = start_with_admin(&["--reload-signal", "HUP"]);
     let child = dir.read("child.pid");
     let echo = format!("{}/echo", live.var("OPENAI_BASE_URL"));
     let me = bearer(&live);

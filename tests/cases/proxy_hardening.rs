@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::proxy::{assert_free_of, bearer, ca_opt, setup, upstream};
+use super::proxy::{assert_free_of, bearer, ca_opt, setup, start_with_admin, upstream, Proxied};
 use crate::util::upstream::{curl, Live};
 use crate::util::{eventually, kw, output, secret, stderr, Dir};
 
@@ -93,23 +93,13 @@ fn upstream_hung_up(up: &crate::util::upstream::Upstream, limit: Duration) -> bo
 /// next request answers 410, and the audit log says why.
 #[test]
 fn proxy_revocation_cuts_a_silent_stream_at_once() {
-    let dir = Dir::new();
-    let up = upstream(&dir);
-    let key = setup(&dir, &up, "");
-    let ca = ca_opt();
-    let admin = dir.join("admin.sock");
-    let admin_opt = admin.display().to_string();
-    let live = Live::start(
-        &dir,
-        &[
-            "--proxy-ca",
-            &ca,
-            "--admin-socket",
-            &admin_opt,
-            "--audit",
-            "audit.log",
-        ],
-    );
+    let Proxied {
+        dir,
+        up,
+        key,
+        admin,
+        live,
+    } = start_with_admin(&["--audit", "audit.log"]);
     let mut s = TcpStream::connect(proxy_addr(&live)).expect("connect");
     // Three events a minute apart: the stream would last two minutes.
     write!(
@@ -157,13 +147,13 @@ fn proxy_revocation_cuts_a_silent_stream_at_once() {
 /// dropped (the upstream sees the hang-up) and the client gets 410 at once.
 #[test]
 fn proxy_revocation_answers_410_to_a_request_still_waiting_for_the_upstream() {
-    let dir = Dir::new();
-    let up = upstream(&dir);
-    setup(&dir, &up, "");
-    let ca = ca_opt();
-    let admin = dir.join("admin.sock");
-    let admin_opt = admin.display().to_string();
-    let live = Live::start(&dir, &["--proxy-ca", &ca, "--admin-socket", &admin_opt]);
+    let Proxied {
+        dir,
+        up,
+        admin,
+        live,
+        ..
+    } = start_with_admin(&[]);
     let mut s = TcpStream::connect(proxy_addr(&live)).expect("connect");
     write!(
         s,
@@ -576,13 +566,13 @@ fn proxy_closes_slow_heads_at_ten_seconds_and_keeps_idle_connections() {
 /// in keywarden's log, naming the settings and the way to apply them.
 #[test]
 fn proxy_reload_that_changes_route_settings_warns_and_keeps_the_old_ones() {
-    let dir = Dir::new();
-    let up = upstream(&dir);
-    setup(&dir, &up, "");
-    let ca = ca_opt();
-    let admin = dir.join("admin.sock");
-    let admin_opt = admin.display().to_string();
-    let live = Live::start(&dir, &["--proxy-ca", &ca, "--admin-socket", &admin_opt]);
+    let Proxied {
+        dir,
+        up,
+        admin,
+        live,
+        ..
+    } = start_with_admin(&[]);
     let echo = format!("{}/echo", live.var("OPENAI_BASE_URL"));
     let me = bearer(&live);
     assert_eq!(curl(&[&echo, "-H", &me]).0, 200);
@@ -623,13 +613,13 @@ fn proxy_reload_that_changes_route_settings_warns_and_keeps_the_old_ones() {
 /// (403 "proxied") until keywarden restarts; keywarden's log says so.
 #[test]
 fn proxy_reload_that_drops_proxy_keeps_the_value_from_the_child() {
-    let dir = Dir::new();
-    let up = upstream(&dir);
-    let key = setup(&dir, &up, "");
-    let ca = ca_opt();
-    let admin = dir.join("admin.sock");
-    let admin_opt = admin.display().to_string();
-    let live = Live::start(&dir, &["--proxy-ca", &ca, "--admin-socket", &admin_opt]);
+    let Proxied {
+        dir,
+        up: _up,
+        key,
+        admin,
+        live,
+    } = start_with_admin(&[]);
     let reg = dir.read("reg.yaml");
     let start = reg
         .find("    proxy:\n      preset: openai")
