@@ -230,16 +230,26 @@ pub struct State {
     /// Human-in-the-loop challenges; `None` until a key is set, and then
     /// approval-required secrets are refused.
     pub approvals: Option<super::approvals::Approvals>,
+    /// Ids proxied when the run started: their routes serve until
+    /// keywarden restarts, so the socket refuses them whatever a reload
+    /// says, even after a reload that left them out.
+    started_proxied: std::collections::BTreeSet<String>,
 }
 
 impl State {
     /// The state for `secrets`, as of `now`.
     pub fn new(settings: Settings, secrets: Vec<ServedSecret>, now: Now) -> Self {
+        let started_proxied = secrets
+            .iter()
+            .filter(|s| s.proxied)
+            .map(|s| s.id.clone())
+            .collect();
         let mut state = State {
             secrets: BTreeMap::new(),
             tokens: TokenStore::new(),
             settings,
             approvals: None,
+            started_proxied,
         };
         state.replace(secrets, now);
         state
@@ -302,8 +312,8 @@ impl State {
                         e.revoked = old.revoked.clone();
                         e.value = None;
                     }
-                    e.proxied |= old.proxied;
                 }
+                e.proxied |= self.started_proxied.contains(&e.id);
                 Some(e)
             })
             .collect();
@@ -633,6 +643,12 @@ pub(crate) mod tests {
         st.replace(vec![served("p", &["pool"], None, "vp"), now_proxied], now);
         assert!(st.secrets["p"].proxied, "the running proxy still serves p");
         assert!(st.secrets["s"].proxied, "refused from now on");
+        // A reload that leaves p out, then one that brings it back plain:
+        // its route still serves, so the socket still refuses it.
+        st.replace(vec![served("s", &["pool"], None, "vs")], now);
+        assert!(!st.secrets.contains_key("p"));
+        st.replace(vec![served("p", &["pool"], None, "vp")], now);
+        assert!(st.secrets["p"].proxied, "refused after it came back");
     }
 
     #[test]
