@@ -8,7 +8,7 @@
 //! main child has exited, [`Relay::finish`] drains what is left in the
 //! pipes without waiting for grandchildren that may still hold them open.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
 
@@ -17,6 +17,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::redact::Piece;
 use crate::supervise::Watch;
 
 /// A transformation applied to one output stream.
@@ -25,7 +26,19 @@ pub trait Filter: Send {
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>);
     /// End of stream: append whatever was held back.
     fn finish(&mut self, out: &mut Vec<u8>);
+    /// As [`Filter::push`], but what passes unchanged may be left in
+    /// `input`: appends to `out` the bytes it makes, and to `pieces` where
+    /// each stretch of the output comes from, in order. By default all of
+    /// it is made in `out`.
+    fn push_pieces(&mut self, input: &[u8], out: &mut Vec<u8>, pieces: &mut Vec<Piece>) {
+        let at = out.len();
+        self.push(input, out);
+        pieces.push(Piece::Out(at..out.len()));
+    }
 }
+
+/// Most slices one `writev` takes (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
 
 const BUF: usize = 1024 * 1024;
 const PIPE_SIZE: i32 = 1024 * 1024;
@@ -35,6 +48,7 @@ struct Stream {
     dst: OwnedFd,
     filter: Option<Box<dyn Filter>>,
     out: Vec<u8>,
+    pieces: Vec<Piece>,
 }
 
 impl Stream {
@@ -60,13 +74,47 @@ impl Stream {
             None => self.write(chunk),
             Some(f) => {
                 let mut out = std::mem::take(&mut self.out);
+                let mut pieces = std::mem::take(&mut self.pieces);
                 out.clear();
-                f.push(chunk, &mut out);
-                self.write(&out);
+                pieces.clear();
+                // What passes unchanged is written from the read buffer
+                // itself: no second copy of the bulk of the output.
+                f.push_pieces(chunk, &mut out, &mut pieces);
+                let mut slices: Vec<IoSlice<'_>> = pieces
+                    .iter()
+                    .map(|p| match p {
+                        Piece::Out(r) => IoSlice::new(&out[r.clone()]),
+                        Piece::In(r) => IoSlice::new(&chunk[r.clone()]),
+                    })
+                    .collect();
+                self.write_slices(&mut slices);
+                drop(slices);
                 self.out = out;
+                self.pieces = pieces;
             }
         }
         Ok(true)
+    }
+
+    /// Write every byte of `slices`, in order, as [`Stream::write`] does.
+    fn write_slices(&mut self, mut slices: &mut [IoSlice<'_>]) {
+        while !slices.is_empty() {
+            let batch = &slices[..slices.len().min(IOV_MAX)];
+            match nix::sys::uio::writev(&self.dst, batch) {
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    let mut fds = [PollFd::new(self.dst.as_fd(), PollFlags::POLLOUT)];
+                    let _ = poll(&mut fds, PollTimeout::NONE);
+                }
+                Err(_) => {
+                    // As in `write`: our side is gone.
+                    self.src = None;
+                    self.filter = None;
+                    return;
+                }
+            }
+        }
     }
 
     fn write(&mut self, mut data: &[u8]) {
@@ -199,6 +247,7 @@ impl Relay {
                 dst: stdio(s.to)?,
                 filter: s.filter,
                 out: Vec::new(),
+                pieces: Vec::new(),
             });
         }
         Ok(Relay {
@@ -435,6 +484,7 @@ mod tests {
             dst: out_w,
             filter: Some(Box::new(Upper)),
             out: Vec::new(),
+            pieces: Vec::new(),
         };
         nix::unistd::write(&w, b"abc").expect("write");
         drop(w);
@@ -481,6 +531,7 @@ mod tests {
             dst,
             filter: Some(Box::new(Upper) as Box<dyn Filter>),
             out: Vec::new(),
+            pieces: Vec::new(),
         };
         let mut relay = Relay {
             state: State::Idle {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::LaunchPlan;
 use crate::envfilter::DenyList;
-use crate::redact::{Counts, Mask, Matcher, Secret, Stream};
+use crate::redact::{Counts, Mask, Matcher, Piece, Secret, Stream};
 use crate::relay::Filter;
 use crate::secret::SecretBytes;
 
@@ -354,12 +354,14 @@ impl std::fmt::Debug for RedactFilter {
     }
 }
 
-impl Filter for RedactFilter {
-    fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+impl RedactFilter {
+    /// The stream to push to: the current one, or a new one over the
+    /// cell's matcher (at the first write, or after a reload installed a
+    /// new matcher: then the old stream's held tail is flushed to `out`
+    /// through the old one first).
+    fn stream(&mut self, out: &mut Vec<u8>) -> &mut Stream {
         if let Some((generation, _)) = &self.stream {
             if self.cell.generation() != *generation {
-                // A reload installed a new matcher: flush the held tail
-                // through the old one, then go on with the new one.
                 self.end_stream(out);
             }
         }
@@ -368,7 +370,22 @@ impl Filter for RedactFilter {
             let (generation, matcher) = cell.get();
             (generation, Stream::new(matcher))
         });
-        stream.push(input, out);
+        stream
+    }
+}
+
+impl Filter for RedactFilter {
+    fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.stream(out).push(input, out);
+    }
+
+    fn push_pieces(&mut self, input: &[u8], out: &mut Vec<u8>, pieces: &mut Vec<Piece>) {
+        let flushed = out.len();
+        let stream = self.stream(out);
+        if out.len() > flushed {
+            pieces.push(Piece::Out(flushed..out.len()));
+        }
+        stream.push_pieces(input, out, pieces);
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) {

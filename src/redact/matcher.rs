@@ -39,7 +39,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 use super::encode::{self, fold, Flavor, Form};
-use super::{Counts, Mask, Secret, MIN_SECRET_LEN};
+use super::{Counts, Mask, Piece, Secret, MIN_SECRET_LEN};
 
 /// Patterns shorter than this go to their own tier.
 pub(crate) const SHORT_TIER_BELOW: usize = 16;
@@ -1118,19 +1118,41 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// Appends the bytes at absolute positions `from..to`.
-    fn copy(&self, from: u64, to: u64, out: &mut Vec<u8>) {
+    /// Appends the bytes at absolute positions `from..to` to `out`; with
+    /// `pieces`, those of `b` are not copied but recorded as a range of
+    /// `b`, and those of `a` as the range of `out` they were copied to.
+    fn copy(&self, from: u64, to: u64, out: &mut Vec<u8>, mut pieces: Option<&mut Vec<Piece>>) {
         let split = self.a_base + self.a.len() as u64;
         if from < split {
             let stop = to.min(split);
+            let at = out.len();
             out.extend_from_slice(
                 &self.a[(from - self.a_base) as usize..(stop - self.a_base) as usize],
             );
+            if let Some(p) = pieces.as_deref_mut() {
+                push_piece(p, Piece::Out(at..out.len()));
+            }
         }
         if to > split {
-            let start = from.max(split);
-            out.extend_from_slice(&self.b[(start - split) as usize..(to - split) as usize]);
+            let (start, end) = ((from.max(split) - split) as usize, (to - split) as usize);
+            match pieces {
+                Some(p) => push_piece(p, Piece::In(start..end)),
+                None => out.extend_from_slice(&self.b[start..end]),
+            }
         }
+    }
+}
+
+/// Appends `piece`, merged into the last one when it continues it.
+fn push_piece(pieces: &mut Vec<Piece>, piece: Piece) {
+    match (pieces.last_mut(), &piece) {
+        (Some(Piece::Out(last)), Piece::Out(next)) | (Some(Piece::In(last)), Piece::In(next))
+            if last.end == next.start =>
+        {
+            last.end = next.end;
+        }
+        _ if piece.is_empty() => {}
+        _ => pieces.push(piece),
     }
 }
 
@@ -1143,6 +1165,9 @@ pub(crate) struct Emitter<'a> {
     m: &'a Matcher,
     src: Source<'a>,
     out: &'a mut Vec<u8>,
+    /// Where each stretch of the output comes from, if the caller writes
+    /// the source's new bytes itself (see [`Piece`]).
+    pieces: Option<&'a mut Vec<Piece>>,
     counts: &'a mut Counts,
     pub(crate) pos: u64,
     /// Plain bytes are written only before this position.
@@ -1162,10 +1187,18 @@ impl<'a> Emitter<'a> {
             m,
             src,
             out,
+            pieces: None,
             counts,
             pos,
             limit,
         }
+    }
+
+    /// Record the output's pieces in `pieces` instead of copying the
+    /// source's new bytes.
+    pub(crate) fn with_pieces(mut self, pieces: Option<&'a mut Vec<Piece>>) -> Self {
+        self.pieces = pieces;
+        self
     }
 }
 
@@ -1175,9 +1208,14 @@ impl Sink for Emitter<'_> {
             self.pos = self.pos.max(end);
             return;
         }
-        self.src.copy(self.pos, start, self.out);
+        self.src
+            .copy(self.pos, start, self.out, self.pieces.as_deref_mut());
         let id = self.m.pats[pat as usize].id as usize;
+        let at = self.out.len();
         self.out.extend_from_slice(&self.m.masks[id]);
+        if let Some(p) = self.pieces.as_deref_mut() {
+            push_piece(p, Piece::Out(at..self.out.len()));
+        }
         self.counts.add(&self.m.ids[id]);
         self.pos = end;
     }
@@ -1185,7 +1223,8 @@ impl Sink for Emitter<'_> {
     fn progress(&mut self, upto: u64) {
         let upto = upto.min(self.limit);
         if self.pos < upto {
-            self.src.copy(self.pos, upto, self.out);
+            self.src
+                .copy(self.pos, upto, self.out, self.pieces.as_deref_mut());
             self.pos = upto;
         }
     }

@@ -159,6 +159,23 @@ impl Default for Mask {
     }
 }
 
+/// Where a stretch of a stream's output comes from (see
+/// [`Stream::push_pieces`]): a range of the output buffer, or a range of
+/// the input pushed, to be written unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Out(std::ops::Range<usize>),
+    In(std::ops::Range<usize>),
+}
+
+impl Piece {
+    fn is_empty(&self) -> bool {
+        match self {
+            Piece::Out(r) | Piece::In(r) => r.is_empty(),
+        }
+    }
+}
+
 /// How many masks were written for each secret id. Holds no values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {

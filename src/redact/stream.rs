@@ -17,7 +17,7 @@ use std::sync::Arc;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::matcher::{Emitter, Sink, Source};
-use super::{Counts, Matcher};
+use super::{Counts, Matcher, Piece};
 
 /// Redaction state of one output stream. `M` is how the stream reaches its
 /// matcher: `&Matcher` or `Arc<Matcher>` (the default, for relay threads).
@@ -62,9 +62,27 @@ impl<M: Deref<Target = Matcher>> Stream<M> {
     /// a pattern are emitted at once; only a tail that could still be the
     /// start of a pattern is held back.
     pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len());
+        self.push_to(input, out, None);
+    }
+
+    /// As [`Stream::push`], without copying what passes unchanged: appends
+    /// to `out` only masks and bytes held from earlier pushes, and to
+    /// `pieces` where each stretch of the output comes from (ranges of
+    /// `out`, ranges of `input`), in order. Writing the pieces in order
+    /// writes what [`Stream::push`] would have appended.
+    pub fn push_pieces(&mut self, input: &[u8], out: &mut Vec<u8>, pieces: &mut Vec<Piece>) {
+        self.push_to(input, out, Some(pieces));
+    }
+
+    fn push_to(&mut self, input: &[u8], out: &mut Vec<u8>, pieces: Option<&mut Vec<Piece>>) {
         let n_old = self.tail_base + self.tail.len() as u64;
         if self.m.is_empty() {
-            out.extend_from_slice(input);
+            match pieces {
+                Some(p) if !input.is_empty() => p.push(Piece::In(0..input.len())),
+                Some(_) => {}
+                None => out.extend_from_slice(input),
+            }
             self.tail_base = n_old + input.len() as u64;
             self.pos = self.tail_base;
             return;
@@ -73,9 +91,9 @@ impl<M: Deref<Target = Matcher>> Stream<M> {
         let held = self.hold_from(input);
         let m = &*self.m;
 
-        out.reserve(input.len());
         let src = Source::new(&self.tail, self.tail_base, input);
-        let mut emitter = Emitter::new(m, src, out, &mut self.counts, self.pos, held);
+        let mut emitter =
+            Emitter::new(m, src, out, &mut self.counts, self.pos, held).with_pieces(pieces);
         if !self.tail.is_empty() && held > self.tail_base {
             // Occurrences that start in the old tail end within the next
             // `max_len - 1` input bytes.

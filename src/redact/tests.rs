@@ -71,6 +71,38 @@ fn streamed(m: &Matcher, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Counts) {
     (out, stream.counts().clone())
 }
 
+/// As [`streamed`], through [`Stream::push_pieces`]: the output put
+/// together from its pieces, each push with a fresh `out` (as the relay
+/// does) that must hold nothing but the pieces' own bytes.
+fn streamed_pieces(m: &Matcher, input: &[u8], cuts: &[usize]) -> Vec<u8> {
+    let mut stream = Stream::new(m);
+    let mut whole = Vec::new();
+    let mut at = 0;
+    let mut push = |stream: &mut Stream<&Matcher>, chunk: &[u8]| {
+        let (mut out, mut pieces) = (Vec::new(), Vec::new());
+        stream.push_pieces(chunk, &mut out, &mut pieces);
+        let mut made = 0;
+        for piece in &pieces {
+            match piece {
+                Piece::Out(r) => {
+                    made += r.len();
+                    whole.extend_from_slice(&out[r.clone()]);
+                }
+                Piece::In(r) => whole.extend_from_slice(&chunk[r.clone()]),
+            }
+        }
+        assert_eq!(made, out.len(), "out holds bytes no piece names");
+    };
+    for &cut in cuts {
+        let cut = cut.clamp(at, input.len());
+        push(&mut stream, &input[at..cut]);
+        at = cut;
+    }
+    push(&mut stream, &input[at..]);
+    stream.finish(&mut whole);
+    whole
+}
+
 /// The definition in the module doc, computed the slow way: every pattern
 /// stands for each `back[j..] + core + fwd[..i]`, compared in its flavour;
 /// at each start the longest one that occurs.
@@ -699,6 +731,7 @@ fn check_property(secrets: &[Vec<u8>], input: &[u8], cuts: &[usize]) -> Result<(
     let (s, c) = streamed(&m, input, cuts);
     prop_assert_eq!(&s, &out);
     prop_assert_eq!(&c, &counts);
+    prop_assert_eq!(&streamed_pieces(&m, input, cuts), &out);
     // No value and no encoded form survives in the bytes between masks (a
     // random secret may end with `[` and so be completed by a mask's text).
     let segments = unmasked_segments(&out, &ids);
