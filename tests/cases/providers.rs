@@ -221,3 +221,47 @@ fn a_hung_file_ref_times_out_alone() {
         assert!(!stdout(&out).contains(v.as_str()));
     }
 }
+
+/// Hung `file://` reads (FIFOs nobody writes, more of them than the
+/// resolver has threads) leave room for the refs read one by one in the
+/// same pool: a `cred://` ref after them resolves at once instead of
+/// waiting out its timeout behind them.
+#[test]
+fn hung_file_refs_do_not_hold_up_a_cred_ref() {
+    let dir = Dir::new();
+    let mut reg = String::new();
+    for i in 0..10 {
+        let status = std::process::Command::new("mkfifo")
+            .arg(dir.join(&format!("fifo{i}")))
+            .status()
+            .expect("mkfifo");
+        assert!(status.success());
+        reg += &format!("f{i}:\n  dev:\n    secret_ref: file://fifo{i}\n");
+    }
+    reg += "c:\n  dev:\n    secret_ref: cred://c\n";
+    dir.write("reg.yaml", reg);
+    dir.write("creds/c", secret(32));
+    let out = output(
+        kw(
+            &dir,
+            &[
+                "check",
+                "--registry",
+                "reg.yaml",
+                "--env",
+                "dev",
+                "--resolve-timeout",
+                "3s",
+                "--format",
+                "json",
+            ],
+        )
+        .env("CREDENTIALS_DIRECTORY", dir.join("creds")),
+    );
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rows = json["secrets"].as_array().expect("rows");
+    let cred = rows.iter().find(|r| r["id"] == "c").expect("the cred row");
+    assert_eq!(cred["status"], "ok", "{cred}");
+    assert!(rows.iter().filter(|r| r["status"] == "error").count() == 10);
+}

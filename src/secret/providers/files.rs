@@ -7,7 +7,7 @@
 //! instructions), for what a ref sees: every ref starts when the
 //! resolution does, so all share one deadline; at most [`MAX_READERS`]
 //! reads run at once, the next path going to the first free thread (as
-//! the runtime's blocking pool, of that size, gave them out); a read that
+//! a blocking pool of that size gave them out); a read that
 //! hangs (a FIFO, a dead network mount) holds its thread and times out
 //! alone, while the others read on; a read past the deadline is reported
 //! as timed out, and its value, if it comes later, is wiped. The 1 MiB cap
@@ -24,8 +24,10 @@ use super::file::read_dated;
 use super::{empty, lock, trim_newline, ResolveError};
 use crate::secret::SecretBytes;
 
-/// Reads at once: the size the resolver's blocking pool has.
-pub(crate) const MAX_READERS: usize = 8;
+/// Reads at once: half the resolver's blocking pool, so that the refs
+/// read in that pool one by one (`cred://`, `dotenv://`) never wait, their
+/// own timeouts running, behind a batch of files on a slow mount.
+pub(crate) const MAX_READERS: usize = 4;
 
 /// One read's result (the bytes and the file's mtime), and when it ended.
 type Read = (
