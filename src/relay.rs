@@ -96,31 +96,12 @@ impl Stream {
         Ok(true)
     }
 
-    /// Write every byte of `slices`, in order, as [`Stream::write`] does.
+    /// Write every byte of `slices`, in order.
     fn write_slices(&mut self, mut slices: &mut [IoSlice<'_>]) {
         while !slices.is_empty() {
             let batch = &slices[..slices.len().min(IOV_MAX)];
             match nix::sys::uio::writev(&self.dst, batch) {
                 Ok(n) => IoSlice::advance_slices(&mut slices, n),
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => {
-                    let mut fds = [PollFd::new(self.dst.as_fd(), PollFlags::POLLOUT)];
-                    let _ = poll(&mut fds, PollTimeout::NONE);
-                }
-                Err(_) => {
-                    // As in `write`: our side is gone.
-                    self.src = None;
-                    self.filter = None;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn write(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            match nix::unistd::write(&self.dst, data) {
-                Ok(n) => data = &data[n..],
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => {
                     let mut fds = [PollFd::new(self.dst.as_fd(), PollFlags::POLLOUT)];
@@ -135,6 +116,10 @@ impl Stream {
                 }
             }
         }
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        self.write_slices(&mut [IoSlice::new(data)]);
     }
 
     fn close(&mut self) {

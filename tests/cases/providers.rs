@@ -173,17 +173,37 @@ fn slow_providers_time_out_and_resolve_concurrently() {
     );
 }
 
+/// A FIFO nobody writes: opening it to read never returns.
+fn mkfifo(dir: &Dir, name: &str) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.join(name))
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+}
+
+/// `check` of `reg.yaml` in JSON, each ref bounded by `timeout`.
+fn check_json(timeout: &str) -> [&str; 9] {
+    [
+        "check",
+        "--registry",
+        "reg.yaml",
+        "--env",
+        "dev",
+        "--resolve-timeout",
+        timeout,
+        "--format",
+        "json",
+    ]
+}
+
 /// `file://` refs are read as one batch, with one timeout each: a file
 /// whose open never returns (a FIFO nobody writes) times out alone, and the
 /// refs after it, more than there are readers, resolve.
 #[test]
 fn a_hung_file_ref_times_out_alone() {
     let dir = Dir::new();
-    let status = std::process::Command::new("mkfifo")
-        .arg(dir.join("fifo"))
-        .status()
-        .expect("mkfifo");
-    assert!(status.success());
+    mkfifo(&dir, "fifo");
     let mut reg = String::from("hung:\n  dev:\n    secret_ref: file://fifo\n");
     let values: Vec<String> = (0..20).map(|_| secret(32)).collect();
     for (i, v) in values.iter().enumerate() {
@@ -192,20 +212,7 @@ fn a_hung_file_ref_times_out_alone() {
     }
     dir.write("reg.yaml", reg);
     let started = Instant::now();
-    let out = output(&mut kw(
-        &dir,
-        &[
-            "check",
-            "--registry",
-            "reg.yaml",
-            "--env",
-            "dev",
-            "--resolve-timeout",
-            "2s",
-            "--format",
-            "json",
-        ],
-    ));
+    let out = output(&mut kw(&dir, &check_json("2s")));
     assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(30));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -231,33 +238,13 @@ fn hung_file_refs_do_not_hold_up_a_cred_ref() {
     let dir = Dir::new();
     let mut reg = String::new();
     for i in 0..10 {
-        let status = std::process::Command::new("mkfifo")
-            .arg(dir.join(&format!("fifo{i}")))
-            .status()
-            .expect("mkfifo");
-        assert!(status.success());
+        mkfifo(&dir, &format!("fifo{i}"));
         reg += &format!("f{i}:\n  dev:\n    secret_ref: file://fifo{i}\n");
     }
     reg += "c:\n  dev:\n    secret_ref: cred://c\n";
     dir.write("reg.yaml", reg);
     dir.write("creds/c", secret(32));
-    let out = output(
-        kw(
-            &dir,
-            &[
-                "check",
-                "--registry",
-                "reg.yaml",
-                "--env",
-                "dev",
-                "--resolve-timeout",
-                "3s",
-                "--format",
-                "json",
-            ],
-        )
-        .env("CREDENTIALS_DIRECTORY", dir.join("creds")),
-    );
+    let out = output(kw(&dir, &check_json("3s")).env("CREDENTIALS_DIRECTORY", dir.join("creds")));
     assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let rows = json["secrets"].as_array().expect("rows");
