@@ -40,6 +40,7 @@ use zeroize::Zeroizing;
 
 use super::encode::{self, fold, Flavor, Form};
 use super::{Counts, Mask, Piece, Secret, MIN_SECRET_LEN};
+use crate::sys::prefetch;
 
 /// Patterns shorter than this go to their own tier.
 pub(crate) const SHORT_TIER_BELOW: usize = 16;
@@ -59,6 +60,9 @@ const BLOOM_BITS_PER_ENTRY: usize = 8;
 const FLUSH_BLOCK: usize = if cfg!(test) { 64 } else { 16 * 1024 };
 /// Offsets are packed in the low bits of an index entry.
 const OFFSET_BITS: u32 = 5;
+/// Patterns from which the index and the start list are built on two
+/// threads (about 700 secrets); below, a thread costs more than it saves.
+const PARALLEL_BUILD_FROM: usize = 4096;
 
 /// One pattern: a slice of the arena (`back` bytes, the core, `fwd` bytes;
 /// see [`Form`]), how it compares, and the secret id it masks.
@@ -146,6 +150,24 @@ enum Probe {
     Large(Bloom),
 }
 
+impl Probe {
+    /// Adds a key (`h` is its [`hash`]).
+    fn insert(&mut self, key: u64, h: u64) {
+        match self {
+            Probe::Small { table, shift } => set_bit(table, small_probe_index(key, *shift)),
+            Probe::Large(bloom) => bloom.insert(h),
+        }
+    }
+
+    /// Prefetches the word [`Probe::insert`] of that key writes.
+    fn prefetch(&self, key: u64, h: u64) {
+        match self {
+            Probe::Small { table, shift } => prefetch(table, small_probe_index(key, *shift) / 64),
+            Probe::Large(bloom) => prefetch(&bloom.words, (h >> bloom.shift) as usize),
+        }
+    }
+}
+
 /// A single-bit table gets 64 bits per key (1/64 of the windows pass by
 /// chance), at least 32 (1/32) when that keeps it within the largest size.
 const SMALL_PROBE_BITS_PER_KEY: usize = 64;
@@ -197,6 +219,79 @@ pub struct Matcher {
     prefixes: Bloom,
 }
 
+/// The hold rule's tables (see [`Matcher`]'s fields of the same names).
+struct Starts {
+    starts: Vec<(u32, u32)>,
+    first1: Zeroizing<Vec<u64>>,
+    first2: Zeroizing<Vec<u64>>,
+    prefixes: Bloom,
+}
+
+impl Starts {
+    /// Every place an occurrence of `pats` can start, sorted, and the sets
+    /// of their first bytes.
+    fn build(pats: &[Pat], arena: &[u8], max_len: usize) -> Starts {
+        let full = |p: &Pat| &arena[p.start as usize..(p.start + p.len) as usize];
+        // A pattern sharing bytes and flavour with the one before it repeats
+        // that one's first starts.
+        let repeats = |i: usize| -> usize {
+            match i.checked_sub(1).map(|k| (&pats[k], &pats[i])) {
+                Some((a, b)) if a.start == b.start && a.len == b.len && a.flavor == b.flavor => {
+                    a.back as usize + 1
+                }
+                _ => 0,
+            }
+        };
+        let n_starts: usize = (0..pats.len())
+            .map(|i| (pats[i].back as usize + 1).saturating_sub(repeats(i)))
+            .sum();
+        let mut keyed: Vec<(u64, (u32, u32))> = Vec::with_capacity(n_starts);
+        let mut first1 = Zeroizing::new(vec![0u64; 256 / 64]);
+        let mut first2 = Zeroizing::new(vec![0u64; 65536 / 64]);
+        let mut prefixes = Bloom::new(2 * n_starts, 16);
+        // Each pattern folded once, with 8 zero bytes after it for keys.
+        let mut folded: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(max_len + 8));
+        for (i, p) in pats.iter().enumerate() {
+            let bytes = full(p);
+            folded.clear();
+            folded.extend(bytes.iter().map(|&b| fold(b)));
+            folded.extend_from_slice(&[0; 8]);
+            for j in repeats(i)..=p.back as usize {
+                let word = |at: usize| {
+                    let w: [u8; 8] = folded[at..at + 8].try_into().expect("8 bytes");
+                    w
+                };
+                let key = word(j);
+                keyed.push((u64::from_be_bytes(key), (index_u32(i), index_u32(j))));
+                set_bit(&mut first1, usize::from(key[0]));
+                set_bit(&mut first2, usize::from(key[0]) << 8 | usize::from(key[1]));
+                let rest = bytes.len() - j;
+                if rest > 4 {
+                    let mut four = key;
+                    four[4..].fill(0);
+                    prefixes.insert(folded_prefix_hash(u64::from_le_bytes(four), 4));
+                }
+                if rest > 8 {
+                    prefixes.insert(folded_prefix_hash(u64::from_le_bytes(key), 8));
+                }
+            }
+        }
+        keyed.sort_unstable();
+        let rest = |&(_, (p, j)): &(u64, (u32, u32))| &full(&pats[p as usize])[j as usize..];
+        for_each_run(&mut keyed, |run| {
+            run.sort_unstable_by(|a, b| folded_cmp(rest(a), rest(b)))
+        });
+        let starts = keyed.iter().map(|&(_, start)| start).collect();
+        drop(keyed);
+        Starts {
+            starts,
+            first1,
+            first2,
+            prefixes,
+        }
+    }
+}
+
 impl fmt::Debug for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tier")
@@ -235,6 +330,11 @@ impl Matcher {
     /// long (see [`Matcher::too_short`] for the others). When two secrets
     /// yield the same pattern, the first in `secrets` names the mask.
     pub fn new(secrets: &[Secret<'_>], mask: &Mask) -> Matcher {
+        Matcher::build(secrets, mask, PARALLEL_BUILD_FROM)
+    }
+
+    /// [`Matcher::new`], on two threads from `parallel_from` patterns.
+    pub(super) fn build(secrets: &[Secret<'_>], mask: &Mask, parallel_from: usize) -> Matcher {
         let mut ids: Vec<Box<str>> = Vec::new();
         let mut id_index: HashMap<&str, u32> = HashMap::new();
         // (form, id index); order of generation breaks ties.
@@ -310,66 +410,43 @@ impl Matcher {
         let min_len = pats.iter().map(Pat::core_len).min().unwrap_or(0);
         let max_len = pats.iter().map(|p| p.len as usize).max().unwrap_or(0);
 
-        let (short, long): (Vec<u32>, Vec<u32>) = (0..index_u32(pats.len()))
-            .partition(|&i| pats[i as usize].core_len() < SHORT_TIER_BELOW);
-        let tiers = [short, long]
-            .into_iter()
-            .filter(|members| !members.is_empty())
-            .map(|members| Tier::build(members, &pats, &arena))
-            .collect();
-
-        let full = |p: &Pat| &arena[p.start as usize..(p.start + p.len) as usize];
-        // A pattern sharing bytes and flavour with the one before it repeats
-        // that one's first starts.
-        let repeats = |i: usize| -> usize {
-            match i.checked_sub(1).map(|k| (&pats[k], &pats[i])) {
-                Some((a, b)) if a.start == b.start && a.len == b.len && a.flavor == b.flavor => {
-                    a.back as usize + 1
-                }
-                _ => 0,
-            }
+        // The tiers' index and the hold rule's start list need only the
+        // patterns: with many of them, the two are built side by side.
+        let build_tiers = || -> Vec<Tier> {
+            let (short, long): (Vec<u32>, Vec<u32>) = (0..index_u32(pats.len()))
+                .partition(|&i| pats[i as usize].core_len() < SHORT_TIER_BELOW);
+            [short, long]
+                .into_iter()
+                .filter(|members| !members.is_empty())
+                .map(|members| Tier::build(members, &pats, &arena))
+                .collect()
         };
-        let n_starts: usize = (0..pats.len())
-            .map(|i| (pats[i].back as usize + 1).saturating_sub(repeats(i)))
-            .sum();
-        let mut keyed: Vec<(u64, (u32, u32))> = Vec::with_capacity(n_starts);
-        let mut first1 = Zeroizing::new(vec![0u64; 256 / 64]);
-        let mut first2 = Zeroizing::new(vec![0u64; 65536 / 64]);
-        let mut prefixes = Bloom::new(2 * n_starts, 16);
-        // Each pattern folded once, with 8 zero bytes after it for keys.
-        let mut folded: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(max_len + 8));
-        for (i, p) in pats.iter().enumerate() {
-            let bytes = full(p);
-            folded.clear();
-            folded.extend(bytes.iter().map(|&b| fold(b)));
-            folded.extend_from_slice(&[0; 8]);
-            for j in repeats(i)..=p.back as usize {
-                let word = |at: usize| {
-                    let w: [u8; 8] = folded[at..at + 8].try_into().expect("8 bytes");
-                    w
-                };
-                let key = word(j);
-                keyed.push((u64::from_be_bytes(key), (index_u32(i), index_u32(j))));
-                set_bit(&mut first1, usize::from(key[0]));
-                set_bit(&mut first2, usize::from(key[0]) << 8 | usize::from(key[1]));
-                let rest = bytes.len() - j;
-                if rest > 4 {
-                    let mut four = key;
-                    four[4..].fill(0);
-                    prefixes.insert(folded_prefix_hash(u64::from_le_bytes(four), 4));
+        let (tiers, starts) = if pats.len() >= parallel_from {
+            std::thread::scope(|scope| {
+                match std::thread::Builder::new()
+                    .name("keywarden-index".into())
+                    .spawn_scoped(scope, build_tiers)
+                {
+                    Ok(tiers) => {
+                        let starts = Starts::build(&pats, &arena, max_len);
+                        match tiers.join() {
+                            Ok(tiers) => (tiers, starts),
+                            Err(panic) => std::panic::resume_unwind(panic),
+                        }
+                    }
+                    // No thread to be had: one after the other.
+                    Err(_) => (build_tiers(), Starts::build(&pats, &arena, max_len)),
                 }
-                if rest > 8 {
-                    prefixes.insert(folded_prefix_hash(u64::from_le_bytes(key), 8));
-                }
-            }
-        }
-        keyed.sort_unstable();
-        let rest = |&(_, (p, j)): &(u64, (u32, u32))| &full(&pats[p as usize])[j as usize..];
-        for_each_run(&mut keyed, |run| {
-            run.sort_unstable_by(|a, b| folded_cmp(rest(a), rest(b)))
-        });
-        let starts = keyed.iter().map(|&(_, start)| start).collect();
-        drop(keyed);
+            })
+        } else {
+            (build_tiers(), Starts::build(&pats, &arena, max_len))
+        };
+        let Starts {
+            starts,
+            first1,
+            first2,
+            prefixes,
+        } = starts;
 
         Matcher {
             arena,
@@ -874,46 +951,50 @@ impl Tier {
         };
         let buckets = (n_keys / KEYS_PER_BUCKET).next_power_of_two().max(2);
         let bucket_shift = 64 - buckets.trailing_zeros();
+        // The tables are written at random places: past the caches' size
+        // (tens of thousands of secrets) each write would wait for memory
+        // on its own. Keys come in batches, and the places a batch writes
+        // are prefetched before any of them is written.
+        let each_key = |f: &mut dyn FnMut(u32, u64)| {
+            for_each_key(&groups, &varies, &members, pats, arena, step, q, f)
+        };
         let mut heads = vec![0u32; buckets + 1];
-        for_each_key(
-            &groups,
-            &varies,
-            &members,
-            pats,
-            arena,
-            step,
-            q,
-            |_, key| {
-                let h = hash(key);
-                match &mut probe {
-                    Probe::Small { table, shift } => set_bit(table, small_probe_index(key, *shift)),
-                    Probe::Large(bloom) => bloom.insert(h),
-                }
+        let mut hashes: Zeroizing<[u64; KEY_BATCH]> = Zeroizing::new([0; KEY_BATCH]);
+        in_batches(each_key, |_, keys| {
+            for (h, &key) in hashes.iter_mut().zip(keys) {
+                *h = hash(key);
+                probe.prefetch(key, *h);
+                prefetch(&heads, (*h >> bucket_shift) as usize + 1);
+            }
+            for (&h, &key) in hashes.iter().zip(keys) {
+                probe.insert(key, h);
                 heads[(h >> bucket_shift) as usize + 1] += 1;
-            },
-        );
+            }
+        });
         for b in 0..buckets {
             heads[b + 1] += heads[b];
         }
         let mut fill: Vec<u32> = heads[..buckets].to_vec();
         let mut fingerprints = Zeroizing::new(vec![0u16; n_keys]);
         let mut refs = vec![0u32; n_keys];
-        for_each_key(
-            &groups,
-            &varies,
-            &members,
-            pats,
-            arena,
-            step,
-            q,
-            |r, key| {
-                let h = hash(key);
-                let slot = &mut fill[(h >> bucket_shift) as usize];
-                fingerprints[*slot as usize] = fingerprint(h);
-                refs[*slot as usize] = r;
-                *slot += 1;
-            },
-        );
+        let mut slots = [0u32; KEY_BATCH];
+        in_batches(each_key, |batch_refs, keys| {
+            for (h, &key) in hashes.iter_mut().zip(keys) {
+                *h = hash(key);
+                prefetch(&fill, (*h >> bucket_shift) as usize);
+            }
+            for (slot, &h) in slots.iter_mut().zip(&hashes[..keys.len()]) {
+                let next = &mut fill[(h >> bucket_shift) as usize];
+                *slot = *next;
+                *next += 1;
+                prefetch(&fingerprints, *slot as usize);
+                prefetch(&refs, *slot as usize);
+            }
+            for ((&slot, &h), &r) in slots.iter().zip(hashes.iter()).zip(batch_refs) {
+                fingerprints[slot as usize] = fingerprint(h);
+                refs[slot as usize] = r;
+            }
+        });
         Tier {
             members,
             groups,
@@ -997,6 +1078,31 @@ fn variation(group: &[u32], pats: &[Pat], arena: &[u8], sample: usize) -> u32 {
         }
     }
     varies
+}
+
+/// Keys [`in_batches`] hands over at once.
+const KEY_BATCH: usize = 32;
+
+/// Runs `each_key` and hands the `(ref, key)` pairs it yields to `f` in
+/// order, up to [`KEY_BATCH`] at a time (refs and keys as two slices of
+/// the same length). The keys are derived from secrets: the buffer is
+/// wiped at the end.
+fn in_batches(each_key: impl FnOnce(&mut dyn FnMut(u32, u64)), mut f: impl FnMut(&[u32], &[u64])) {
+    let mut refs = [0u32; KEY_BATCH];
+    let mut keys: Zeroizing<[u64; KEY_BATCH]> = Zeroizing::new([0; KEY_BATCH]);
+    let mut n = 0;
+    each_key(&mut |r, key| {
+        refs[n] = r;
+        keys[n] = key;
+        n += 1;
+        if n == KEY_BATCH {
+            f(&refs, &keys[..]);
+            n = 0;
+        }
+    });
+    if n > 0 {
+        f(&refs[..n], &keys[..n]);
+    }
 }
 
 /// Calls `f(group << OFFSET_BITS | o, key)` for every key of every group of

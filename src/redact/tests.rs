@@ -876,6 +876,52 @@ fn long_inputs_with_dense_secrets() {
     }
 }
 
+/// From a few thousand patterns the index and the start list are built on
+/// two threads: the result must mask exactly as one built on one thread.
+#[test]
+fn a_matcher_built_on_two_threads_masks_as_one_built_on_one() {
+    let mut rng = Rng(31);
+    let secrets: Vec<Vec<u8>> = (0..1500)
+        .map(|i| {
+            let len = 8 + rng.below(50);
+            match i % 3 {
+                0 => rng.alnum(len),
+                1 => rng.bytes(len),
+                _ => rng.alnum(40),
+            }
+        })
+        .collect();
+    let ids: Vec<String> = (0..secrets.len()).map(|i| format!("k{i}")).collect();
+    let list: Vec<Secret<'_>> = ids
+        .iter()
+        .zip(&secrets)
+        .map(|(id, value)| Secret { id, value })
+        .collect();
+    let one = Matcher::build(&list, &Mask::default(), usize::MAX);
+    let two = Matcher::build(&list, &Mask::default(), 0);
+    assert_eq!(one.pattern_count(), two.pattern_count());
+    assert_eq!(one.heap_size(), two.heap_size());
+    let mut input = Vec::new();
+    let mut want = Vec::new();
+    for k in (0..secrets.len()).step_by(7) {
+        for (_, form) in printed_forms(&secrets[k]) {
+            input.extend_from_slice(b" x=");
+            input.extend_from_slice(&form);
+            want.extend_from_slice(b" x=");
+            want.extend_from_slice(&masked(&ids[k]));
+        }
+    }
+    assert!(one_shot(&two, &input).0 == want);
+    assert!(one_shot(&one, &input).0 == want);
+    let spans = |m: &Matcher| -> Vec<(usize, usize, String)> {
+        m.find_spans(&input)
+            .iter()
+            .map(|s| (s.start, s.end, s.id.to_string()))
+            .collect()
+    };
+    assert_eq!(spans(&one), spans(&two));
+}
+
 /// A short secret (its own tier) inside a long one, at every distance from
 /// the scanner's block edges: the tiers find the two out of order, and the
 /// long one must still name the span.

@@ -5,6 +5,7 @@
 //! This is the only module with `unsafe`; each block carries a `// SAFETY:`
 //! line. Everything above it works with safe wrappers from here.
 
+mod cache;
 mod child;
 mod harden;
 mod heap;
@@ -15,6 +16,7 @@ mod signals;
 mod start;
 mod user;
 
+pub use cache::prefetch;
 pub use child::{arg_max, Credentials, ExecPlan, StartError, Step};
 pub use harden::{harden_process, is_child_subreaper, set_child_subreaper};
 pub use heap::release_free_memory;
