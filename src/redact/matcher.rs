@@ -219,6 +219,109 @@ pub struct Matcher {
     prefixes: Bloom,
 }
 
+/// A matcher being gathered: the forms of the secrets added so far, their
+/// bytes one after another in one buffer (which becomes the matcher's
+/// arena). Secrets can be added in parts, so that the forms of the first
+/// part are made while the rest is still being gathered.
+#[derive(Default)]
+pub struct Builder {
+    /// Id of each secret added, in order (repeats included).
+    ids: Vec<Box<str>>,
+    /// Form bytes; derived secrets.
+    bytes: Zeroizing<Vec<u8>>,
+    forms: Vec<FormAt>,
+    scratch: Vec<Form>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("secrets", &self.ids.len())
+            .field("forms", &self.forms.len())
+            .finish()
+    }
+}
+
+/// One form in [`Builder::bytes`]: where, its shape (see [`Form`]), and
+/// which secret (in the order added) it comes from.
+struct FormAt {
+    start: u32,
+    len: u32,
+    back: u32,
+    fwd: u32,
+    flavor: Flavor,
+    secret: u32,
+}
+
+impl Builder {
+    /// Make the forms of `secrets` (those at least [`MIN_SECRET_LEN`]
+    /// bytes long), after those of the secrets added before.
+    pub fn add(&mut self, secrets: &[Secret<'_>]) {
+        for secret in secrets {
+            if secret.value.len() < MIN_SECRET_LEN {
+                continue;
+            }
+            let index = index_u32(self.ids.len());
+            self.ids.push(secret.id.into());
+            encode::forms(secret.value, &mut self.scratch);
+            for form in self.scratch.drain(..) {
+                // A value's prefixes and suffixes have the same bytes.
+                let start = match self.forms.last() {
+                    Some(last)
+                        if last.secret == index
+                            && self.bytes
+                                [last.start as usize..(last.start + last.len) as usize]
+                                == form.bytes[..] =>
+                    {
+                        last.start
+                    }
+                    _ => {
+                        extend_wiped(&mut self.bytes, &form.bytes);
+                        index_u32(self.bytes.len() - form.bytes.len())
+                    }
+                };
+                self.forms.push(FormAt {
+                    start,
+                    len: index_u32(form.bytes.len()),
+                    back: index_u32(form.back),
+                    fwd: index_u32(form.fwd),
+                    flavor: form.flavor,
+                    secret: index,
+                });
+            }
+        }
+    }
+
+    /// The matcher of every secret added. When two secrets yield the same
+    /// pattern, the first added names the mask.
+    pub fn finish(self, mask: &Mask) -> Matcher {
+        self.finish_with(mask, PARALLEL_BUILD_FROM)
+    }
+
+    fn finish_with(mut self, mask: &Mask, parallel_from: usize) -> Matcher {
+        // Doubling left up to half the buffer unused: copy it to its size
+        // (the old buffer is wiped as it goes).
+        if self.bytes.capacity() - self.bytes.len() > self.bytes.len() / 8 {
+            let mut exact = Zeroizing::new(Vec::with_capacity(self.bytes.len()));
+            exact.extend_from_slice(&self.bytes);
+            self.bytes = exact;
+        }
+        Matcher::from_forms(self, mask, parallel_from)
+    }
+}
+
+/// Appends `bytes` to `buf`, growing it by moving to a new buffer of twice
+/// the size: a `Vec`'s own growth would free the old bytes unwiped.
+fn extend_wiped(buf: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
+    if buf.capacity() - buf.len() < bytes.len() {
+        let size = (buf.len() + bytes.len()).max(2 * buf.capacity()).max(4096);
+        let mut bigger = Zeroizing::new(Vec::with_capacity(size));
+        bigger.extend_from_slice(buf);
+        *buf = bigger;
+    }
+    buf.extend_from_slice(bytes);
+}
+
 /// The hold rule's tables (see [`Matcher`]'s fields of the same names).
 struct Starts {
     starts: Vec<(u32, u32)>,
@@ -330,41 +433,63 @@ impl Matcher {
     /// long (see [`Matcher::too_short`] for the others). When two secrets
     /// yield the same pattern, the first in `secrets` names the mask.
     pub fn new(secrets: &[Secret<'_>], mask: &Mask) -> Matcher {
-        Matcher::build(secrets, mask, PARALLEL_BUILD_FROM)
+        let mut builder = Builder::default();
+        builder.add(secrets);
+        builder.finish(mask)
     }
 
     /// [`Matcher::new`], on two threads from `parallel_from` patterns.
+    #[cfg(test)]
     pub(super) fn build(secrets: &[Secret<'_>], mask: &Mask, parallel_from: usize) -> Matcher {
-        let mut ids: Vec<Box<str>> = Vec::new();
-        let mut id_index: HashMap<&str, u32> = HashMap::new();
-        // (form, id index); order of generation breaks ties.
-        let mut forms: Vec<(Form, u32)> = Vec::new();
-        let mut scratch: Vec<Form> = Vec::new();
-        for secret in secrets {
-            if secret.value.len() < MIN_SECRET_LEN {
-                continue;
-            }
-            let id = *id_index.entry(secret.id).or_insert_with(|| {
-                ids.push(secret.id.into());
-                index_u32(ids.len() - 1)
-            });
-            encode::forms(secret.value, &mut scratch);
-            forms.extend(scratch.drain(..).map(|f| (f, id)));
-        }
+        let mut builder = Builder::default();
+        builder.add(secrets);
+        builder.finish_with(mask, parallel_from)
+    }
+
+    fn from_forms(built: Builder, mask: &Mask, parallel_from: usize) -> Matcher {
+        let Builder {
+            ids: all_ids,
+            bytes: arena,
+            forms,
+            ..
+        } = built;
+        // A secret id that repeats names one mask: each form's secret
+        // becomes the index of its id's first appearance.
+        let mut first: HashMap<&str, u32> = HashMap::with_capacity(all_ids.len());
+        let mut kept = vec![false; all_ids.len()];
+        let remap: Vec<u32> = all_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let next = index_u32(first.len());
+                let at = *first.entry(id).or_insert(next);
+                kept[i] = at == next;
+                at
+            })
+            .collect();
+        drop(first);
+        let ids: Vec<Box<str>> = all_ids
+            .into_iter()
+            .zip(&kept)
+            .filter_map(|(id, &keep)| keep.then_some(id))
+            .collect();
+        drop(kept);
+
         // Sort by bytes, then shape (the first secret wins a tie), and drop
         // repeats. The first 8 bytes as a number decide most comparisons:
         // sort (key, index) pairs, then order each run of equal keys.
-        let shape = |f: &Form| (f.back, f.fwd, f.flavor);
+        let bytes_of = |f: &FormAt| &arena[f.start as usize..(f.start + f.len) as usize];
+        let shape = |f: &FormAt| (f.back, f.fwd, f.flavor);
         let full_cmp = |a: u32, b: u32| {
-            let (fa, fb) = (&forms[a as usize].0, &forms[b as usize].0);
-            fa.bytes[..]
-                .cmp(&fb.bytes[..])
+            let (fa, fb) = (&forms[a as usize], &forms[b as usize]);
+            bytes_of(fa)
+                .cmp(bytes_of(fb))
                 .then_with(|| shape(fa).cmp(&shape(fb)))
         };
         let mut keyed: Vec<(u64, u32)> = forms
             .iter()
             .enumerate()
-            .map(|(i, (f, _))| (key8(&f.bytes, |b| b), index_u32(i)))
+            .map(|(i, f)| (key8(bytes_of(f), |b| b), index_u32(i)))
             .collect();
         keyed.sort_unstable();
         // Within a run the indices ascend, so a stable sort keeps the first
@@ -372,31 +497,28 @@ impl Matcher {
         for_each_run(&mut keyed, |run| run.sort_by(|a, b| full_cmp(a.1, b.1)));
         keyed.dedup_by(|b, a| full_cmp(a.1, b.1).is_eq());
 
-        // A form with the same bytes as the one before it (a value's
-        // prefixes and suffixes) shares its arena bytes.
-        let total: usize = keyed
-            .iter()
-            .map(|&(_, i)| forms[i as usize].0.bytes.len())
-            .sum();
-        let mut arena = Zeroizing::new(Vec::with_capacity(total));
+        // Patterns point into the forms' own buffer; one with the same
+        // bytes as the one before it shares that one's bytes (the start
+        // list counts on it).
         let mut pats: Vec<Pat> = Vec::with_capacity(keyed.len());
-        let mut previous: Option<&[u8]> = None;
         for &(_, i) in &keyed {
-            let (form, id) = &forms[i as usize];
-            let start = match (previous, pats.last()) {
-                (Some(prev), Some(last)) if prev == &form.bytes[..] => last.start,
-                _ => {
-                    arena.extend_from_slice(&form.bytes);
-                    index_u32(arena.len() - form.bytes.len())
+            let form = &forms[i as usize];
+            let start = match pats.last() {
+                Some(last)
+                    if last.len == form.len
+                        && arena[last.start as usize..(last.start + last.len) as usize]
+                            == *bytes_of(form) =>
+                {
+                    last.start
                 }
+                _ => form.start,
             };
-            previous = Some(&form.bytes[..]);
             pats.push(Pat {
                 start,
-                len: index_u32(form.bytes.len()),
-                back: index_u32(form.back),
-                fwd: index_u32(form.fwd),
-                id: *id,
+                len: form.len,
+                back: form.back,
+                fwd: form.fwd,
+                id: remap[form.secret as usize],
                 flavor: form.flavor,
             });
         }
