@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::LaunchPlan;
 use crate::envfilter::DenyList;
-use crate::redact::{Counts, Mask, Matcher, Piece, Secret, Stream};
+use crate::redact::{Builder, Counts, Mask, Matcher, Piece, Secret, Stream};
 use crate::relay::Filter;
 use crate::secret::SecretBytes;
 
@@ -26,14 +26,20 @@ pub fn matcher_for(
     Matcher::new(&secrets_for(plan, values, process_env, extra), mask)
 }
 
-/// What [`matcher_for`] masks, copied out to build the matcher elsewhere.
-pub fn owned_secrets_for(
+/// What [`matcher_for`] masks, copied out to build the matcher elsewhere,
+/// in two parts: the plan's values, then `extra` and the denied variables
+/// of `process_env` (see [`MatcherCell::build_in_parts`]).
+pub fn owned_plan_secrets(plan: &LaunchPlan, values: &[SecretBytes]) -> OwnedSecrets {
+    OwnedSecrets::new(&secrets_for(plan, values, &[], &[]))
+}
+
+/// The second part of [`owned_plan_secrets`].
+pub fn owned_other_secrets(
     plan: &LaunchPlan,
-    values: &[SecretBytes],
     process_env: &[(OsString, OsString)],
     extra: &[(&str, &[u8])],
 ) -> OwnedSecrets {
-    OwnedSecrets::new(&secrets_for(plan, values, process_env, extra))
+    OwnedSecrets::new(&secrets_for(plan, &[], process_env, extra))
 }
 
 fn secrets_for<'a>(
@@ -158,43 +164,68 @@ impl MatcherCell {
     /// writes nothing and exits never waits for it. If the thread cannot
     /// start, the matcher is built here.
     pub fn build_in_background(secrets: OwnedSecrets, mask: Mask) -> Arc<MatcherCell> {
+        let (cell, rest) = MatcherCell::build_in_parts(secrets, mask);
+        rest.send(OwnedSecrets::default());
+        cell
+    }
+
+    /// As [`MatcherCell::build_in_background`], for secrets that come in
+    /// two parts: the forms of `first` are made while the caller gathers
+    /// the rest, which it hands over with [`Rest::send`]; the rest come
+    /// after `first` in the order that names masks. If the [`Rest`] is
+    /// dropped unsent (the caller failed), no matcher is ever installed.
+    pub fn build_in_parts(first: OwnedSecrets, mask: Mask) -> (Arc<MatcherCell>, Rest) {
         let cell = Arc::new(MatcherCell {
             generation: std::sync::atomic::AtomicU64::new(0),
             current: Mutex::new(None),
             ready: std::sync::Condvar::new(),
         });
+        let (rest_tx, rest_rx) = std::sync::mpsc::sync_channel::<OwnedSecrets>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(OwnedSecrets, Mask)>(1);
         let target = cell.clone();
-        let build = move || {
-            // Waiters would wait for ever, and nothing may be relayed
-            // unmasked: a build that fails ends keywarden, as it did when
-            // the matcher was built on the main thread.
-            let built =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| secrets.matcher(&mask)));
-            match built {
-                Ok(matcher) => target.install_first(matcher),
-                Err(_) => std::process::abort(),
-            }
-        };
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(1);
         let spawned = std::thread::Builder::new()
             .name("matcher".into())
             .spawn(move || {
-                if let Ok(build) = rx.recv() {
-                    build();
+                if let Ok((first, mask)) = rx.recv() {
+                    target.build_first(first, || rest_rx.recv().ok(), &mask);
                 }
             });
-        let build: Box<dyn FnOnce() + Send> = Box::new(build);
-        match spawned {
+        let rest = match spawned {
             // Handed over once the thread exists, so a failed start keeps
             // the work here.
-            Ok(_) => {
-                if let Err(back) = tx.send(build) {
-                    (back.0)();
-                }
-            }
-            Err(_) => build(),
+            Ok(_) => match tx.send((first, mask)) {
+                Ok(()) => Rest::Thread(rest_tx),
+                Err(back) => Rest::Here(cell.clone(), back.0),
+            },
+            Err(_) => Rest::Here(cell.clone(), (first, mask)),
+        };
+        (cell, rest)
+    }
+
+    /// Builds the first matcher from `first` and what `rest` gives, and
+    /// installs it (nothing when `rest` gives nothing).
+    fn build_first(
+        &self,
+        first: OwnedSecrets,
+        rest: impl FnOnce() -> Option<OwnedSecrets>,
+        mask: &Mask,
+    ) {
+        // Waiters would wait for ever, and nothing may be relayed
+        // unmasked: a build that fails ends keywarden, as it did when the
+        // matcher was built on the main thread.
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut builder = Builder::default();
+            first.add_to(&mut builder);
+            drop(first);
+            let rest = rest()?;
+            rest.add_to(&mut builder);
+            Some(builder.finish(mask))
+        }));
+        match built {
+            Ok(Some(matcher)) => self.install_first(matcher),
+            Ok(None) => {}
+            Err(_) => std::process::abort(),
         }
-        cell
     }
 
     /// Install the first matcher, unless a reload already installed a newer
@@ -236,8 +267,31 @@ impl MatcherCell {
     }
 }
 
+/// The second part of the secrets of a matcher being built (see
+/// [`MatcherCell::build_in_parts`]).
+#[derive(Debug)]
+pub enum Rest {
+    /// The building thread waits for them.
+    Thread(std::sync::mpsc::SyncSender<OwnedSecrets>),
+    /// No thread could start: the matcher is built on [`Rest::send`].
+    Here(Arc<MatcherCell>, (OwnedSecrets, Mask)),
+}
+
+impl Rest {
+    /// Hand over the rest of the secrets.
+    pub fn send(self, rest: OwnedSecrets) {
+        match self {
+            Rest::Thread(tx) => {
+                let _ = tx.send(rest);
+            }
+            Rest::Here(cell, (first, mask)) => cell.build_first(first, || Some(rest), &mask),
+        }
+    }
+}
+
 /// Secrets copied out for a matcher built on another thread: ids and
 /// values, the values wiped on drop.
+#[derive(Default)]
 pub struct OwnedSecrets {
     ids: Vec<Box<str>>,
     values: Vec<zeroize::Zeroizing<Vec<u8>>>,
@@ -262,14 +316,14 @@ impl OwnedSecrets {
         }
     }
 
-    fn matcher(&self, mask: &Mask) -> Matcher {
+    fn add_to(&self, builder: &mut Builder) {
         let secrets: Vec<Secret<'_>> = self
             .ids
             .iter()
             .zip(&self.values)
             .map(|(id, value)| Secret { id, value })
             .collect();
-        Matcher::new(&secrets, mask)
+        builder.add(&secrets);
     }
 }
 
@@ -415,6 +469,12 @@ mod tests {
         OwnedSecrets::new(&[Secret { id: "k", value }])
     }
 
+    fn matcher_of(secrets: OwnedSecrets) -> Matcher {
+        let mut builder = Builder::default();
+        secrets.add_to(&mut builder);
+        builder.finish(&Mask::default())
+    }
+
     fn masked(cell: &MatcherCell, text: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         cell.current()
@@ -445,13 +505,61 @@ mod tests {
             let text = format!("{old} {new}");
             std::thread::spawn(move || masked(&cell, text.as_bytes()))
         };
-        cell.replace(secrets(new.as_bytes()).matcher(&Mask::default()));
-        cell.install_first(secrets(old.as_bytes()).matcher(&Mask::default()));
+        cell.replace(matcher_of(secrets(new.as_bytes())));
+        cell.install_first(matcher_of(secrets(old.as_bytes())));
         let want = format!("{old} [REDACTED:k]");
         assert_eq!(waiter.join().expect("waiter"), want.as_bytes());
         assert_eq!(
             masked(&cell, format!("{old} {new}").as_bytes()),
             want.as_bytes()
         );
+    }
+
+    /// `run` starts the build on the plan's values and hands over the
+    /// services' masked variables and the denied environment after: both
+    /// parts are masked, and the first part names a value both hold.
+    #[test]
+    fn a_cell_built_in_parts_masks_both_parts() {
+        let (shared, first_only, rest_only) = (value(), value(), value());
+        let first = OwnedSecrets::new(&[
+            Secret {
+                id: "plan",
+                value: shared.as_bytes(),
+            },
+            Secret {
+                id: "first",
+                value: first_only.as_bytes(),
+            },
+        ]);
+        let (cell, rest) = MatcherCell::build_in_parts(first, Mask::default());
+        rest.send(OwnedSecrets::new(&[
+            Secret {
+                id: "rest",
+                value: rest_only.as_bytes(),
+            },
+            Secret {
+                id: "again",
+                value: shared.as_bytes(),
+            },
+        ]));
+        let text = format!("{shared} {first_only} {rest_only}");
+        assert_eq!(
+            masked(&cell, text.as_bytes()),
+            b"[REDACTED:plan] [REDACTED:first] [REDACTED:rest]"
+        );
+    }
+
+    /// A rest never sent (`run` failed setting up its services) leaves the
+    /// cell empty: no matcher that lacks the services' values is installed.
+    #[test]
+    fn a_cell_whose_rest_is_dropped_gets_no_matcher() {
+        let v = value();
+        let (cell, rest) = MatcherCell::build_in_parts(secrets(v.as_bytes()), Mask::default());
+        drop(rest);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(cell.current.lock().expect("lock").is_none());
+        // A matcher installed later still reaches waiters.
+        cell.replace(matcher_of(secrets(v.as_bytes())));
+        assert_eq!(masked(&cell, v.as_bytes()), b"[REDACTED:k]");
     }
 }

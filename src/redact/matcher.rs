@@ -220,8 +220,8 @@ pub struct Matcher {
 }
 
 /// A matcher being gathered: the forms of the secrets added so far, their
-/// bytes one after another in one buffer (which becomes the matcher's
-/// arena). Secrets can be added in parts, so that the forms of the first
+/// bytes one after another in one buffer (no allocation kept per form).
+/// Secrets can be added in parts, so that the forms of the first
 /// part are made while the rest is still being gathered.
 #[derive(Default)]
 pub struct Builder {
@@ -298,14 +298,7 @@ impl Builder {
         self.finish_with(mask, PARALLEL_BUILD_FROM)
     }
 
-    fn finish_with(mut self, mask: &Mask, parallel_from: usize) -> Matcher {
-        // Doubling left up to half the buffer unused: copy it to its size
-        // (the old buffer is wiped as it goes).
-        if self.bytes.capacity() - self.bytes.len() > self.bytes.len() / 8 {
-            let mut exact = Zeroizing::new(Vec::with_capacity(self.bytes.len()));
-            exact.extend_from_slice(&self.bytes);
-            self.bytes = exact;
-        }
+    fn finish_with(self, mask: &Mask, parallel_from: usize) -> Matcher {
         Matcher::from_forms(self, mask, parallel_from)
     }
 }
@@ -449,7 +442,7 @@ impl Matcher {
     fn from_forms(built: Builder, mask: &Mask, parallel_from: usize) -> Matcher {
         let Builder {
             ids: all_ids,
-            bytes: arena,
+            bytes: gathered,
             forms,
             ..
         } = built;
@@ -478,7 +471,7 @@ impl Matcher {
         // Sort by bytes, then shape (the first secret wins a tie), and drop
         // repeats. The first 8 bytes as a number decide most comparisons:
         // sort (key, index) pairs, then order each run of equal keys.
-        let bytes_of = |f: &FormAt| &arena[f.start as usize..(f.start + f.len) as usize];
+        let bytes_of = |f: &FormAt| &gathered[f.start as usize..(f.start + f.len) as usize];
         let shape = |f: &FormAt| (f.back, f.fwd, f.flavor);
         let full_cmp = |a: u32, b: u32| {
             let (fa, fb) = (&forms[a as usize], &forms[b as usize]);
@@ -497,22 +490,28 @@ impl Matcher {
         for_each_run(&mut keyed, |run| run.sort_by(|a, b| full_cmp(a.1, b.1)));
         keyed.dedup_by(|b, a| full_cmp(a.1, b.1).is_eq());
 
-        // Patterns point into the forms' own buffer; one with the same
-        // bytes as the one before it shares that one's bytes (the start
-        // list counts on it).
+        // The arena holds the patterns in sorted order, as the index and
+        // the start list read them. A pattern with the same bytes as the
+        // one before it (a value's prefixes and suffixes) shares its
+        // bytes (the start list counts on it).
+        let total: usize = keyed
+            .iter()
+            .map(|&(_, i)| forms[i as usize].len as usize)
+            .sum();
+        let mut sorted = Zeroizing::new(Vec::with_capacity(total));
         let mut pats: Vec<Pat> = Vec::with_capacity(keyed.len());
+        let mut previous: Option<&[u8]> = None;
         for &(_, i) in &keyed {
             let form = &forms[i as usize];
-            let start = match pats.last() {
-                Some(last)
-                    if last.len == form.len
-                        && arena[last.start as usize..(last.start + last.len) as usize]
-                            == *bytes_of(form) =>
-                {
-                    last.start
+            let bytes = bytes_of(form);
+            let start = match (previous, pats.last()) {
+                (Some(prev), Some(last)) if prev == bytes => last.start,
+                _ => {
+                    sorted.extend_from_slice(bytes);
+                    index_u32(sorted.len() - bytes.len())
                 }
-                _ => form.start,
             };
+            previous = Some(bytes);
             pats.push(Pat {
                 start,
                 len: form.len,
@@ -524,6 +523,8 @@ impl Matcher {
         }
         drop(keyed);
         drop(forms);
+        drop(gathered);
+        let arena = sorted;
 
         let masks = ids
             .iter()

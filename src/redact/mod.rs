@@ -103,7 +103,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use matcher::{Matcher, Span};
+pub use matcher::{Builder, Matcher, Span};
 pub use stream::Stream;
 
 /// Values shorter than this many bytes are not masked (and lines of a

@@ -205,8 +205,15 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     let resolved = resolve::resolve(common, &planned, &world, &signals)?;
     let first: PlanValues = (Arc::clone(&planned.plan), Arc::clone(&resolved.values));
     let sources = Sources::new(common, opts, &world.env, &first, resolved.vault.clone());
+    // The relay's matcher starts on the plan's values now, while the
+    // services are set up; their masked variables join it after.
+    let (matcher, rest) = MatcherCell::build_in_parts(
+        redaction::owned_plan_secrets(&planned.plan, &resolved.values),
+        Mask::new(&opts.mask),
+    );
     let mut services = services::start(common, opts, &world.env, &planned, &resolved, &sources)?;
     let offered = Offered::collect(&mut services);
+    rest.send(relay_matcher_rest(&planned.plan, &world, &offered.masked));
     sources.rotation().masked = offered
         .masked
         .iter()
@@ -229,6 +236,7 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
         offered: &offered,
         signals: &signals,
         counts: &counts,
+        matcher,
     };
     drop(resolved);
     let exit = session.launch(&mut services, first)?;
@@ -271,6 +279,8 @@ struct Session<'a> {
     offered: &'a Offered,
     signals: &'a sys::Signals,
     counts: &'a Arc<Mutex<Counts>>,
+    /// The relay's first matcher (maybe still building).
+    matcher: Arc<MatcherCell>,
 }
 
 impl Session<'_> {
@@ -337,9 +347,11 @@ impl Session<'_> {
     }
 
     /// One start: the environment (stage 3), the spawn and its relay
-    /// (stage 5); on the first, the relay's matcher starts building on a
-    /// thread of its own (nothing is relayed, proxied or recorded through
-    /// it before it exists; a reload that installs one first wins).
+    /// (stage 5); on the first, the relay's matcher (building on a thread
+    /// of its own since the values were resolved) is handed to the relay,
+    /// the reloads and the records (nothing is relayed, proxied or
+    /// recorded through it before it exists; a reload that installs one
+    /// first wins).
     fn start(
         &self,
         (plan, values): &PlanValues,
@@ -374,7 +386,7 @@ impl Session<'_> {
         // responses with it whatever the relay does, and keywarden's own
         // records (audit, log lines, the API's error replies) go through it.
         if first {
-            let cell = relay_matcher(opts, self.world, plan, values, &self.offered.masked);
+            let cell = self.matcher.clone();
             redaction::scrub_records_with(cell.clone());
             self.sources.rotation().cell = Some(cell.clone());
             *matcher = Some(cell);
@@ -415,22 +427,19 @@ fn warn_unmasked(opts: &RunOptions, planned: &plan::Planned, values: &[SecretByt
     }
 }
 
-/// The relay's matcher: the plan's values, the always-denied values of
-/// keywarden's environment, and the services' masked variables; built on
-/// a thread of its own while the command starts.
-fn relay_matcher(
-    opts: &RunOptions,
-    world: &World,
+/// What the relay's matcher masks besides the plan's values: the services'
+/// masked variables and the always-denied values of keywarden's
+/// environment.
+fn relay_matcher_rest(
     plan: &LaunchPlan,
-    values: &[SecretBytes],
+    world: &World,
     masked: &[(String, SecretBytes)],
-) -> Arc<MatcherCell> {
+) -> redaction::OwnedSecrets {
     let extra: Vec<(&str, &[u8])> = masked
         .iter()
         .map(|(k, v)| (k.as_str(), v.expose()))
         .collect();
-    let secrets = redaction::owned_secrets_for(plan, values, &world.env, &extra);
-    MatcherCell::build_in_background(secrets, Mask::new(&opts.mask))
+    redaction::owned_other_secrets(plan, &world.env, &extra)
 }
 
 #[cfg(test)]
