@@ -586,6 +586,33 @@ impl Matcher {
         }
     }
 
+    /// Every table of the index and the start list, for tests that compare
+    /// two builds.
+    #[cfg(test)]
+    pub(super) fn tables(&self) -> Vec<Vec<u64>> {
+        let mut out = vec![
+            self.starts
+                .iter()
+                .map(|&(p, j)| u64::from(p) << 32 | u64::from(j))
+                .collect(),
+            self.first1.to_vec(),
+            self.first2.to_vec(),
+            self.prefixes.words.to_vec(),
+        ];
+        for t in &self.tiers {
+            let probe = match &t.probe {
+                Probe::Small { table, .. } => table.to_vec(),
+                Probe::Large(bloom) => bloom.words.to_vec(),
+            };
+            out.push(probe);
+            out.push(t.heads.iter().map(|&h| u64::from(h)).collect());
+            out.push(t.fingerprints.iter().map(|&f| u64::from(f)).collect());
+            out.push(t.refs.iter().map(|&r| u64::from(r)).collect());
+            out.push(t.members.iter().map(|&m| u64::from(m)).collect());
+        }
+        out
+    }
+
     /// Ids of the secrets too short to be masked (under [`MIN_SECRET_LEN`]
     /// bytes), in the order given, for `check` to warn about.
     pub fn too_short<'a>(secrets: &[Secret<'a>]) -> Vec<&'a str> {
