@@ -40,7 +40,7 @@ use zeroize::Zeroizing;
 
 use super::encode::{self, fold, Flavor, Form};
 use super::{Counts, Mask, Piece, Secret, MIN_SECRET_LEN};
-use crate::sys::prefetch;
+use crate::sys::{prefer_huge_pages, prefetch};
 
 /// Patterns shorter than this go to their own tier.
 pub(crate) const SHORT_TIER_BELOW: usize = 16;
@@ -156,6 +156,14 @@ impl Probe {
         match self {
             Probe::Small { table, shift } => set_bit(table, small_probe_index(key, *shift)),
             Probe::Large(bloom) => bloom.insert(h),
+        }
+    }
+
+    /// The probe's table.
+    fn words_mut(&mut self) -> &mut [u64] {
+        match self {
+            Probe::Small { table, .. } => table,
+            Probe::Large(bloom) => &mut bloom.words,
         }
     }
 
@@ -1109,6 +1117,8 @@ impl Tier {
             for_each_key(&groups, &varies, &members, pats, arena, step, q, f)
         };
         let mut heads = vec![0u32; buckets + 1];
+        prefer_huge_pages(&mut heads);
+        prefer_huge_pages(probe.words_mut());
         let mut hashes: Zeroizing<[u64; KEY_BATCH]> = Zeroizing::new([0; KEY_BATCH]);
         in_batches(each_key, |_, keys| {
             for (h, &key) in hashes.iter_mut().zip(keys) {
@@ -1124,9 +1134,13 @@ impl Tier {
         for b in 0..buckets {
             heads[b + 1] += heads[b];
         }
-        let mut fill: Vec<u32> = heads[..buckets].to_vec();
+        let mut fill = vec![0u32; buckets];
+        prefer_huge_pages(&mut fill);
+        fill.copy_from_slice(&heads[..buckets]);
         let mut fingerprints = Zeroizing::new(vec![0u16; n_keys]);
         let mut refs = vec![0u32; n_keys];
+        prefer_huge_pages(&mut fingerprints);
+        prefer_huge_pages(&mut refs);
         let mut slots = [0u32; KEY_BATCH];
         in_batches(each_key, |batch_refs, keys| {
             for (h, &key) in hashes.iter_mut().zip(keys) {

@@ -19,7 +19,7 @@ mod user;
 pub use cache::prefetch;
 pub use child::{arg_max, Credentials, ExecPlan, StartError, Step};
 pub use harden::{harden_process, is_child_subreaper, set_child_subreaper};
-pub use heap::release_free_memory;
+pub use heap::{map_large_allocations, prefer_huge_pages, release_free_memory};
 pub use memlock::{lock_memory, unlock_memory};
 pub use pty::{has_controlling_tty, open_pty, set_window_size, window_size, Pty, RawMode};
 pub use signals::{block_signals, signal_name, Signals, FORWARDED_SIGNALS, STOP_SIGNALS};

@@ -200,6 +200,7 @@ struct Terminals {
 pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     // Before any thread exists, so every thread inherits the mask.
     let signals = sys::block_signals(opts.reload_signal)?;
+    sys::map_large_allocations();
     let world = World::capture(&opts.env_files)?;
     let planned = plan::plan(common, opts, &world)?;
     let resolved = resolve::resolve(common, &planned, &world, &signals)?;
