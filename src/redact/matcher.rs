@@ -118,8 +118,10 @@ struct Bloom {
 impl Bloom {
     fn new(keys: usize, bits_per_key: usize) -> Bloom {
         let words = (keys * bits_per_key / 64).next_power_of_two().max(2);
+        let mut table = Zeroizing::new(vec![0; words]);
+        prefer_huge_pages(&mut table);
         Bloom {
-            words: Zeroizing::new(vec![0; words]),
+            words: table,
             shift: 64 - words.trailing_zeros(),
         }
     }
@@ -317,6 +319,7 @@ fn extend_wiped(buf: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
     if buf.capacity() - buf.len() < bytes.len() {
         let size = (buf.len() + bytes.len()).max(2 * buf.capacity()).max(4096);
         let mut bigger = Zeroizing::new(Vec::with_capacity(size));
+        prefer_huge_pages(bigger.spare_capacity_mut());
         bigger.extend_from_slice(buf);
         *buf = bigger;
     }
@@ -507,6 +510,7 @@ impl Matcher {
             .map(|&(_, i)| forms[i as usize].len as usize)
             .sum();
         let mut sorted = Zeroizing::new(Vec::with_capacity(total));
+        prefer_huge_pages(sorted.spare_capacity_mut());
         let mut pats: Vec<Pat> = Vec::with_capacity(keyed.len());
         let mut previous: Option<&[u8]> = None;
         for &(_, i) in &keyed {
