@@ -15,18 +15,20 @@ pub fn release_free_memory() {
     }
 }
 
-/// Large allocations (from 1 MiB) get pages of their own, handed back to
+/// Large allocations (from 4 MiB) get pages of their own, handed back to
 /// the system when freed, instead of heap memory glibc keeps for reuse
 /// (its default raises that threshold as large blocks are freed, so that
 /// start-up's build tables stay resident). Fresh pages also start out
-/// zeroed and untouched, which [`prefer_huge_pages`] needs. Does nothing
-/// where the C library is not glibc.
+/// zeroed and untouched, which [`prefer_huge_pages`] needs. Not from
+/// 1 MiB: the relay's 1 MiB read buffer measured ~20 % slower at 10,000
+/// secrets as a mapping of its own. Does nothing where the C library is
+/// not glibc.
 pub fn map_large_allocations() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator tunable; it is called before
     // any other thread exists and touches no allocation.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
 
