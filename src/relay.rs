@@ -367,12 +367,17 @@ pub fn write_all_fd(fd: &OwnedFd, mut data: &[u8]) -> bool {
 
 /// The read buffer, allocated on the first read that has data to fetch: a
 /// child that writes nothing (or a relay that only sees end-of-file) never
-/// pays for it. 1 MiB, so bulk output moves in few, large reads.
+/// pays for it. 1 MiB, so bulk output moves in few, large reads; and
+/// page-aligned: the kernel copies a pipe's pages into it up to 1.6 times
+/// as fast as into a buffer 16 bytes past a page's start (where the C
+/// library puts a block it maps on its own).
 fn buffer(buf: &mut Vec<u8>) -> &mut [u8] {
+    const PAGE: usize = 4096;
     if buf.is_empty() {
-        *buf = vec![0u8; BUF];
+        *buf = vec![0u8; BUF + PAGE];
     }
-    buf
+    let skip = buf.as_ptr().align_offset(PAGE).min(PAGE);
+    &mut buf[skip..skip + BUF]
 }
 
 fn run(mut streams: Vec<Stream>, stop: &EventFd) {
