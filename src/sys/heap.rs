@@ -25,10 +25,16 @@ pub fn release_free_memory() {
 /// not glibc.
 pub fn map_large_allocations() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator tunable; it is called before
+    // SAFETY: mallopt only sets allocator tunables; it is called before
     // any other thread exists and touches no allocation.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        // Twice the mapping threshold, the ratio glibc's own adjustment
+        // keeps. Left at its 128 KiB default, freeing the relay's buffer
+        // would shrink a thread's heap, and glibc then reads
+        // /proc/sys/vm/overcommit_memory, which the systemd unit's
+        // ProcSubset=pid hides.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
 }
 
