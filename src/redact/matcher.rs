@@ -352,7 +352,9 @@ impl Starts {
         let n_starts: usize = (0..pats.len())
             .map(|i| (pats[i].back as usize + 1).saturating_sub(repeats(i)))
             .sum();
-        let mut keyed: Vec<(u64, (u32, u32))> = Vec::with_capacity(n_starts);
+        // Keys are the first bytes of patterns: wiped on drop.
+        let mut keyed: Zeroizing<Vec<(u64, (u32, u32))>> =
+            Zeroizing::new(Vec::with_capacity(n_starts));
         let mut first1 = Zeroizing::new(vec![0u64; 256 / 64]);
         let mut first2 = Zeroizing::new(vec![0u64; 65536 / 64]);
         let mut prefixes = Bloom::new(2 * n_starts, 16);
@@ -490,11 +492,14 @@ impl Matcher {
                 .cmp(bytes_of(fb))
                 .then_with(|| shape(fa).cmp(&shape(fb)))
         };
-        let mut keyed: Vec<(u64, u32)> = forms
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (key8(bytes_of(f), |b| b), index_u32(i)))
-            .collect();
+        // Keys are the first bytes of forms: wiped on drop.
+        let mut keyed: Zeroizing<Vec<(u64, u32)>> = Zeroizing::new(
+            forms
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (key8(bytes_of(f), |b| b), index_u32(i)))
+                .collect(),
+        );
         keyed.sort_unstable();
         // Within a run the indices ascend, so a stable sort keeps the first
         // secret first among equal forms.
@@ -513,7 +518,7 @@ impl Matcher {
         prefer_huge_pages(sorted.spare_capacity_mut());
         let mut pats: Vec<Pat> = Vec::with_capacity(keyed.len());
         let mut previous: Option<&[u8]> = None;
-        for &(_, i) in &keyed {
+        for &(_, i) in keyed.iter() {
             let form = &forms[i as usize];
             let bytes = bytes_of(form);
             let start = match (previous, pats.last()) {
@@ -1061,10 +1066,12 @@ impl Tier {
         let step = sample.saturating_sub(q) + 1;
 
         let sample_of = |i: u32| &core(i)[..sample];
-        let mut keyed: Vec<(u64, u32)> = members
-            .iter()
-            .map(|&i| (key8(sample_of(i), fold), i))
-            .collect();
+        let mut keyed: Zeroizing<Vec<(u64, u32)>> = Zeroizing::new(
+            members
+                .iter()
+                .map(|&i| (key8(sample_of(i), fold), i))
+                .collect(),
+        );
         keyed.sort_unstable();
         for_each_run(&mut keyed, |run| {
             run.sort_unstable_by(|a, b| folded_cmp(sample_of(a.1), sample_of(b.1)))
