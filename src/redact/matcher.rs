@@ -102,10 +102,11 @@ struct Tier {
     /// Bucket `b` holds entries `heads[b]..heads[b + 1]`.
     heads: Vec<u32>,
     bucket_shift: u32,
-    /// Per entry: 16 bits of the q-gram hash (derived, wiped on drop).
-    fingerprints: Zeroizing<Vec<u16>>,
-    /// Per entry: `group << OFFSET_BITS | offset`.
-    refs: Vec<u32>,
+    /// Per entry, in one word: the ref `group << OFFSET_BITS | offset` in
+    /// the low `ref_bits` bits, and as many bits of the q-gram's hash as
+    /// the rest holds, to check before the bytes (derived, wiped on drop).
+    entries: Zeroizing<Vec<u32>>,
+    ref_bits: u32,
 }
 
 /// A blocked Bloom filter: each key sets 3 bits of one 64-bit word, so a
@@ -357,7 +358,9 @@ impl Starts {
             Zeroizing::new(Vec::with_capacity(n_starts));
         let mut first1 = Zeroizing::new(vec![0u64; 256 / 64]);
         let mut first2 = Zeroizing::new(vec![0u64; 65536 / 64]);
-        let mut prefixes = Bloom::new(2 * n_starts, 16);
+        // Tested only at the end of each chunk a stream is given, where a
+        // false positive costs one binary search of `starts`.
+        let mut prefixes = Bloom::new(2 * n_starts, 8);
         // Each pattern folded once, with 8 zero bytes after it for keys.
         let mut folded: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(max_len + 8));
         for (i, p) in pats.iter().enumerate() {
@@ -623,8 +626,7 @@ impl Matcher {
             };
             out.push(probe);
             out.push(t.heads.iter().map(|&h| u64::from(h)).collect());
-            out.push(t.fingerprints.iter().map(|&f| u64::from(f)).collect());
-            out.push(t.refs.iter().map(|&r| u64::from(r)).collect());
+            out.push(t.entries.iter().map(|&e| u64::from(e)).collect());
             out.push(t.members.iter().map(|&m| u64::from(m)).collect());
         }
         out
@@ -944,13 +946,15 @@ impl Matcher {
     ) {
         let h = hash(gram);
         let bucket = (h >> tier.bucket_shift) as usize;
-        let fp = fingerprint(h);
+        let fp = fingerprint(h, tier.ref_bits);
+        let ref_mask = ((1u64 << tier.ref_bits) - 1) as u32;
         let (lo, hi) = (tier.heads[bucket] as usize, tier.heads[bucket + 1] as usize);
         for k in lo..hi {
-            if tier.fingerprints[k] != fp {
+            let entry = tier.entries[k];
+            if entry & !ref_mask != fp {
                 continue;
             }
-            let r = tier.refs[k];
+            let r = entry & ref_mask;
             let o = (r & ((1 << OFFSET_BITS) - 1)) as usize;
             let Some(c) = w.checked_sub(o) else { continue };
             if c >= start_limit + tier.back_max || c + tier.sample > hay.len() {
@@ -1043,8 +1047,7 @@ impl Tier {
         4 * (self.members.capacity()
             + 2 * self.groups.capacity()
             + self.heads.capacity()
-            + self.refs.capacity())
-            + 2 * self.fingerprints.capacity()
+            + self.entries.capacity())
             + 8 * probe
     }
 
@@ -1078,7 +1081,8 @@ impl Tier {
         });
         members.clear();
         members.extend(keyed.iter().map(|&(_, i)| i));
-        let mut groups: Vec<(u32, u32)> = Vec::new();
+        // At most one group a member (most groups have one).
+        let mut groups: Vec<(u32, u32)> = Vec::with_capacity(keyed.len());
         for (k, &(key, i)) in keyed.iter().enumerate() {
             match groups.last_mut() {
                 Some(g)
@@ -1091,22 +1095,22 @@ impl Tier {
             }
         }
         drop(keyed);
+        groups.shrink_to_fit();
 
         assert!(groups.len() < 1 << (32 - OFFSET_BITS), "too many patterns");
+        let ref_bits = u32::BITS - (index_u32(groups.len()) << OFFSET_BITS).leading_zeros();
         // Keys of group g at offset o: every window the scan can load there
         // from an occurrence of one of its cores (see `window_keys`), as
-        // `g << OFFSET_BITS | o`. Three passes over the keys (count, count
-        // per bucket, fill) so that no list of hashes is kept.
+        // `g << OFFSET_BITS | o`. Two passes over the keys (count per
+        // bucket, fill) so that no list of hashes is kept; their number
+        // comes first, from the few groups whose gram can vary.
         let varies: Vec<u32> = groups
             .iter()
             .map(|&(first, last)| {
                 variation(&members[first as usize..last as usize], pats, arena, sample)
             })
             .collect();
-        let mut n_keys = 0;
-        for_each_key(&groups, &varies, &members, pats, arena, step, q, |_, _| {
-            n_keys += 1
-        });
+        let n_keys = count_keys(&groups, &varies, &members, pats, arena, step, q);
         let small_bits = (n_keys * SMALL_PROBE_BITS_PER_KEY)
             .next_power_of_two()
             .clamp(1 << 12, SMALL_PROBE_MAX_BITS);
@@ -1135,39 +1139,36 @@ impl Tier {
             for (h, &key) in hashes.iter_mut().zip(keys) {
                 *h = hash(key);
                 probe.prefetch(key, *h);
-                prefetch(&heads, (*h >> bucket_shift) as usize + 1);
+                prefetch(&heads, (*h >> bucket_shift) as usize);
             }
             for (&h, &key) in hashes.iter().zip(keys) {
                 probe.insert(key, h);
-                heads[(h >> bucket_shift) as usize + 1] += 1;
+                heads[(h >> bucket_shift) as usize] += 1;
             }
         });
-        for b in 0..buckets {
-            heads[b + 1] += heads[b];
+        // heads[b] becomes the end of bucket b; the fill moves it back to
+        // the bucket's start, one slot a key (so a bucket's keys come in
+        // reverse order, which the scan does not mind).
+        for b in 1..buckets {
+            heads[b] += heads[b - 1];
         }
-        let mut fill = vec![0u32; buckets];
-        prefer_huge_pages(&mut fill);
-        fill.copy_from_slice(&heads[..buckets]);
-        let mut fingerprints = Zeroizing::new(vec![0u16; n_keys]);
-        let mut refs = vec![0u32; n_keys];
-        prefer_huge_pages(&mut fingerprints);
-        prefer_huge_pages(&mut refs);
+        heads[buckets] = index_u32(n_keys);
+        let mut entries = Zeroizing::new(vec![0u32; n_keys]);
+        prefer_huge_pages(&mut entries);
         let mut slots = [0u32; KEY_BATCH];
         in_batches(each_key, |batch_refs, keys| {
             for (h, &key) in hashes.iter_mut().zip(keys) {
                 *h = hash(key);
-                prefetch(&fill, (*h >> bucket_shift) as usize);
+                prefetch(&heads, (*h >> bucket_shift) as usize);
             }
             for (slot, &h) in slots.iter_mut().zip(&hashes[..keys.len()]) {
-                let next = &mut fill[(h >> bucket_shift) as usize];
-                *slot = *next;
-                *next += 1;
-                prefetch(&fingerprints, *slot as usize);
-                prefetch(&refs, *slot as usize);
+                let end = &mut heads[(h >> bucket_shift) as usize];
+                *end -= 1;
+                *slot = *end;
+                prefetch(&entries, *slot as usize);
             }
             for ((&slot, &h), &r) in slots.iter().zip(hashes.iter()).zip(batch_refs) {
-                fingerprints[slot as usize] = fingerprint(h);
-                refs[slot as usize] = r;
+                entries[slot as usize] = fingerprint(h, ref_bits) | r;
             }
         });
         Tier {
@@ -1180,8 +1181,8 @@ impl Tier {
             probe,
             heads,
             bucket_shift,
-            fingerprints,
-            refs,
+            entries,
+            ref_bits,
         }
     }
 }
@@ -1192,9 +1193,13 @@ fn bloom_bits(h: u64) -> u64 {
     1 << (h & 63) | 1 << ((h >> 6) & 63) | 1 << ((h >> 12) & 63)
 }
 
+/// The bits of hash `h` an index entry keeps above a ref of `ref_bits`
+/// bits (none if the ref takes all 32): bits from 20 up, clear of the
+/// Bloom filter's (0–17) and, at any size that leaves room for them, of
+/// the bucket's (the top ones).
 #[inline(always)]
-fn fingerprint(h: u64) -> u16 {
-    (h >> 16) as u16
+fn fingerprint(h: u64, ref_bits: u32) -> u32 {
+    ((h >> 20) << ref_bits) as u32
 }
 
 fn set_bit(words: &mut [u64], i: usize) {
@@ -1224,6 +1229,19 @@ fn load_gram<const Q: usize>(hay: &[u8], at: usize) -> u64 {
     let mut gram = [0u8; 8];
     gram[..Q].copy_from_slice(&hay[at..at + Q]);
     u64::from_le_bytes(gram) | case_bits(Q)
+}
+
+/// The key of the `q`-byte gram (4 or 8) at the start of `bytes`, as
+/// [`load_gram`] loads it from a haystack: loads of a size known when
+/// compiled (a copy of `q` bytes would call `memcpy` for each of millions
+/// of keys).
+#[inline(always)]
+fn gram_key(bytes: &[u8], q: usize) -> u64 {
+    debug_assert!(q == 4 || q == 8);
+    match q {
+        4 => load_gram::<4>(bytes, 0),
+        _ => load_gram::<8>(bytes, 0),
+    }
 }
 
 /// Bit 0x20 of each of the first `q` bytes of a little-endian word.
@@ -1280,6 +1298,35 @@ fn in_batches(each_key: impl FnOnce(&mut dyn FnMut(u32, u64)), mut f: impl FnMut
     }
 }
 
+/// How many keys [`for_each_key`] yields: `step` for a group whose gram
+/// cannot vary, without making them.
+#[allow(clippy::too_many_arguments)]
+fn count_keys(
+    groups: &[(u32, u32)],
+    varies: &[u32],
+    members: &[u32],
+    pats: &[Pat],
+    arena: &[u8],
+    step: usize,
+    q: usize,
+) -> usize {
+    let mut scratch: Zeroizing<Vec<u64>> = Zeroizing::new(Vec::new());
+    let q_bits = (1u32 << q) - 1;
+    let mut n = 0;
+    for (&(first, last), &varies) in groups.iter().zip(varies) {
+        let group = &members[first as usize..last as usize];
+        for o in 0..step {
+            n += if varies >> o & q_bits == 0 {
+                1
+            } else {
+                window_keys(group, pats, arena, o, q, &mut scratch);
+                scratch.len()
+            };
+        }
+    }
+    n
+}
+
 /// Calls `f(group << OFFSET_BITS | o, key)` for every key of every group of
 /// `members` and offset `o` in `0..step` (see [`window_keys`]). Where the
 /// group's gram cannot vary (`varies`, from [`variation`]), as in most
@@ -1304,9 +1351,7 @@ fn for_each_key(
         for o in 0..step {
             let r = index_u32(g) << OFFSET_BITS | index_u32(o);
             if varies >> o & q_bits == 0 {
-                let mut word = [0u8; 8];
-                word[..q].copy_from_slice(&head[o..o + q]);
-                f(r, u64::from_le_bytes(word) | case_bits(q));
+                f(r, gram_key(&head[o..], q));
                 continue;
             }
             window_keys(group, pats, arena, o, q, &mut scratch);
@@ -1330,9 +1375,7 @@ fn window_keys(group: &[u32], pats: &[Pat], arena: &[u8], o: usize, q: usize, ou
         let at = (p.start + p.back) as usize + o;
         let gram = &arena[at..at + q];
         let first = out.len();
-        let mut word = [0u8; 8];
-        word[..q].copy_from_slice(gram);
-        out.push(u64::from_le_bytes(word) | case_bits(q));
+        out.push(gram_key(gram, q));
         if p.flavor != Flavor::Base64 {
             continue;
         }
