@@ -24,8 +24,9 @@
 //! for base64 patterns every mix of the two alphabets (`window_keys`). A
 //! window is first tested against a [`Probe`] (one bit in
 //! a table of up to 1 MiB, or a blocked Bloom filter for large tiers); a hit
-//! looks up a bucketed table of `(group, o)` candidates, each checked with a
-//! 32-bit fingerprint of the q-gram's hash and then by comparing bytes.
+//! looks up a bucketed table of `(group, o)` candidates, each a 32-bit
+//! word that also keeps as many bits of the q-gram's hash as the ref leaves
+//! free (8 at 50,000 secrets), checked first; then the bytes are compared.
 //!
 //! One test per `step` bytes, so the cost follows the shortest pattern of
 //! each tier. The split keeps a few short secrets (and their encodings) from
