@@ -128,8 +128,16 @@ impl std::fmt::Debug for Flat<'_> {
 impl<'i> Flat<'i> {
     /// The flat tree of `text`, or `None` when it is not a plain document
     /// (or not valid YAML): the marked tree must read it.
+    #[cfg(test)]
     pub fn parse(text: &'i str) -> Option<Flat<'i>> {
+        Flat::parse_from_line(text, 1)
+    }
+
+    /// [`Flat::parse`] of a part of a document that starts on line
+    /// `first_line` of it, so that every node gets its line in the whole.
+    pub fn parse_from_line(text: &'i str, first_line: usize) -> Option<Flat<'i>> {
         let mut builder = Builder {
+            lines_before: first_line - 1,
             // A guess from the registry's usual shape, to grow rarely.
             nodes: Vec::with_capacity(text.len() / 8),
             open: Vec::new(),
@@ -157,6 +165,8 @@ impl<'i> Flat<'i> {
 /// Collects the flat tree from the parser's events; `plain` turns false at
 /// the first thing it does not take, and the rest is only parsed.
 struct Builder<'i> {
+    /// Added to the parser's line numbers.
+    lines_before: usize,
     nodes: Vec<FlatNode<'i>>,
     /// The collections not closed yet, innermost last.
     open: Vec<usize>,
@@ -200,12 +210,65 @@ fn distinct_string_keys(nodes: &[FlatNode<'_>], at: usize) -> bool {
     keys.into_iter().all(|k| seen.insert(k))
 }
 
+/// Where `text` can be cut in two documents that read, one after the other,
+/// as it reads whole: the start of the first line at or after byte `from`
+/// that begins a top-level key (`id:` at column 0, an id's characters
+/// only). `None` when there is none, or when `text` has what a cut could
+/// change the meaning of: a document marker or directive (`---`, `...`,
+/// `%` at a line's start), or a bare carriage return (a line break this
+/// cut does not count).
+///
+/// Why a cut there keeps the meaning: a line at column 0 ends every block
+/// construct of a mapping at column 0, so the first part is whole unless a
+/// flow collection or a quoted scalar is still open, and then it is not
+/// valid YAML on its own; the caller falls back to the whole text whenever
+/// either part is not a plain document, or a key is in both.
+pub(super) fn split_point(text: &str, from: usize) -> Option<usize> {
+    let marker = |m: &str| text.starts_with(m) || text.contains(&format!("\n{m}"));
+    if marker("---") || marker("...") || marker("%") {
+        return None;
+    }
+    if text.matches('\r').count() != text.matches("\r\n").count() {
+        return None;
+    }
+    let bytes = text.as_bytes();
+    // The start of the line after the one holding byte `at`.
+    let next_line = |at: usize| {
+        let newline = bytes[at..].iter().position(|&b| b == b'\n')?;
+        Some(at + newline + 1)
+    };
+    let mut start = from.min(bytes.len());
+    if start == 0 || bytes[start - 1] != b'\n' {
+        start = next_line(start)?;
+    }
+    while start < bytes.len() {
+        if begins_key(&bytes[start..]) {
+            return Some(start);
+        }
+        start = next_line(start)?;
+    }
+    None
+}
+
+/// Whether `line` starts with `id:` followed by a space or the line's end.
+fn begins_key(line: &[u8]) -> bool {
+    let id = line
+        .iter()
+        .take_while(|&&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        .count();
+    id > 0
+        && line[0] != b'-'
+        && line[0] != b'.'
+        && line.get(id) == Some(&b':')
+        && matches!(line.get(id + 1), None | Some(b' ' | b'\n' | b'\r'))
+}
+
 impl<'i> SpannedEventReceiver<'i> for Builder<'i> {
     fn on_event(&mut self, event: Event<'i>, span: Span) {
         if !self.plain {
             return;
         }
-        let line = span.start.line();
+        let line = self.lines_before + span.start.line();
         let at = self.nodes.len();
         match event {
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
@@ -322,5 +385,36 @@ impl<'t> Node<'t> for FlatRef<'t, '_> {
             child = nodes[child].next;
             Some(item)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_point;
+
+    #[test]
+    fn split_points_are_top_level_keys() {
+        let text = "a:\n  dev:\n    secret_ref: kv://a\n# b:\n\"c\":\n  dev: {}\n- d:\n.e:\nf.g-h_1:\ni:x\nj: 1\n";
+        let at = |key: &str| text.find(key).expect("in the text");
+        for (from, want) in [
+            (0, Some(at("f.g-h_1:"))),
+            (1, Some(at("f.g-h_1:"))),
+            (at("f.g-h_1:"), Some(at("f.g-h_1:"))),
+            (at("f.g-h_1:") + 1, Some(at("j: 1"))),
+            (at("j: 1") + 1, None),
+            (text.len(), None),
+        ] {
+            assert_eq!(split_point(text, from), want, "from {from}");
+        }
+        for text in [
+            "a: 1\nb: 1\n---\n",
+            "--- \na: 1\nb: 1\n",
+            "a: 1\n...\nb: 1\n",
+            "%YAML 1.2\n---\na: 1\nb: 1\n",
+            "a: 1\rb: 1\n",
+        ] {
+            assert_eq!(split_point(text, 0), None, "{text:?}");
+        }
+        assert_eq!(split_point("a: 1\r\nb: 1\r\n", 0), Some(6));
     }
 }
