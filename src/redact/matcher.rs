@@ -492,9 +492,15 @@ impl Matcher {
         let shape = |f: &FormAt| (f.back, f.fwd, f.flavor);
         let full_cmp = |a: u32, b: u32| {
             let (fa, fb) = (&forms[a as usize], &forms[b as usize]);
-            bytes_of(fa)
-                .cmp(bytes_of(fb))
-                .then_with(|| shape(fa).cmp(&shape(fb)))
+            // A value's prefix and suffix forms share their bytes (see
+            // `Builder::add`): no need to read them.
+            let same_place = fa.start == fb.start && fa.len == fb.len;
+            let bytes = if same_place {
+                std::cmp::Ordering::Equal
+            } else {
+                bytes_of(fa).cmp(bytes_of(fb))
+            };
+            bytes.then_with(|| shape(fa).cmp(&shape(fb)))
         };
         // Keys are the first bytes of forms: wiped on drop.
         let mut keyed: Zeroizing<Vec<(u64, u32)>> = Zeroizing::new(
@@ -508,7 +514,9 @@ impl Matcher {
         // Within a run the indices ascend, so a stable sort keeps the first
         // secret first among equal forms.
         for_each_run(&mut keyed, |run| run.sort_by(|a, b| full_cmp(a.1, b.1)));
-        keyed.dedup_by(|b, a| full_cmp(a.1, b.1).is_eq());
+        // Most neighbours differ in their first 8 bytes: no need to read
+        // their forms (scattered over the gathered bytes) to tell.
+        keyed.dedup_by(|b, a| a.0 == b.0 && full_cmp(a.1, b.1).is_eq());
 
         // The arena holds the patterns in sorted order, as the index and
         // the start list read them. A pattern with the same bytes as the
@@ -521,18 +529,22 @@ impl Matcher {
         let mut sorted = Zeroizing::new(Vec::with_capacity(total));
         prefer_huge_pages(sorted.spare_capacity_mut());
         let mut pats: Vec<Pat> = Vec::with_capacity(keyed.len());
-        let mut previous: Option<&[u8]> = None;
-        for &(_, i) in keyed.iter() {
+        let mut previous: Option<(u64, &[u8])> = None;
+        for &(key, i) in keyed.iter() {
             let form = &forms[i as usize];
             let bytes = bytes_of(form);
             let start = match (previous, pats.last()) {
-                (Some(prev), Some(last)) if prev == bytes => last.start,
+                (Some((prev_key, prev)), Some(last))
+                    if prev_key == key && (std::ptr::eq(prev, bytes) || prev == bytes) =>
+                {
+                    last.start
+                }
                 _ => {
                     sorted.extend_from_slice(bytes);
                     index_u32(sorted.len() - bytes.len())
                 }
             };
-            previous = Some(bytes);
+            previous = Some((key, bytes));
             pats.push(Pat {
                 start,
                 len: form.len,
