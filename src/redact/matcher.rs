@@ -269,6 +269,11 @@ impl Builder {
     /// Make the forms of `secrets` (those at least [`MIN_SECRET_LEN`]
     /// bytes long), after those of the secrets added before.
     pub fn add(&mut self, secrets: &[Secret<'_>]) {
+        // Room for the usual forms (a 40-byte value makes 6 forms of ~320
+        // bytes in all), so that the buffer seldom moves.
+        let values: usize = secrets.iter().map(|s| s.value.len()).sum();
+        reserve_wiped(&mut self.bytes, FORM_BYTES_PER_VALUE_BYTE * values);
+        self.forms.reserve(FORMS_PER_VALUE * secrets.len());
         for secret in secrets {
             if secret.value.len() < MIN_SECRET_LEN {
                 continue;
@@ -315,17 +320,31 @@ impl Builder {
     }
 }
 
+/// Bytes of forms a byte of value makes, and forms a value makes, as a
+/// guess (the truncated forms share their bytes; base64 is 4/3, hex 2).
+const FORM_BYTES_PER_VALUE_BYTE: usize = 9;
+const FORMS_PER_VALUE: usize = 6;
+
 /// Appends `bytes` to `buf`, growing it by moving to a new buffer of twice
 /// the size: a `Vec`'s own growth would free the old bytes unwiped.
 fn extend_wiped(buf: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
     if buf.capacity() - buf.len() < bytes.len() {
-        let size = (buf.len() + bytes.len()).max(2 * buf.capacity()).max(4096);
+        let size = (buf.len() + bytes.len()).max(2 * buf.capacity());
+        reserve_wiped(buf, size - buf.len());
+    }
+    buf.extend_from_slice(bytes);
+}
+
+/// Makes room for `additional` more bytes in `buf` (at least 4 KiB), by
+/// moving it to a new buffer when it has less (see [`extend_wiped`]).
+fn reserve_wiped(buf: &mut Zeroizing<Vec<u8>>, additional: usize) {
+    if buf.capacity() - buf.len() < additional {
+        let size = (buf.len() + additional).max(4096);
         let mut bigger = Zeroizing::new(Vec::with_capacity(size));
         prefer_huge_pages(bigger.spare_capacity_mut());
         bigger.extend_from_slice(buf);
         *buf = bigger;
     }
-    buf.extend_from_slice(bytes);
 }
 
 /// The hold rule's tables (see [`Matcher`]'s fields of the same names).
