@@ -122,7 +122,11 @@ impl Registry {
         let ctx = Ctx { path };
         // The flat tree when it can be built and read; every error, and
         // every document it does not take, from the marked tree.
-        let halves = yaml::split_point(text, text.len() / 2).filter(|_| text.len() >= SPLIT_FROM);
+        let halves = if text.len() >= SPLIT_FROM {
+            yaml::split_point(text, text.len() / 2)
+        } else {
+            None
+        };
         let flat = match halves {
             Some(at) => parse_halves(&ctx, text, at),
             None => parse_flat(&ctx, text, 1),
