@@ -51,8 +51,10 @@ const MAX_TIERS: usize = 2;
 /// make the step shorter).
 /// Each step costs one index entry per group of patterns.
 const MAX_STEP: usize = 25;
-/// Index entries per bucket, on average (at most twice this, by rounding).
-const KEYS_PER_BUCKET: usize = 4;
+/// Index entries per bucket, on average (at most twice this, by rounding):
+/// 32 bytes of entries, in one or two cache lines; fewer would make the
+/// bucket table larger for no faster a lookup.
+const KEYS_PER_BUCKET: usize = 8;
 /// Bloom filter bits per index entry, before rounding up to a power of two.
 const BLOOM_BITS_PER_ENTRY: usize = 8;
 /// Bytes scanned (by every tier) between two flushes of plain bytes to the
