@@ -56,7 +56,11 @@ const MAX_STEP: usize = 25;
 /// bucket table larger for no faster a lookup.
 const KEYS_PER_BUCKET: usize = 8;
 /// Bloom filter bits per index entry, before rounding up to a power of two.
-const BLOOM_BITS_PER_ENTRY: usize = 8;
+/// Each false positive costs a lookup in the index, out of cache with many
+/// secrets: at 10,000 secrets 16 bits (0.3 % of windows pass, against
+/// 2.9 % with 8) scan random base64 text ~10 % faster end to end, for
+/// ~84 bytes a secret.
+const BLOOM_BITS_PER_ENTRY: usize = 16;
 /// Bytes scanned (by every tier) between two flushes of plain bytes to the
 /// output, so the copy reads bytes the scan has just brought into cache.
 /// Tests use tiny blocks so that property tests cross many block edges.
