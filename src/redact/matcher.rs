@@ -1137,18 +1137,26 @@ impl Tier {
 
         assert!(groups.len() < 1 << (32 - OFFSET_BITS), "too many patterns");
         let ref_bits = u32::BITS - (index_u32(groups.len()) << OFFSET_BITS).leading_zeros();
-        // Keys of group g at offset o: every window the scan can load there
-        // from an occurrence of one of its cores (see `window_keys`), as
-        // `g << OFFSET_BITS | o`. Two passes over the keys (count per
-        // bucket, fill) so that no list of hashes is kept; their number
-        // comes first, from the few groups whose gram can vary.
+        // The keys (see `KeySource`) are made again for each pass: their
+        // number, the count per bucket, the fill. No list of hashes is
+        // kept, and counting costs little: most groups have one key an
+        // offset, loaded, not hashed.
         let varies: Vec<u32> = groups
             .iter()
             .map(|&(first, last)| {
                 variation(&members[first as usize..last as usize], pats, arena, sample)
             })
             .collect();
-        let n_keys = count_keys(&groups, &varies, &members, pats, arena, step, q);
+        let source = KeySource {
+            groups: &groups,
+            varies: &varies,
+            members: &members,
+            pats,
+            arena,
+            step,
+            q,
+        };
+        let n_keys = source.count();
         let small_bits = (n_keys * SMALL_PROBE_BITS_PER_KEY)
             .next_power_of_two()
             .clamp(1 << 12, SMALL_PROBE_MAX_BITS);
@@ -1166,9 +1174,7 @@ impl Tier {
         // (tens of thousands of secrets) each write would wait for memory
         // on its own. Keys come in batches, and the places a batch writes
         // are prefetched before any of them is written.
-        let each_key = |f: &mut dyn FnMut(u32, u64)| {
-            for_each_key(&groups, &varies, &members, pats, arena, step, q, f)
-        };
+        let each_key = |f: &mut dyn FnMut(u32, u64)| source.for_each_key(f);
         let mut heads = vec![0u32; buckets + 1];
         prefer_huge_pages(&mut heads);
         prefer_huge_pages(probe.words_mut());
@@ -1336,67 +1342,66 @@ fn in_batches(each_key: impl FnOnce(&mut dyn FnMut(u32, u64)), mut f: impl FnMut
     }
 }
 
-/// How many keys [`for_each_key`] yields: `step` for a group whose gram
-/// cannot vary, without making them.
-#[allow(clippy::too_many_arguments)]
-fn count_keys(
-    groups: &[(u32, u32)],
-    varies: &[u32],
-    members: &[u32],
-    pats: &[Pat],
-    arena: &[u8],
+/// The keys of a tier's index: for each group of `members` and offset `o`
+/// in `0..step`, every window the scan can load there (see
+/// [`window_keys`]), under the ref `group << OFFSET_BITS | o`.
+struct KeySource<'a> {
+    groups: &'a [(u32, u32)],
+    /// Per group, from [`variation`]: where its gram can vary.
+    varies: &'a [u32],
+    members: &'a [u32],
+    pats: &'a [Pat],
+    arena: &'a [u8],
     step: usize,
     q: usize,
-) -> usize {
-    let mut scratch: Zeroizing<Vec<u64>> = Zeroizing::new(Vec::new());
-    let q_bits = (1u32 << q) - 1;
-    let mut n = 0;
-    for (&(first, last), &varies) in groups.iter().zip(varies) {
-        let group = &members[first as usize..last as usize];
-        for o in 0..step {
-            n += if varies >> o & q_bits == 0 {
-                1
-            } else {
-                window_keys(group, pats, arena, o, q, &mut scratch);
-                scratch.len()
-            };
-        }
-    }
-    n
 }
 
-/// Calls `f(group << OFFSET_BITS | o, key)` for every key of every group of
-/// `members` and offset `o` in `0..step` (see [`window_keys`]). Where the
-/// group's gram cannot vary (`varies`, from [`variation`]), as in most
-/// groups, its one key is the first member's gram.
-#[allow(clippy::too_many_arguments)]
-fn for_each_key(
-    groups: &[(u32, u32)],
-    varies: &[u32],
-    members: &[u32],
-    pats: &[Pat],
-    arena: &[u8],
-    step: usize,
-    q: usize,
-    mut f: impl FnMut(u32, u64),
-) {
-    let mut scratch: Zeroizing<Vec<u64>> = Zeroizing::new(Vec::new());
-    let q_bits = (1u32 << q) - 1;
-    for (g, (&(first, last), &varies)) in groups.iter().zip(varies).enumerate() {
-        let group = &members[first as usize..last as usize];
-        let p = &pats[group[0] as usize];
-        let head = &arena[(p.start + p.back) as usize..];
-        for o in 0..step {
-            let r = index_u32(g) << OFFSET_BITS | index_u32(o);
-            if varies >> o & q_bits == 0 {
-                f(r, gram_key(&head[o..], q));
-                continue;
-            }
-            window_keys(group, pats, arena, o, q, &mut scratch);
-            for &key in scratch.iter() {
-                f(r, key);
+/// The keys of one group at one offset.
+enum Keys<'s> {
+    /// The gram cannot vary (most groups): the first member's.
+    One(u64),
+    Several(&'s [u64]),
+}
+
+impl KeySource<'_> {
+    /// Calls `f(ref, keys)` for every group and offset.
+    fn for_each_window(&self, mut f: impl FnMut(u32, Keys<'_>)) {
+        let mut scratch: Zeroizing<Vec<u64>> = Zeroizing::new(Vec::new());
+        let q_bits = (1u32 << self.q) - 1;
+        for (g, (&(first, last), &varies)) in self.groups.iter().zip(self.varies).enumerate() {
+            let group = &self.members[first as usize..last as usize];
+            let p = &self.pats[group[0] as usize];
+            let head = &self.arena[(p.start + p.back) as usize..];
+            for o in 0..self.step {
+                let r = index_u32(g) << OFFSET_BITS | index_u32(o);
+                if varies >> o & q_bits == 0 {
+                    f(r, Keys::One(gram_key(&head[o..], self.q)));
+                } else {
+                    window_keys(group, self.pats, self.arena, o, self.q, &mut scratch);
+                    f(r, Keys::Several(&scratch));
+                }
             }
         }
+    }
+
+    /// How many keys there are.
+    fn count(&self) -> usize {
+        let mut n = 0;
+        self.for_each_window(|_, keys| {
+            n += match keys {
+                Keys::One(_) => 1,
+                Keys::Several(keys) => keys.len(),
+            }
+        });
+        n
+    }
+
+    /// Calls `f(ref, key)` for every key.
+    fn for_each_key(&self, f: &mut dyn FnMut(u32, u64)) {
+        self.for_each_window(|r, keys| match keys {
+            Keys::One(key) => f(r, key),
+            Keys::Several(keys) => keys.iter().for_each(|&key| f(r, key)),
+        });
     }
 }
 
