@@ -761,11 +761,22 @@ mod tests {
     fn a_registry_cut_in_two_reads_as_the_whole() {
         let seed = "openai:\n  dev:\n    secret_ref: kv://openai/dev/api_key\n    env: OPENAI_API_KEY\n# a comment\nbilling:\n  dev:\n    secret_ref: file://billing.key\n    approval: required\nslack: {dev: {secret_ref: 'env://SLACK'}}\n";
         assert_eq!(halves_agree(seed), 2, "cut before billing and before slack");
+        // Block scalars, comments, blank lines and explicit keys end where
+        // the next top-level key starts: each cut reads as the whole.
+        for (text, cuts) in [
+            ("a:\n  dev:\n    secret_ref: >-\n      kv://folded\n\n# note\nb:   \n  dev:\n    secret_ref: kv://y\n", 1),
+            ("? a\n: {dev: {secret_ref: kv://x}}\nb:\n  dev:\n    secret_ref: kv://y\n", 1),
+            ("a:\n  dev:\n    secret_ref: |-\n      kv://x\nb: {dev: {secret_ref: kv://y}}\nc: {dev: {secret_ref: kv://z}}\n", 2),
+        ] {
+            assert_eq!(halves_agree(text), cuts, "{text:?}");
+        }
         // What a cut must not read as two documents.
         for text in [
             "a:\n  dev:\n    secret_ref: kv://x\nb:\n  dev:\n    secret_ref: kv://x\na:\n  dev:\n    secret_ref: kv://y\n",
             "a: {dev: {secret_ref: kv://x},\nb: 1}\n",
             "a: \"kv://x\nb: 1\"\n",
+            "a: 'kv://x\nb: 1'\n",
+            "a: [x,\nb: 1]\n",
             "a:\n  dev:\n    secret_ref: kv://x\n...\nb:\n  dev:\n    secret_ref: kv://y\n",
             "a:\n  dev:\n    secret_ref: kv://x\n---\nb:\n  dev:\n    secret_ref: kv://y\n",
             "a:\r  dev:\r    secret_ref: kv://x\rb:\r  dev:\r    secret_ref: kv://y\r",
