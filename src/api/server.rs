@@ -821,8 +821,12 @@ async fn serve(
         }
     });
     let io = TokioIo::new(conn::Watched::new(stream, watch.clone()));
+    // A client may shut its side down once its request is sent (`nc -N`,
+    // `socat`): the reply is still written. Idle and head timeouts still
+    // close the connection.
     let conn = hyper::server::conn::http1::Builder::new()
         .writev(true)
+        .half_close(true)
         .serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {

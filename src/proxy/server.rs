@@ -490,8 +490,14 @@ async fn serve_io<S>(
         async move { Ok::<_, Infallible>(handle(ctx, req, call).await) }
     });
     let io = TokioIo::new(conn::Watched::new(stream, watch.clone()));
+    // A client may shut its side down once its request is sent: the reply
+    // is still written (without this, the end of input closes the
+    // connection as soon as it is read, while the reply may still be in
+    // the making, e.g. waiting for the matcher). Idle and head timeouts
+    // still close it.
     let conn = hyper::server::conn::http1::Builder::new()
         .writev(true)
+        .half_close(true)
         .serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {

@@ -55,6 +55,8 @@ struct Source {
     values: BTreeMap<String, String>,
     refs: BTreeMap<String, String>,
     resolves: Vec<String>,
+    /// How long a resolution takes.
+    delay: Duration,
 }
 
 struct Fixture {
@@ -151,6 +153,8 @@ impl Fixture {
         let reloads = self.reloads.clone();
         let callbacks = Callbacks {
             resolve: Arc::new(move |id: &str| {
+                let delay = src.lock().expect("lock").delay;
+                std::thread::sleep(delay);
                 let mut s = src.lock().expect("lock");
                 s.resolves.push(id.to_string());
                 match s.values.get(id) {
@@ -1433,6 +1437,46 @@ fn review_09_headerless_and_idle_connections_are_closed() {
     );
     // The API still answers.
     assert_eq!(call_within(&f, Duration::from_secs(5)), Some(200));
+}
+
+/// A client that shuts its side of the socket down once its request is
+/// sent (as `nc -N` and `socat` do) still gets the reply: at once, and
+/// when the reply waits for a resolution (a value past its TTL), which
+/// the end of the client's input used to cut short.
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_the_reply() {
+    use std::io::{Read, Write};
+    let f = Fixture::new();
+    let ask = |id: &str| -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(f.socket()).expect("connect");
+        let req = format!(
+            "GET /v1/secrets/{id} HTTP/1.1\r\nHost: kw\r\nAuthorization: Bearer {}\r\n\r\n",
+            String::from_utf8_lossy(&f.token)
+        );
+        s.write_all(req.as_bytes()).expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("half-close");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        reply.get(..reply.len().min(40)).unwrap_or("").to_string()
+    };
+    for i in 0..20 {
+        let reply = ask("openai");
+        assert!(reply.starts_with("HTTP/1.1 200"), "request {i}: {reply:?}");
+    }
+    f.source.lock().expect("lock").delay = Duration::from_millis(300);
+    for i in 0..2 {
+        // "short" lives 1 s: the next call resolves it again.
+        std::thread::sleep(Duration::from_millis(1100));
+        let reply = ask("short");
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "slow request {i}: {reply:?}"
+        );
+    }
+    assert!(f.resolves().iter().filter(|id| *id == "short").count() >= 2);
 }
 
 #[test]
