@@ -139,7 +139,7 @@ pub fn too_short(plan: &LaunchPlan, values: &[SecretBytes]) -> Vec<String> {
 
 /// The matcher the relay uses, replaceable while it runs: a reload that
 /// brings new values installs a matcher that masks them too. The first
-/// one may still be building (see [`MatcherCell::build_in_background`]):
+/// one may still be building (see [`MatcherCell::build_in_parts`]):
 /// whoever needs it then waits for it.
 #[derive(Debug)]
 pub struct MatcherCell {
@@ -158,22 +158,15 @@ impl MatcherCell {
         }
     }
 
-    /// A cell whose first matcher is built from `secrets` on a thread of its
-    /// own, so that nothing waits for it but what needs it: the relay's
-    /// first output, a proxied response, a record to scrub. A command that
-    /// writes nothing and exits never waits for it. If the thread cannot
-    /// start, the matcher is built here.
-    pub fn build_in_background(secrets: OwnedSecrets, mask: Mask) -> Arc<MatcherCell> {
-        let (cell, rest) = MatcherCell::build_in_parts(secrets, mask);
-        rest.send(OwnedSecrets::default());
-        cell
-    }
-
-    /// As [`MatcherCell::build_in_background`], for secrets that come in
-    /// two parts: the forms of `first` are made while the caller gathers
-    /// the rest, which it hands over with [`Rest::send`]; the rest come
-    /// after `first` in the order that names masks. If the [`Rest`] is
-    /// dropped unsent (the caller failed), no matcher is ever installed.
+    /// A cell whose first matcher is built on a thread of its own, so that
+    /// nothing waits for it but what needs it: the relay's first output, a
+    /// proxied response, a record to scrub. A command that writes nothing
+    /// and exits never waits for it. The secrets come in two parts: the
+    /// forms of `first` are made while the caller gathers the rest, which
+    /// it hands over with [`Rest::send`]; the rest come after `first` in
+    /// the order that names masks. If the [`Rest`] is dropped unsent (the
+    /// caller failed), no matcher is ever installed. If the thread cannot
+    /// start, the matcher is built in [`Rest::send`].
     pub fn build_in_parts(first: OwnedSecrets, mask: Mask) -> (Arc<MatcherCell>, Rest) {
         let cell = Arc::new(MatcherCell {
             generation: std::sync::atomic::AtomicU64::new(0),
@@ -485,7 +478,8 @@ mod tests {
     #[test]
     fn a_cell_built_in_the_background_masks_once_ready() {
         let value = value();
-        let cell = MatcherCell::build_in_background(secrets(value.as_bytes()), Mask::default());
+        let (cell, rest) = MatcherCell::build_in_parts(secrets(value.as_bytes()), Mask::default());
+        rest.send(OwnedSecrets::default());
         let text = format!("key={value}");
         assert_eq!(masked(&cell, text.as_bytes()), b"key=[REDACTED:k]");
     }
