@@ -218,8 +218,8 @@ pub struct Matcher {
     pats: Vec<Pat>,
     /// Every place an occurrence can start: `(pattern, j)` for each `j` in
     /// `0..=back`, ordered by the folded bytes of the pattern from `j`. For
-    /// the hold rule.
-    starts: Vec<(u32, u32)>,
+    /// the hold rule. Each is `pattern << 32 | j`.
+    starts: Vec<u64>,
     /// Secret ids, each once, and the rendered mask of each.
     ids: Vec<Box<str>>,
     masks: Vec<Box<[u8]>>,
@@ -355,7 +355,7 @@ fn reserve_wiped(buf: &mut Zeroizing<Vec<u8>>, additional: usize) {
 
 /// The hold rule's tables (see [`Matcher`]'s fields of the same names).
 struct Starts {
-    starts: Vec<(u32, u32)>,
+    starts: Vec<u64>,
     first1: Zeroizing<Vec<u64>>,
     first2: Zeroizing<Vec<u64>>,
     prefixes: Bloom,
@@ -379,9 +379,19 @@ impl Starts {
         let n_starts: usize = (0..pats.len())
             .map(|i| (pats[i].back as usize + 1).saturating_sub(repeats(i)))
             .sum();
-        // Keys are the first bytes of patterns: wiped on drop.
-        let mut keyed: Zeroizing<Vec<(u64, (u32, u32))>> =
-            Zeroizing::new(Vec::with_capacity(n_starts));
+        // One word a start: as many of its first folded bytes as fit above
+        // the start itself (pattern and offset), so that sorting the words
+        // sorts the starts by those bytes; runs that agree on them are then
+        // sorted by all their bytes, and the words become the starts in
+        // place. The key bits are secret bytes: wiped on drop.
+        let j_bits = bits_for(pats.iter().map(|p| p.back as usize).max().unwrap_or(0));
+        let id_bits = bits_for(pats.len().saturating_sub(1)) + j_bits;
+        let key_mask = u64::MAX.checked_shl(id_bits).unwrap_or(0);
+        let start_of = move |word: u64| -> (u32, u32) {
+            let id = word & !key_mask;
+            ((id >> j_bits) as u32, (id & ((1 << j_bits) - 1)) as u32)
+        };
+        let mut keyed: Zeroizing<Vec<u64>> = Zeroizing::new(Vec::with_capacity(n_starts));
         let mut first1 = Zeroizing::new(vec![0u64; 256 / 64]);
         let mut first2 = Zeroizing::new(vec![0u64; 65536 / 64]);
         // Tested only at the end of each chunk a stream is given, where a
@@ -400,7 +410,8 @@ impl Starts {
                     w
                 };
                 let key = word(j);
-                keyed.push((u64::from_be_bytes(key), (index_u32(i), index_u32(j))));
+                let id = (i as u64) << j_bits | j as u64;
+                keyed.push(u64::from_be_bytes(key) & key_mask | id);
                 set_bit(&mut first1, usize::from(key[0]));
                 set_bit(&mut first2, usize::from(key[0]) << 8 | usize::from(key[1]));
                 let rest = bytes.len() - j;
@@ -415,12 +426,28 @@ impl Starts {
             }
         }
         keyed.sort_unstable();
-        let rest = |&(_, (p, j)): &(u64, (u32, u32))| &full(&pats[p as usize])[j as usize..];
-        for_each_run(&mut keyed, |run| {
-            run.sort_unstable_by(|a, b| folded_cmp(rest(a), rest(b)))
-        });
-        let starts = keyed.iter().map(|&(_, start)| start).collect();
-        drop(keyed);
+        let rest = |word: u64| {
+            let (p, j) = start_of(word);
+            &full(&pats[p as usize])[j as usize..]
+        };
+        let mut i = 0;
+        while i < keyed.len() {
+            let key = keyed[i] & key_mask;
+            let n = keyed[i..]
+                .iter()
+                .take_while(|&&w| w & key_mask == key)
+                .count();
+            if n > 1 {
+                keyed[i..i + n].sort_unstable_by(|&a, &b| folded_cmp(rest(a), rest(b)));
+            }
+            i += n;
+        }
+        for word in keyed.iter_mut() {
+            let (p, j) = start_of(*word);
+            *word = u64::from(p) << 32 | u64::from(j);
+        }
+        // No key bits are left in the words: nothing to wipe.
+        let starts = std::mem::take(&mut *keyed);
         Starts {
             starts,
             first1,
@@ -649,10 +676,7 @@ impl Matcher {
     #[cfg(test)]
     pub(super) fn tables(&self) -> Vec<Vec<u64>> {
         let mut out = vec![
-            self.starts
-                .iter()
-                .map(|&(p, j)| u64::from(p) << 32 | u64::from(j))
-                .collect(),
+            self.starts.clone(),
             self.first1.to_vec(),
             self.first2.to_vec(),
             self.prefixes.words.to_vec(),
@@ -799,9 +823,9 @@ impl Matcher {
         // in order; each is then checked with its own flavour.
         let lo = self
             .starts
-            .partition_point(|&(p, j)| folded_cmp(self.rest(p, j), tail).is_lt());
-        for &(p, j) in &self.starts[lo..] {
-            let rest = self.rest(p, j);
+            .partition_point(|&s| folded_cmp(self.rest(s), tail).is_lt());
+        for &s in &self.starts[lo..] {
+            let (p, rest) = ((s >> 32) as u32, self.rest(s));
             if rest.len() < tail.len() || folded_cmp(&rest[..tail.len()], tail).is_ne() {
                 return false;
             }
@@ -813,9 +837,9 @@ impl Matcher {
         false
     }
 
-    /// The bytes of pattern `p` from `j` on.
-    fn rest(&self, p: u32, j: u32) -> &[u8] {
-        &self.full(&self.pats[p as usize])[j as usize..]
+    /// The bytes of a start (`pattern << 32 | j`): its pattern's from `j` on.
+    fn rest(&self, start: u64) -> &[u8] {
+        &self.full(&self.pats[(start >> 32) as usize])[start as u32 as usize..]
     }
 
     /// The id a pattern masks.
@@ -1460,6 +1484,11 @@ fn hash(g: u64) -> u64 {
     (p as u64) ^ ((p >> 64) as u64)
 }
 
+/// How many bits hold the numbers `0..=n`.
+fn bits_for(n: usize) -> u32 {
+    usize::BITS - n.leading_zeros()
+}
+
 fn index_u32(i: usize) -> u32 {
     u32::try_from(i).expect("fewer than 4 GiB of patterns")
 }
@@ -1599,6 +1628,34 @@ impl Sink for Emitter<'_> {
 
 #[cfg(test)]
 impl Matcher {
+    /// The start list is in order of the folded bytes from each start, and
+    /// holds each start of each pattern once (a pattern repeating the one
+    /// before it, bytes and flavour, adds none of its own).
+    pub(crate) fn check_starts(&self) {
+        for pair in self.starts.windows(2) {
+            let (a, b) = (self.rest(pair[0]), self.rest(pair[1]));
+            assert!(folded_cmp(a, b).is_le(), "start list out of order");
+        }
+        let mut want = Vec::new();
+        for (i, p) in self.pats.iter().enumerate() {
+            let from = match i.checked_sub(1).map(|k| &self.pats[k]) {
+                Some(a) if a.start == p.start && a.len == p.len && a.flavor == p.flavor => {
+                    a.back + 1
+                }
+                _ => 0,
+            };
+            want.extend((from..=p.back).map(|j| (i as u64) << 32 | u64::from(j)));
+        }
+        let mut have = self.starts.clone();
+        have.sort_unstable();
+        assert!(
+            have == want,
+            "start list: {} starts, {} wanted",
+            have.len(),
+            want.len()
+        );
+    }
+
     /// Every pattern (all its bytes, back, fwd, flavour) with the id it
     /// masks, for the reference matcher.
     pub(crate) fn patterns(&self) -> Vec<(&[u8], usize, usize, Flavor, &str)> {

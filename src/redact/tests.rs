@@ -901,6 +901,7 @@ fn a_matcher_built_on_two_threads_masks_as_one_built_on_one() {
     let two = Matcher::build(&list, &Mask::default(), 0);
     assert_eq!(one.pattern_count(), two.pattern_count());
     assert!(one.tables() == two.tables(), "the two builds differ");
+    one.check_starts();
     let mut input = Vec::new();
     let mut want = Vec::new();
     for k in (0..secrets.len()).step_by(7) {
@@ -1257,4 +1258,37 @@ fn review_17_every_form_the_github_runner_masks() {
     let short = format!("\"{}\"", &p1[..5]);
     let m = matcher(&[("s", short.as_bytes())]);
     assert!(m.is_empty());
+}
+
+/// Starts that agree on their first bytes, in any case, are ordered by all
+/// of their bytes: values sharing long prefixes that differ in case only
+/// after them, and their truncated copies, which share the same starts.
+#[test]
+fn starts_sharing_their_first_bytes_are_ordered_by_all_of_them() {
+    let mut rng = Rng(77);
+    let stem = rng.alnum(30);
+    let mut secrets: Vec<Vec<u8>> = Vec::new();
+    for k in 0..40 {
+        let mut v = stem.clone();
+        if k % 2 == 1 {
+            v.make_ascii_uppercase();
+        }
+        v.extend_from_slice(&rng.alnum(4 + k % 9));
+        secrets.push(v);
+    }
+    let ids: Vec<String> = (0..secrets.len()).map(|i| format!("p{i}")).collect();
+    let list: Vec<Secret<'_>> = ids
+        .iter()
+        .zip(&secrets)
+        .map(|(id, value)| Secret { id, value })
+        .collect();
+    for parallel_from in [usize::MAX, 0] {
+        let m = Matcher::build(&list, &Mask::default(), parallel_from);
+        m.check_starts();
+        // A tail ending a chunk inside any of them is held back.
+        for v in &secrets {
+            let (out, _) = streamed(&m, v, &[v.len() - 3]);
+            assert!(!out.windows(v.len() - 3).any(|w| w == &v[..v.len() - 3]));
+        }
+    }
 }
