@@ -7,8 +7,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
-
 use hyper::Method;
 use serde::Deserialize;
 
@@ -16,7 +14,7 @@ use super::approvals::{Answer, Approvals, CHALLENGE_RANDOM_BYTES};
 use super::json::{self, Body, Part};
 use super::revocations::Revocation;
 use super::slack;
-use super::state::{Entry, Now, Settings, State};
+use super::state::{Now, Secrets, Settings, State};
 use super::tokens::{AuthError, MintError, TOKEN_RANDOM_BYTES};
 use crate::audit::{rfc3339, Event, EventKind, Minted, Outcome};
 use crate::config::Approval;
@@ -304,7 +302,7 @@ pub fn handle(state: &mut State, call: &Call<'_>, now: Now, random: Random<'_>) 
 }
 
 fn get_secret(
-    secrets: &mut BTreeMap<String, Entry>,
+    secrets: &mut Secrets,
     approvals: Option<&mut Approvals>,
     id: &str,
     grant: &super::tokens::Grant,
@@ -317,7 +315,7 @@ fn get_secret(
         return Handled::Reply(Reply::error(404, "no such secret", auth).about_unknown(id));
     };
     let subject = Subject {
-        id: e.id.clone(),
+        id: e.id.to_string(),
         reference: Some(e.reference.clone()),
         scope: e.scope.clone(),
     };
@@ -442,7 +440,7 @@ fn challenge(
 }
 
 fn get_skill(
-    secrets: &mut BTreeMap<String, Entry>,
+    secrets: &mut Secrets,
     skill: &str,
     grant: &super::tokens::Grant,
     auth: Auth,
@@ -464,13 +462,13 @@ fn get_skill(
             continue;
         }
         if !e.is_fresh(now) {
-            refresh.push(e.id.clone());
+            refresh.push(e.id.to_string());
         }
-        ids.push(e.id.clone());
+        ids.push(e.id.to_string());
     }
     if !refresh.is_empty() {
         for id in &refresh {
-            if let Some(e) = secrets.get_mut(id) {
+            if let Some(e) = secrets.get_mut(id.as_str()) {
                 let _ = e.fresh_value(now); // wipes the expired value
             }
         }
@@ -478,7 +476,7 @@ fn get_skill(
     }
     let mut texts = Vec::with_capacity(ids.len());
     for id in &ids {
-        let text = secrets[id]
+        let text = secrets[id.as_str()]
             .fresh_value_ref(now)
             .and_then(|v| std::str::from_utf8(v.expose()).ok());
         match text {
@@ -603,7 +601,7 @@ struct SlackBody {
 
 fn slack_verify(
     settings: &Settings,
-    secrets: &mut BTreeMap<String, Entry>,
+    secrets: &mut Secrets,
     body: &[u8],
     auth: Auth,
     now: Now,
@@ -633,7 +631,7 @@ fn slack_verify(
             auth,
         ));
     };
-    let Some(e) = secrets.get_mut(&id) else {
+    let Some(e) = secrets.get_mut(id.as_str()) else {
         return Handled::Reply(Reply::error(
             503,
             format!("the Slack signing secret '{id}' is not in the registry for this environment"),
@@ -848,18 +846,18 @@ fn revoke(state: &mut State, body: &[u8], now: Now) -> AdminHandled {
         );
     };
     let subject = Subject {
-        id: e.id.clone(),
+        id: e.id.to_string(),
         reference: Some(e.reference.clone()),
         scope: e.scope.clone(),
     };
     let record = Revocation {
-        id: e.id.clone(),
+        id: e.id.to_string(),
         reference: e.reference.to_string(),
         reason: Some(reason.clone()),
         revoked_at: rfc3339(now.wall),
     };
     let body = json::to_body(&serde_json::json!({
-        "id": e.id, "ref": e.reference.as_str(), "revoked": true, "reason": reason,
+        "id": &*e.id, "ref": e.reference.as_str(), "revoked": true, "reason": reason,
     }));
     let mut reply = Reply::ok(200, body, Auth::Open).about(subject);
     reply.events.push(

@@ -1094,7 +1094,7 @@ async fn refresh(shared: &Shared, ids: &[String]) -> std::result::Result<(), Rep
             .await
             .unwrap_or_else(|_| Err(Error::new(ErrorKind::Software, "the resolver panicked")));
         let mut st = shared.state();
-        let Some(e) = st.secrets.get(id) else {
+        let Some(e) = st.secrets.get(id.as_str()) else {
             continue;
         };
         let ev = Event::new(EventKind::Resolve).secret(&e.id, &e.reference, &e.scope);

@@ -71,11 +71,14 @@ pub struct Settings {
     pub slack_secret_id: Option<String>,
 }
 
+/// The served secrets by id; each key shares its entry's `id`.
+pub type Secrets = BTreeMap<std::sync::Arc<str>, Entry>;
+
 /// One served secret.
 #[derive(Debug)]
 pub struct Entry {
-    /// Id.
-    pub id: String,
+    /// Id (shared with the map's key).
+    pub id: std::sync::Arc<str>,
     /// Ref.
     pub reference: SecretRef,
     /// Scope labels.
@@ -222,7 +225,7 @@ pub struct InventoryPolicy {
 #[derive(Debug)]
 pub struct State {
     /// Secrets by id.
-    pub secrets: BTreeMap<String, Entry>,
+    pub secrets: Secrets,
     /// Live tokens.
     pub tokens: TokenStore,
     /// Fixed settings.
@@ -282,7 +285,7 @@ impl State {
             now.mono.checked_sub(age).unwrap_or(now.mono)
         });
         Entry {
-            id: s.id,
+            id: s.id.into(),
             reference: s.reference,
             scope: s.scope,
             ttl: ttl.map(Duration::from_secs),
@@ -313,7 +316,7 @@ impl State {
                         e.value = None;
                     }
                 }
-                e.proxied |= self.started_proxied.contains(&e.id);
+                e.proxied |= self.started_proxied.contains(&*e.id);
                 Some(e)
             })
             .collect();
@@ -324,7 +327,7 @@ impl State {
         // wipes its value), as inserting them in order did.
         let mut order: Vec<usize> = (0..entries.len()).collect();
         order.sort_by(|&a, &b| {
-            let id = |i: usize| entries[i].as_ref().map(|e| e.id.as_str());
+            let id = |i: usize| entries[i].as_ref().map(|e| &*e.id);
             id(a).cmp(&id(b))
         });
         self.secrets = order
@@ -396,7 +399,7 @@ impl State {
         for e in self.secrets.values_mut() {
             if e.value.is_some() && !e.is_fresh(now) {
                 e.value = None;
-                wiped.push(e.id.clone());
+                wiped.push(e.id.to_string());
             }
         }
         wiped
@@ -407,7 +410,7 @@ impl State {
         self.secrets
             .values()
             .map(|e| InventoryItem {
-                id: e.id.clone(),
+                id: e.id.to_string(),
                 reference: e.reference.to_string(),
                 vendor: vendor_of(&e.id).to_string(),
                 scope: e.scope.clone(),
@@ -498,7 +501,7 @@ pub(crate) mod tests {
             .map(|(k, e)| {
                 assert_eq!(*k, e.id);
                 let value = e.fresh_value_ref(now).map(SecretBytes::expose);
-                (k.as_str(), value.unwrap_or_default())
+                (&**k, value.unwrap_or_default())
             })
             .collect();
         let want: Vec<(&str, &[u8])> = vec![
