@@ -105,6 +105,11 @@ impl Fixture {
             .prefix("kw-api-")
             .tempdir()
             .expect("tmp");
+        // Open to other uids whatever the umask was when it was made (a
+        // socket bound on another test's thread narrows it for a moment):
+        // only the socket's own folder may keep them out.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
         let mut source = Source::default();
         for (id, ..) in SECRETS {
             source.values.insert(id.to_string(), fresh_value(id));

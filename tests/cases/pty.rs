@@ -44,7 +44,11 @@ impl OnTerminal {
         };
         let pty = openpty(Some(&ws), None).expect("openpty");
         let stdio = || Stdio::from(pty.slave.try_clone().expect("dup"));
-        let child = kw(dir, args)
+        // A terminal's ^C must be able to interrupt the child: keywarden
+        // and the child inherit SIGINT and SIGQUIT ignored when the suite
+        // runs as a background job of a non-interactive shell, so they are
+        // set back to their defaults here.
+        let child = kw_under(dir, &["env", "--default-signal=INT,QUIT"], args)
             .envs(vars.iter().copied())
             .stdin(if stdin_on_terminal {
                 stdio()
@@ -69,7 +73,7 @@ impl OnTerminal {
     }
 
     fn wait_for(&self, needle: &str) -> bool {
-        eventually(Duration::from_secs(5), || self.text().contains(needle))
+        eventually(Duration::from_secs(10), || self.text().contains(needle))
     }
 
     fn type_bytes(&self, bytes: &[u8]) {
