@@ -430,18 +430,11 @@ impl Starts {
             let (p, j) = start_of(word);
             &full(&pats[p as usize])[j as usize..]
         };
-        let mut i = 0;
-        while i < keyed.len() {
-            let key = keyed[i] & key_mask;
-            let n = keyed[i..]
-                .iter()
-                .take_while(|&&w| w & key_mask == key)
-                .count();
-            if n > 1 {
-                keyed[i..i + n].sort_unstable_by(|&a, &b| folded_cmp(rest(a), rest(b)));
-            }
-            i += n;
-        }
+        for_each_run_by(
+            &mut keyed,
+            |&w| w & key_mask,
+            |run| run.sort_unstable_by(|&a, &b| folded_cmp(rest(a), rest(b))),
+        );
         for word in keyed.iter_mut() {
             let (p, j) = start_of(*word);
             *word = u64::from(p) << 32 | u64::from(j);
@@ -1083,11 +1076,21 @@ fn key8(bytes: &[u8], f: impl Fn(u8) -> u8) -> u64 {
 
 /// Calls `f` on each run of two or more items with equal keys (the first
 /// field) in a sorted slice.
-fn for_each_run<K: PartialEq + Copy, T>(items: &mut [(K, T)], mut f: impl FnMut(&mut [(K, T)])) {
+fn for_each_run<K: PartialEq + Copy, T>(items: &mut [(K, T)], f: impl FnMut(&mut [(K, T)])) {
+    for_each_run_by(items, |x| x.0, f)
+}
+
+/// Calls `f` on each run of two or more items with equal `key`s in a slice
+/// sorted by them.
+fn for_each_run_by<T, K: PartialEq>(
+    items: &mut [T],
+    key: impl Fn(&T) -> K,
+    mut f: impl FnMut(&mut [T]),
+) {
     let mut i = 0;
     while i < items.len() {
-        let key = items[i].0;
-        let n = items[i..].iter().take_while(|x| x.0 == key).count();
+        let first = key(&items[i]);
+        let n = items[i..].iter().take_while(|x| key(x) == first).count();
         if n > 1 {
             f(&mut items[i..i + n]);
         }
