@@ -477,7 +477,7 @@ fn scope_narrowing_with_the_rust_client() {
     let brief = f.mint(&root, &["pool"], 1).json();
     let brief = brief["token"].as_str().expect("token").as_bytes().to_vec();
     assert_eq!(f.get("/v1/secrets/shared", &brief).status, 200);
-    assert!(eventually(Duration::from_secs(3), || f
+    assert!(eventually(Duration::from_secs(10), || f
         .get("/v1/secrets/shared", &brief)
         .status
         == 401));
