@@ -218,8 +218,8 @@ pub struct Matcher {
     pats: Vec<Pat>,
     /// Every place an occurrence can start: `(pattern, j)` for each `j` in
     /// `0..=back`, ordered by the folded bytes of the pattern from `j`. For
-    /// the hold rule. Each is `pattern << 32 | j`.
-    starts: Vec<u64>,
+    /// the hold rule.
+    starts: StartList,
     /// Secret ids, each once, and the rendered mask of each.
     ids: Vec<Box<str>>,
     masks: Vec<Box<[u8]>>,
@@ -353,9 +353,103 @@ fn reserve_wiped(buf: &mut Zeroizing<Vec<u8>>, additional: usize) {
     }
 }
 
+/// Starts `(pattern, j)` in order: two to a word, `pattern << j_bits | j`
+/// in each half, when those fit in 32 bits (they do unless there are
+/// millions of patterns or a value of hundreds of KiB); else one to a
+/// word, `pattern << 32 | j`.
+struct StartList {
+    words: Vec<u64>,
+    len: usize,
+    /// The bits of `j` in a half word; `None`: one start a word.
+    j_bits: Option<u32>,
+}
+
+impl StartList {
+    /// The start list from `words` sorted in order, each turned into its
+    /// start by `start_of`, in place. `words` holds secret bytes until
+    /// then: the words it no longer needs are wiped before it shrinks.
+    fn pack(
+        words: &mut Zeroizing<Vec<u64>>,
+        start_of: impl Fn(u64) -> (u32, u32),
+        p_bits: u32,
+        j_bits: u32,
+    ) -> StartList {
+        let len = words.len();
+        if p_bits + j_bits > 32 {
+            for w in words.iter_mut() {
+                let (p, j) = start_of(*w);
+                *w = u64::from(p) << 32 | u64::from(j);
+            }
+            return StartList {
+                words: std::mem::take(&mut **words),
+                len,
+                j_bits: None,
+            };
+        }
+        // Word k/2 was read at step k/2 <= k: it is free to write at k.
+        for k in 0..len {
+            let (p, j) = start_of(words[k]);
+            let half = u64::from(p) << j_bits | u64::from(j);
+            if k % 2 == 0 {
+                words[k / 2] = half;
+            } else {
+                words[k / 2] |= half << 32;
+            }
+        }
+        let used = len.div_ceil(2);
+        words[used..].fill(0);
+        words.truncate(used);
+        words.shrink_to_fit();
+        StartList {
+            words: std::mem::take(&mut **words),
+            len,
+            j_bits: Some(j_bits),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Start `k`: (pattern, j).
+    #[inline]
+    fn get(&self, k: usize) -> (u32, u32) {
+        match self.j_bits {
+            Some(j_bits) => {
+                let half = (self.words[k / 2] >> (32 * (k % 2))) as u32;
+                let j_mask = u32::MAX.checked_shr(32 - j_bits).unwrap_or(0);
+                (half.checked_shr(j_bits).unwrap_or(0), half & j_mask)
+            }
+            None => {
+                let w = self.words[k];
+                ((w >> 32) as u32, w as u32)
+            }
+        }
+    }
+
+    /// The first `k` for which `before(start k)` is false (the list is
+    /// partitioned by it).
+    fn partition_point(&self, before: impl Fn((u32, u32)) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if before(self.get(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn heap_size(&self) -> usize {
+        self.words.capacity() * 8
+    }
+}
+
 /// The hold rule's tables (see [`Matcher`]'s fields of the same names).
 struct Starts {
-    starts: Vec<u64>,
+    starts: StartList,
     first1: Zeroizing<Vec<u64>>,
     first2: Zeroizing<Vec<u64>>,
     prefixes: Bloom,
@@ -385,7 +479,8 @@ impl Starts {
         // sorted by all their bytes, and the words become the starts in
         // place. The key bits are secret bytes: wiped on drop.
         let j_bits = bits_for(pats.iter().map(|p| p.back as usize).max().unwrap_or(0));
-        let id_bits = bits_for(pats.len().saturating_sub(1)) + j_bits;
+        let p_bits = bits_for(pats.len().saturating_sub(1));
+        let id_bits = p_bits + j_bits;
         let key_mask = u64::MAX.checked_shl(id_bits).unwrap_or(0);
         let start_of = move |word: u64| -> (u32, u32) {
             let id = word & !key_mask;
@@ -435,12 +530,7 @@ impl Starts {
             |&w| w & key_mask,
             |run| run.sort_unstable_by(|&a, &b| folded_cmp(rest(a), rest(b))),
         );
-        for word in keyed.iter_mut() {
-            let (p, j) = start_of(*word);
-            *word = u64::from(p) << 32 | u64::from(j);
-        }
-        // No key bits are left in the words: nothing to wipe.
-        let starts = std::mem::take(&mut *keyed);
+        let starts = StartList::pack(&mut keyed, start_of, p_bits, j_bits);
         Starts {
             starts,
             first1,
@@ -669,7 +759,10 @@ impl Matcher {
     #[cfg(test)]
     pub(super) fn tables(&self) -> Vec<Vec<u64>> {
         let mut out = vec![
-            self.starts.clone(),
+            (0..self.starts.len())
+                .map(|k| self.starts.get(k))
+                .map(|(p, j)| u64::from(p) << 32 | u64::from(j))
+                .collect(),
             self.first1.to_vec(),
             self.first2.to_vec(),
             self.prefixes.words.to_vec(),
@@ -725,7 +818,7 @@ impl Matcher {
             + self.masks.iter().map(|m| m.len()).sum::<usize>();
         self.arena.capacity()
             + self.pats.capacity() * std::mem::size_of::<Pat>()
-            + self.starts.capacity() * 8
+            + self.starts.heap_size()
             + 8 * (self.first1.capacity() + self.first2.capacity() + self.prefixes.words.capacity())
             + ids
             + tiers
@@ -816,9 +909,10 @@ impl Matcher {
         // in order; each is then checked with its own flavour.
         let lo = self
             .starts
-            .partition_point(|&s| folded_cmp(self.rest(s), tail).is_lt());
-        for &s in &self.starts[lo..] {
-            let (p, rest) = ((s >> 32) as u32, self.rest(s));
+            .partition_point(|(p, j)| folded_cmp(self.rest(p, j), tail).is_lt());
+        for k in lo..self.starts.len() {
+            let (p, j) = self.starts.get(k);
+            let rest = self.rest(p, j);
             if rest.len() < tail.len() || folded_cmp(&rest[..tail.len()], tail).is_ne() {
                 return false;
             }
@@ -830,9 +924,9 @@ impl Matcher {
         false
     }
 
-    /// The bytes of a start (`pattern << 32 | j`): its pattern's from `j` on.
-    fn rest(&self, start: u64) -> &[u8] {
-        &self.full(&self.pats[(start >> 32) as usize])[start as u32 as usize..]
+    /// The bytes of pattern `p` from `j` on.
+    fn rest(&self, p: u32, j: u32) -> &[u8] {
+        &self.full(&self.pats[p as usize])[j as usize..]
     }
 
     /// The id a pattern masks.
@@ -1635,8 +1729,12 @@ impl Matcher {
     /// holds each start of each pattern once (a pattern repeating the one
     /// before it, bytes and flavour, adds none of its own).
     pub(crate) fn check_starts(&self) {
-        for pair in self.starts.windows(2) {
-            let (a, b) = (self.rest(pair[0]), self.rest(pair[1]));
+        let starts: Vec<(u32, u32)> = (0..self.starts.len()).map(|k| self.starts.get(k)).collect();
+        for pair in starts.windows(2) {
+            let (a, b) = (
+                self.rest(pair[0].0, pair[0].1),
+                self.rest(pair[1].0, pair[1].1),
+            );
             assert!(folded_cmp(a, b).is_le(), "start list out of order");
         }
         let mut want = Vec::new();
@@ -1649,7 +1747,10 @@ impl Matcher {
             };
             want.extend((from..=p.back).map(|j| (i as u64) << 32 | u64::from(j)));
         }
-        let mut have = self.starts.clone();
+        let mut have: Vec<u64> = starts
+            .iter()
+            .map(|&(p, j)| u64::from(p) << 32 | u64::from(j))
+            .collect();
         have.sort_unstable();
         assert!(
             have == want,
@@ -1674,5 +1775,54 @@ impl Matcher {
                 )
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts packed two to a word or one, at every width and length,
+    /// read back as they went in.
+    #[test]
+    fn the_start_list_gives_back_every_start() {
+        // (pattern bits, j bits): two to a word up to 32 bits in all.
+        let widths = [
+            (0, 0),
+            (0, 5),
+            (1, 0),
+            (19, 5),
+            (16, 16),
+            (27, 5),
+            (20, 13),
+            (31, 2),
+        ];
+        for (p_bits, j_bits) in widths {
+            for len in [0usize, 1, 2, 3, 8, 101] {
+                let max = |bits: u32| (1u64 << bits) - 1;
+                let want: Vec<(u32, u32)> = (0..len as u64)
+                    .map(|k| {
+                        let p = (k * 2_654_435_761) & max(p_bits);
+                        let j = (k * 40_503) & max(j_bits);
+                        (p as u32, j as u32)
+                    })
+                    .collect();
+                let mut words = Zeroizing::new(
+                    want.iter()
+                        .map(|&(p, j)| u64::from(p) << 32 | u64::from(j))
+                        .collect::<Vec<u64>>(),
+                );
+                let start_of = |w: u64| ((w >> 32) as u32, w as u32);
+                let list = StartList::pack(&mut words, start_of, p_bits, j_bits);
+                assert_eq!(list.len(), len);
+                let two_a_word = p_bits + j_bits <= 32;
+                assert_eq!(list.j_bits.is_some(), two_a_word);
+                if two_a_word {
+                    assert_eq!(list.words.len(), len.div_ceil(2));
+                }
+                let have: Vec<(u32, u32)> = (0..len).map(|k| list.get(k)).collect();
+                assert_eq!(have, want, "{p_bits} + {j_bits} bits, {len} starts");
+            }
+        }
     }
 }
