@@ -354,9 +354,10 @@ fn reserve_wiped(buf: &mut Zeroizing<Vec<u8>>, additional: usize) {
 }
 
 /// Starts `(pattern, j)` in order: two to a word, `pattern << j_bits | j`
-/// in each half, when those fit in 32 bits (they do unless there are
-/// millions of patterns or a value of hundreds of KiB); else one to a
-/// word, `pattern << 32 | j`.
+/// in each half, when those fit in 32 bits; else one to a word,
+/// `pattern << 32 | j`. `j` goes up to half the longest value (its
+/// truncated copies start anywhere in its first half): with 40-byte values
+/// 5 bits, leaving room for 2^27 patterns; a 100 KiB value takes 16.
 struct StartList {
     words: Vec<u64>,
     len: usize,
