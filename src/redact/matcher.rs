@@ -1726,6 +1726,11 @@ impl Sink for Emitter<'_> {
 
 #[cfg(test)]
 impl Matcher {
+    /// Whether the start list holds two starts to a word.
+    pub(crate) fn starts_two_a_word(&self) -> bool {
+        self.starts.j_bits.is_some()
+    }
+
     /// The start list is in order of the folded bytes from each start, and
     /// holds each start of each pattern once (a pattern repeating the one
     /// before it, bytes and flavour, adds none of its own).

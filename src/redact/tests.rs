@@ -1301,3 +1301,29 @@ fn starts_sharing_their_first_bytes_are_ordered_by_all_of_them() {
         }
     }
 }
+
+/// A value so long that its truncated copies start at 300,000 places, beside
+/// enough patterns that a start no longer fits in 32 bits: the start list
+/// holds one a word, in order, and finds the starts of the long value and
+/// of a short one.
+#[test]
+fn a_long_value_among_many_keeps_one_start_a_word() {
+    let mut rng = Rng(91);
+    let mut secrets: Vec<Vec<u8>> = (0..3000).map(|_| rng.alnum(24)).collect();
+    secrets.push(rng.alnum(600 * 1024));
+    let ids = numbered_ids("w", secrets.len());
+    let list = listed(&ids, &secrets);
+    let m = Matcher::new(&list, &Mask::default());
+    assert!(!m.starts_two_a_word());
+    m.check_starts();
+    let big = &secrets[3000];
+    assert!(m.could_begin(&big[1000..6000]), "a truncated copy's start");
+    assert!(m.could_begin(&big[..20]));
+    assert!(m.could_begin(&secrets[7][..10]));
+    assert!(!m.could_begin(&rng.alnum(20)));
+    let input = [b"x=".as_slice(), &big[1000..], b" y=", &secrets[7]].concat();
+    let (out, counts) = one_shot(&m, &input);
+    assert_eq!(counts.total(), 2);
+    assert!(out.len() < 100, "{} bytes left", out.len());
+    assert!(matcher(&[("s", &secrets[7])]).starts_two_a_word());
+}
