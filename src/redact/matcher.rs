@@ -461,18 +461,8 @@ impl Starts {
     /// of their first bytes.
     fn build(pats: &[Pat], arena: &[u8], max_len: usize) -> Starts {
         let full = |p: &Pat| &arena[p.start as usize..(p.start + p.len) as usize];
-        // A pattern sharing bytes and flavour with the one before it repeats
-        // that one's first starts.
-        let repeats = |i: usize| -> usize {
-            match i.checked_sub(1).map(|k| (&pats[k], &pats[i])) {
-                Some((a, b)) if a.start == b.start && a.len == b.len && a.flavor == b.flavor => {
-                    a.back as usize + 1
-                }
-                _ => 0,
-            }
-        };
         let n_starts: usize = (0..pats.len())
-            .map(|i| (pats[i].back as usize + 1).saturating_sub(repeats(i)))
+            .map(|i| (pats[i].back as usize + 1).saturating_sub(first_start(pats, i)))
             .sum();
         // One word a start: as many of its first folded bytes as fit above
         // the start itself (pattern and offset), so that sorting the words
@@ -500,7 +490,7 @@ impl Starts {
             folded.clear();
             folded.extend(bytes.iter().map(|&b| fold(b)));
             folded.extend_from_slice(&[0; 8]);
-            for j in repeats(i)..=p.back as usize {
+            for j in first_start(pats, i)..=p.back as usize {
                 let word = |at: usize| {
                     let w: [u8; 8] = folded[at..at + 8].try_into().expect("8 bytes");
                     w
@@ -1582,6 +1572,18 @@ fn hash(g: u64) -> u64 {
     (p as u64) ^ ((p >> 64) as u64)
 }
 
+/// The first offset at which pattern `i` adds starts of its own: past the
+/// starts of the pattern before it when the two share bytes and flavour
+/// (those starts are the same), else 0.
+fn first_start(pats: &[Pat], i: usize) -> usize {
+    match i.checked_sub(1).map(|k| (&pats[k], &pats[i])) {
+        Some((a, b)) if a.start == b.start && a.len == b.len && a.flavor == b.flavor => {
+            a.back as usize + 1
+        }
+        _ => 0,
+    }
+}
+
 /// How many bits hold the numbers `0..=n`.
 fn bits_for(n: usize) -> u32 {
     usize::BITS - n.leading_zeros()
@@ -1745,12 +1747,7 @@ impl Matcher {
         }
         let mut want = Vec::new();
         for (i, p) in self.pats.iter().enumerate() {
-            let from = match i.checked_sub(1).map(|k| &self.pats[k]) {
-                Some(a) if a.start == p.start && a.len == p.len && a.flavor == p.flavor => {
-                    a.back + 1
-                }
-                _ => 0,
-            };
+            let from = first_start(&self.pats, i) as u32;
             want.extend((from..=p.back).map(|j| (i as u64) << 32 | u64::from(j)));
         }
         let mut have: Vec<u64> = starts
