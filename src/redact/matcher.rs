@@ -40,6 +40,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 use super::encode::{self, fold, Flavor, Form};
+use super::hold::{LongEnds, LongPattern, LONG_TAIL};
 use super::{Counts, Mask, Piece, Secret, MIN_SECRET_LEN};
 use crate::sys::{prefer_huge_pages, prefetch};
 
@@ -235,6 +236,9 @@ pub struct Matcher {
     first1: Zeroizing<Vec<u64>>,
     first2: Zeroizing<Vec<u64>>,
     prefixes: Bloom,
+    /// For the hold rule, tails longer than [`LONG_TAIL`] (see
+    /// [`super::hold`]).
+    long_ends: LongEnds,
 }
 
 /// A matcher being gathered: the forms of the secrets added so far, their
@@ -729,6 +733,15 @@ impl Matcher {
             first2,
             prefixes,
         } = starts;
+        let long_ends = LongEnds::build(
+            pats.iter().map(|p| LongPattern {
+                start: p.start,
+                len: p.len,
+                back: p.back,
+                flavor: p.flavor,
+            }),
+            &arena,
+        );
 
         Matcher {
             arena,
@@ -742,6 +755,7 @@ impl Matcher {
             first1,
             first2,
             prefixes,
+            long_ends,
         }
     }
 
@@ -811,6 +825,7 @@ impl Matcher {
             + self.pats.capacity() * std::mem::size_of::<Pat>()
             + self.starts.heap_size()
             + 8 * (self.first1.capacity() + self.first2.capacity() + self.prefixes.words.capacity())
+            + self.long_ends.heap_size()
             + ids
             + tiers
     }
@@ -866,6 +881,30 @@ impl Matcher {
         };
         self.scan(input, 0, input.len(), &mut collect);
         collect.spans
+    }
+
+    /// Where the tail of `scratch` that a stream must hold begins: the
+    /// earliest place whose bytes could still become a match (see
+    /// [`Matcher::could_begin`]), or `scratch.len()`. Tails longer than
+    /// [`LONG_TAIL`] are decided all at once from their shared end (see
+    /// [`super::hold`]), shorter ones one at a time.
+    pub(crate) fn hold_at(&self, scratch: &[u8]) -> usize {
+        self.hold_at_counting(scratch, &mut 0)
+    }
+
+    /// [`Matcher::hold_at`], adding to `work` the bytes compared for long
+    /// tails and one for each short tail tried.
+    pub(crate) fn hold_at_counting(&self, scratch: &[u8], work: &mut usize) -> usize {
+        let k = scratch.len();
+        if let Some(m) = self.long_ends.longest(&self.arena, scratch, work) {
+            return k - m;
+        }
+        (k.saturating_sub(LONG_TAIL)..k)
+            .find(|&i| {
+                *work += 1;
+                self.could_begin(&scratch[i..])
+            })
+            .unwrap_or(k)
     }
 
     /// True when `tail` is a proper prefix of some pattern: the bytes could
@@ -1554,7 +1593,7 @@ fn window_keys(group: &[u32], pats: &[Pat], arena: &[u8], o: usize, q: usize, ou
 }
 
 /// Little-endian load of up to 8 bytes, each folded.
-fn load_folded(bytes: &[u8]) -> u64 {
+pub(super) fn load_folded(bytes: &[u8]) -> u64 {
     let mut gram = [0u8; 8];
     for (g, &b) in gram.iter_mut().zip(bytes) {
         *g = fold(b);
@@ -1565,7 +1604,7 @@ fn load_folded(bytes: &[u8]) -> u64 {
 /// A folded multiply: one 64x64->128 product, halves xored, so every output
 /// bit depends on every input bit.
 #[inline(always)]
-fn hash(g: u64) -> u64 {
+pub(super) fn hash(g: u64) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
     const SEED: u64 = 0x2545_F491_4F6C_DD1D;
     let p = u128::from(g ^ SEED) * u128::from(K);

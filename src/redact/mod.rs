@@ -94,6 +94,7 @@
 #![forbid(unsafe_code)]
 
 mod encode;
+mod hold;
 pub mod live;
 mod matcher;
 mod stream;

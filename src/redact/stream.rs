@@ -166,9 +166,7 @@ impl<M: Deref<Target = Matcher>> Stream<M> {
         } else {
             self.scratch.extend_from_slice(&input[input.len() - keep..]);
         }
-        let at = (0..keep)
-            .find(|&i| self.m.could_begin(&self.scratch[i..]))
-            .unwrap_or(keep);
+        let at = self.m.hold_at(&self.scratch);
         n - (keep - at) as u64
     }
 }

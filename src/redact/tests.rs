@@ -1327,3 +1327,112 @@ fn a_long_value_among_many_keeps_one_start_a_word() {
     assert!(out.len() < 100, "{} bytes left", out.len());
     assert!(matcher(&[("s", &secrets[7])]).starts_two_a_word());
 }
+
+/// The hold rule, the one-at-a-time way: the earliest place whose bytes
+/// could still become a match.
+fn hold_by_each_place(m: &Matcher, scratch: &[u8]) -> usize {
+    (0..scratch.len())
+        .find(|&i| m.could_begin(&scratch[i..]))
+        .unwrap_or(scratch.len())
+}
+
+/// Values long enough for tails past `LONG_TAIL`: one of random letters, one
+/// of lines that repeat (as a PEM key's do), one of bytes, one that repeats
+/// itself throughout.
+fn long_values(rng: &mut Rng) -> Vec<Vec<u8>> {
+    let line = rng.alnum(40);
+    let pem = [
+        b"-----BEGIN K-----\n".as_slice(),
+        &line,
+        b"\n",
+        &line,
+        b"\n",
+        &rng.alnum(300),
+        b"\n-----END K-----\n",
+    ]
+    .concat();
+    let periodic: Vec<u8> = rng.alnum(5).iter().cycle().take(333).copied().collect();
+    vec![rng.alnum(500), pem, rng.bytes(260), periodic]
+}
+
+/// Long tails, decided from their end, are held from where the start list
+/// holds them taken one at a time: in every printed form of long values,
+/// ending at many places, with and without bytes after.
+#[test]
+fn long_tails_are_held_where_each_place_would_hold_them() {
+    let mut rng = Rng(101);
+    let values = long_values(&mut rng);
+    let ids = numbered_ids("l", values.len());
+    let m = Matcher::new(&listed(&ids, &values), &Mask::default());
+    let keep = m.max_pattern_len() - 1;
+    assert!(keep > super::hold::LONG_TAIL);
+    let mut long_holds = 0;
+    for v in &values {
+        for (what, form) in printed_forms(v) {
+            for cut in (0..=form.len()).step_by(47).chain([form.len() - 1]) {
+                for after in [&b""[..], b"!", b"\n"] {
+                    let text = [b"junk ".as_slice(), &form[..cut], after].concat();
+                    let scratch = &text[text.len().saturating_sub(keep)..];
+                    let at = m.hold_at(scratch);
+                    assert_eq!(at, hold_by_each_place(&m, scratch), "{what}, cut at {cut}");
+                    long_holds += usize::from(scratch.len() - at > super::hold::LONG_TAIL);
+                }
+            }
+        }
+    }
+    assert!(long_holds > 20, "only {long_holds} long holds");
+}
+
+/// Streamed in chunks that end anywhere in long values and their forms,
+/// the output is the one-shot output.
+#[test]
+fn long_values_streamed_in_chunks_are_masked_as_in_one_shot() {
+    let mut rng = Rng(102);
+    let values = long_values(&mut rng);
+    let ids = numbered_ids("l", values.len());
+    let m = Matcher::new(&listed(&ids, &values), &Mask::default());
+    let mut input = Vec::new();
+    for v in &values {
+        for (_, form) in printed_forms(v) {
+            input.extend_from_slice(b"x=");
+            input.extend_from_slice(&form);
+            input.extend_from_slice(b" y=");
+            input.extend_from_slice(&form[..form.len() * 2 / 3]);
+            input.push(b'\n');
+        }
+    }
+    let whole = one_shot(&m, &input);
+    // Each form whole, and the raw values cut short.
+    assert!(whole.1.total() >= 4 * 9 + 4, "{} masks", whole.1.total());
+    for step in [61, 500, 4093] {
+        let cuts: Vec<usize> = (step..input.len()).step_by(step).collect();
+        assert!(streamed(&m, &input, &cuts) == whole, "chunks of {step}");
+    }
+}
+
+/// A long value printed whole costs the hold rule about its length, not its
+/// square, wherever the chunk ends.
+#[test]
+fn the_hold_rule_costs_a_long_value_its_length() {
+    let mut rng = Rng(103);
+    for n in [16 * 1024, 64 * 1024] {
+        let v = rng.alnum(n);
+        let m = matcher(&[("big", &v)]);
+        let keep = m.max_pattern_len() - 1;
+        for text in [
+            [v.as_slice(), b"after\n"].concat(),
+            v.clone(),
+            v[..n - 100].to_vec(),
+            [b"x=".as_slice(), &v[n / 4..n * 3 / 4]].concat(),
+        ] {
+            let scratch = &text[text.len().saturating_sub(keep)..];
+            let mut work = 0;
+            m.hold_at_counting(scratch, &mut work);
+            assert!(
+                work <= 2 * scratch.len() + 2 * super::hold::LONG_TAIL,
+                "{work} for {} bytes",
+                scratch.len()
+            );
+        }
+    }
+}
