@@ -94,22 +94,26 @@ pub struct Entry {
     value: Option<SecretBytes>,
     resolved: Option<Instant>,
     /// The reason, when revoked.
-    pub revoked: Option<String>,
+    pub revoked: Option<Box<str>>,
     /// Creation and rotation dates.
     pub dates: super::SecretDates,
     /// The JSON of the reply's `scope` and `expires_at` for the cached
-    /// value's expiry, made once per value rather than per call.
-    fragments: Option<(Option<Instant>, std::sync::Arc<str>)>,
+    /// value's expiry, made once per value rather than per call (boxed:
+    /// most entries are never read, and an entry is 32 bytes smaller).
+    fragments: Option<Box<Fragment>>,
     /// Served only through the credential proxy.
     pub proxied: bool,
 }
+
+/// A reply's JSON for one expiry of the cached value.
+type Fragment = (Option<Instant>, std::sync::Arc<str>);
 
 impl Entry {
     /// `"scope":[..],"expires_at":..` of a reply serving the cached value
     /// (the same for every call until the value expires).
     pub fn reply_fragment(&mut self, now: Now) -> std::sync::Arc<str> {
         let expiry = self.expiry();
-        match &self.fragments {
+        match self.fragments.as_deref() {
             Some((at, text)) if *at == expiry => text.clone(),
             _ => {
                 let text: std::sync::Arc<str> = format!(
@@ -118,7 +122,7 @@ impl Entry {
                     super::json::fragment(&self.expires_at(now))
                 )
                 .into();
-                self.fragments = Some((expiry, text.clone()));
+                self.fragments = Some(Box::new((expiry, text.clone())));
                 text
             }
         }
@@ -345,7 +349,7 @@ impl State {
     pub fn apply_revocations(&mut self, list: &RevocationList) {
         for e in self.secrets.values_mut() {
             if let Some(r) = list.find(&e.id, e.reference.as_str()) {
-                e.revoked = Some(r.reason.clone().unwrap_or_else(|| "revoked".to_string()));
+                e.revoked = Some(r.reason.as_deref().unwrap_or("revoked").into());
                 e.value = None;
             }
         }
@@ -359,7 +363,7 @@ impl State {
         let e = self.secrets.get_mut(id)?;
         e.value = None;
         e.resolved = None;
-        e.revoked = Some(reason.to_string());
+        e.revoked = Some(reason.into());
         Some(e)
     }
 
@@ -427,7 +431,7 @@ impl State {
                 },
                 env_var: e.env_var.clone(),
                 cached: e.is_fresh(now),
-                revoked: e.revoked.clone(),
+                revoked: e.revoked.as_deref().map(str::to_string),
                 created: e.dates.created.map(crate::timefmt::rfc3339_secs),
                 rotated: e.dates.rotated.map(crate::timefmt::rfc3339_secs),
                 policy: {

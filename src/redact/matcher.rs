@@ -74,20 +74,49 @@ const PARALLEL_BUILD_FROM: usize = 4096;
 
 /// One pattern: a slice of the arena (`back` bytes, the core, `fwd` bytes;
 /// see [`Form`]), how it compares, and the secret id it masks.
+/// 20 bytes: the flavour takes the low bits of the id's word (there are
+/// 300,000 patterns at 50,000 secrets).
 #[derive(Clone, Copy)]
 struct Pat {
     start: u32,
     len: u32,
     back: u32,
     fwd: u32,
-    /// Index into `Matcher::ids`.
-    id: u32,
-    flavor: Flavor,
+    /// `id << FLAVOR_BITS | flavour`; the id is an index into
+    /// `Matcher::ids`.
+    tag: u32,
 }
+
+const FLAVOR_BITS: u32 = 2;
 
 impl Pat {
     fn core_len(&self) -> usize {
         (self.len - self.back - self.fwd) as usize
+    }
+
+    fn tag(id: u32, flavor: Flavor) -> u32 {
+        assert!(id < 1 << (32 - FLAVOR_BITS), "fewer than 2^30 secrets");
+        id << FLAVOR_BITS
+            | match flavor {
+                Flavor::Exact => 0,
+                Flavor::Hex => 1,
+                Flavor::Base64 => 2,
+            }
+    }
+
+    /// Index into `Matcher::ids`.
+    #[inline(always)]
+    fn id(&self) -> u32 {
+        self.tag >> FLAVOR_BITS
+    }
+
+    #[inline(always)]
+    fn flavor(&self) -> Flavor {
+        match self.tag & ((1 << FLAVOR_BITS) - 1) {
+            0 => Flavor::Exact,
+            1 => Flavor::Hex,
+            _ => Flavor::Base64,
+        }
     }
 }
 
@@ -222,8 +251,8 @@ pub struct Matcher {
     /// the hold rule.
     starts: StartList,
     /// Secret ids, each once, and the rendered mask of each.
-    ids: Vec<Box<str>>,
-    masks: Vec<Box<[u8]>>,
+    ids: Packed,
+    masks: Packed,
     /// One or two tiers, by core length.
     tiers: Vec<Tier>,
     /// Shortest core.
@@ -248,7 +277,7 @@ pub struct Matcher {
 #[derive(Default)]
 pub struct Builder {
     /// Id of each secret added, in order (repeats included).
-    ids: Vec<Box<str>>,
+    ids: Packed,
     /// Form bytes; derived secrets.
     bytes: Zeroizing<Vec<u8>>,
     forms: Vec<FormAt>,
@@ -284,12 +313,14 @@ impl Builder {
         let values: usize = secrets.iter().map(|s| s.value.len()).sum();
         reserve_wiped(&mut self.bytes, FORM_BYTES_PER_VALUE_BYTE * values);
         self.forms.reserve(FORMS_PER_VALUE * secrets.len());
+        self.ids
+            .reserve(secrets.len(), secrets.iter().map(|s| s.id.len()).sum());
         for secret in secrets {
             if secret.value.len() < MIN_SECRET_LEN {
                 continue;
             }
             let index = index_u32(self.ids.len());
-            self.ids.push(secret.id.into());
+            self.ids.push(secret.id);
             encode::forms(secret.value, &mut self.scratch);
             for form in self.scratch.drain(..) {
                 // A value's prefixes and suffixes have the same bytes.
@@ -354,6 +385,48 @@ fn reserve_wiped(buf: &mut Zeroizing<Vec<u8>>, additional: usize) {
         prefer_huge_pages(bigger.spare_capacity_mut());
         bigger.extend_from_slice(buf);
         *buf = bigger;
+    }
+}
+
+/// Strings one after another in one buffer, each found by where it ends:
+/// one allocation for thousands of ids, not one each.
+#[derive(Default)]
+struct Packed {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl Packed {
+    fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.ends.push(index_u32(self.text.len()));
+    }
+
+    fn reserve(&mut self, strings: usize, bytes: usize) {
+        self.ends.reserve(strings);
+        self.text.reserve(bytes);
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.ends.shrink_to_fit();
+        self.text.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, i: usize) -> &str {
+        let start = i.checked_sub(1).map_or(0, |k| self.ends[k] as usize);
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    fn heap_size(&self) -> usize {
+        self.text.capacity() + 4 * self.ends.capacity()
     }
 }
 
@@ -608,11 +681,14 @@ impl Matcher {
             })
             .collect();
         drop(first);
-        let ids: Vec<Box<str>> = all_ids
-            .into_iter()
-            .zip(&kept)
-            .filter_map(|(id, &keep)| keep.then_some(id))
-            .collect();
+        let mut ids = Packed::default();
+        for (id, &keep) in all_ids.iter().zip(&kept) {
+            if keep {
+                ids.push(id);
+            }
+        }
+        ids.shrink_to_fit();
+        drop(all_ids);
         drop(kept);
 
         // Sort by bytes, then shape (the first secret wins a tie), and drop
@@ -680,8 +756,7 @@ impl Matcher {
                 len: form.len,
                 back: form.back,
                 fwd: form.fwd,
-                id: remap[form.secret as usize],
-                flavor: form.flavor,
+                tag: Pat::tag(remap[form.secret as usize], form.flavor),
             });
         }
         drop(keyed);
@@ -689,10 +764,11 @@ impl Matcher {
         drop(gathered);
         let arena = sorted;
 
-        let masks = ids
-            .iter()
-            .map(|id| mask.render(id).into_bytes().into_boxed_slice())
-            .collect();
+        let mut masks = Packed::default();
+        for id in ids.iter() {
+            masks.push(&mask.render(id));
+        }
+        masks.shrink_to_fit();
         let min_len = pats.iter().map(Pat::core_len).min().unwrap_or(0);
         let max_len = pats.iter().map(|p| p.len as usize).max().unwrap_or(0);
 
@@ -738,7 +814,7 @@ impl Matcher {
                 start: p.start,
                 len: p.len,
                 back: p.back,
-                flavor: p.flavor,
+                flavor: p.flavor(),
             }),
             &arena,
         );
@@ -819,8 +895,7 @@ impl Matcher {
     /// Approximate heap memory held, in bytes.
     pub fn heap_size(&self) -> usize {
         let tiers: usize = self.tiers.iter().map(Tier::heap_size).sum();
-        let ids: usize = self.ids.iter().map(|id| id.len()).sum::<usize>()
-            + self.masks.iter().map(|m| m.len()).sum::<usize>();
+        let ids = self.ids.heap_size() + self.masks.heap_size();
         self.arena.capacity()
             + self.pats.capacity() * std::mem::size_of::<Pat>()
             + self.starts.heap_size()
@@ -946,7 +1021,7 @@ impl Matcher {
             if rest.len() < tail.len() || folded_cmp(&rest[..tail.len()], tail).is_ne() {
                 return false;
             }
-            let flavor = self.pats[p as usize].flavor;
+            let flavor = self.pats[p as usize].flavor();
             if rest.len() > tail.len() && flavor.eq(&rest[..tail.len()], tail) {
                 return true;
             }
@@ -961,7 +1036,7 @@ impl Matcher {
 
     /// The id a pattern masks.
     pub(crate) fn pat_id(&self, pat: u32) -> &str {
-        &self.ids[self.pats[pat as usize].id as usize]
+        self.ids.get(self.pats[pat as usize].id() as usize)
     }
 
     /// All bytes of a pattern: back, core, fwd.
@@ -1169,10 +1244,11 @@ impl Matcher {
         let (back, rest) = full.split_at(p.back as usize);
         let (core, fwd) = rest.split_at(p.core_len());
         let end = c + core.len();
-        if end > hay.len() || !p.flavor.eq(&hay[c..end], core) {
+        let flavor = p.flavor();
+        if end > hay.len() || !flavor.eq(&hay[c..end], core) {
             return None;
         }
-        let canon = |b: u8| p.flavor.canon(b);
+        let canon = |b: u8| flavor.canon(b);
         let more = hay[end..]
             .iter()
             .zip(fwd)
@@ -1458,7 +1534,7 @@ fn variation(group: &[u32], pats: &[Pat], arena: &[u8], sample: usize) -> u32 {
     let mut varies = 0u32;
     for &i in group {
         let bytes = core(i);
-        let base64 = pats[i as usize].flavor == Flavor::Base64;
+        let base64 = pats[i as usize].flavor() == Flavor::Base64;
         for (k, (&a, &b)) in head.iter().zip(bytes).enumerate() {
             if a | 0x20 != b | 0x20 || base64 && matches!(b, b'+' | b'-' | b'/' | b'_') {
                 varies |= 1 << k;
@@ -1570,7 +1646,7 @@ fn window_keys(group: &[u32], pats: &[Pat], arena: &[u8], o: usize, q: usize, ou
         let gram = &arena[at..at + q];
         let first = out.len();
         out.push(gram_key(gram, q));
-        if p.flavor != Flavor::Base64 {
+        if p.flavor() != Flavor::Base64 {
             continue;
         }
         for (k, &b) in gram.iter().enumerate() {
@@ -1616,7 +1692,7 @@ pub(super) fn hash(g: u64) -> u64 {
 /// (those starts are the same), else 0.
 fn first_start(pats: &[Pat], i: usize) -> usize {
     match i.checked_sub(1).map(|k| (&pats[k], &pats[i])) {
-        Some((a, b)) if a.start == b.start && a.len == b.len && a.flavor == b.flavor => {
+        Some((a, b)) if a.start == b.start && a.len == b.len && a.flavor() == b.flavor() => {
             a.back as usize + 1
         }
         _ => 0,
@@ -1745,13 +1821,13 @@ impl Sink for Emitter<'_> {
         }
         self.src
             .copy(self.pos, start, self.out, self.pieces.as_deref_mut());
-        let id = self.m.pats[pat as usize].id as usize;
+        let id = self.m.pats[pat as usize].id() as usize;
         let at = self.out.len();
-        self.out.extend_from_slice(&self.m.masks[id]);
+        self.out.extend_from_slice(self.m.masks.get(id).as_bytes());
         if let Some(p) = self.pieces.as_deref_mut() {
             push_piece(p, Piece::Out(at..self.out.len()));
         }
-        self.counts.add(&self.m.ids[id]);
+        self.counts.add(self.m.ids.get(id));
         self.pos = end;
     }
 
@@ -1812,8 +1888,8 @@ impl Matcher {
                     self.full(p),
                     p.back as usize,
                     p.fwd as usize,
-                    p.flavor,
-                    &*self.ids[p.id as usize],
+                    p.flavor(),
+                    self.ids.get(p.id() as usize),
                 )
             })
             .collect()
