@@ -819,6 +819,24 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::with_cases(48)
+    })]
+
+    /// Values long enough that a stream's tail can pass `LONG_TAIL` bytes:
+    /// the hold rule's index of long patterns, cut anywhere.
+    #[test]
+    fn streaming_equals_one_shot_with_long_tails(
+        (secrets, input, cuts) in secret_set(super::hold::LONG_TAIL + 10).prop_flat_map(input_for)
+    ) {
+        check_property(&secrets, &input, &cuts)?;
+    }
+}
+
 /// Inputs long enough to cross the scanner's flush blocks, with secrets at
 /// every offset around them, for each filter shape (short and long grams, one tier or two).
 /// Cases the property tests once shrank to, replayed on every run.
