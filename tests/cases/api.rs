@@ -1300,16 +1300,28 @@ fn allow_open_files(want: u64) {
 
 /// Whether the server closed `s` (EOF or reset) within `limit`.
 fn closed_within(s: &mut std::os::unix::net::UnixStream, limit: Duration) -> bool {
-    use std::io::Read;
-    s.set_read_timeout(Some(limit)).expect("timeout");
+    use std::io::{ErrorKind, Read};
+    let deadline = Instant::now() + limit;
     let mut buf = [0u8; 4096];
     loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return false;
+        };
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue, // a reply to an earlier request
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
-            Err(_) => return true,
+            // A read with a timeout is not restarted after a signal
+            // handler runs (another test's child exiting): not a close.
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(e) => {
+                eprintln!("closed: {e}");
+                return true;
+            }
         }
     }
 }
