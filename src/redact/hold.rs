@@ -35,10 +35,14 @@ const _: () = assert!(
     LONG_TAIL >= SAMPLE + GRAM - 1,
     "a long tail holds a sampled gram"
 );
-/// Bytes a check may compare, per byte of the scratch: past it, candidates
-/// are held without being measured (more is held back than needed, never
-/// less). Only a value that repeats itself many times over (`abab...`)
-/// has that many candidates that agree for long.
+/// The first gram worth indexing: one at `q` ends tails at `q + GRAM +
+/// SAMPLE - 1` at the most, which must be longer than [`LONG_TAIL`].
+const FIRST_GRAM: usize = (LONG_TAIL + 1 - (GRAM + SAMPLE - 1)).next_multiple_of(SAMPLE);
+/// Work a check may do (bytes compared and candidates looked at), per
+/// byte of the scratch: past it, candidates are held without being
+/// measured (more is held back than needed, never less). Only a value
+/// that repeats itself many times over (`abab...`) has that many
+/// candidates that agree for long.
 const WORK_PER_BYTE: usize = 8;
 const WORK_MIN: usize = 64 * 1024;
 
@@ -53,10 +57,22 @@ pub(crate) struct LongPattern {
     pub(crate) flavor: Flavor,
 }
 
+/// What a hold check cost: bytes compared and candidates looked at, and
+/// whether it ran out of its allowance (and so may hold more than needed).
+#[derive(Debug, Default)]
+pub(crate) struct Work {
+    pub(crate) steps: usize,
+    pub(crate) gave_up: bool,
+}
+
 /// The sampled grams of the long patterns (see the module doc).
 #[derive(Default)]
 pub(crate) struct LongEnds {
     pats: Vec<LongPattern>,
+    /// One bit per hash prefix of the indexed grams, tested before the
+    /// sorted keys: most of a check's 32 grams stop here. Wiped on drop.
+    filter: Zeroizing<Vec<u64>>,
+    filter_shift: u32,
     /// `hash << 32 | k` for spot `k`, sorted. The hashes are of secret
     /// bytes: wiped on drop.
     keys: Zeroizing<Vec<u64>>,
@@ -79,35 +95,51 @@ impl LongEnds {
         // Latest start first within the same bytes and flavour.
         pats.sort_unstable_by_key(|p| (p.start, p.len, p.flavor, u32::MAX - p.back));
         pats.dedup_by_key(|p| (p.start, p.len, p.flavor));
-        let n: usize = pats
-            .iter()
-            .map(|p| (p.len as usize - GRAM) / SAMPLE + 1)
-            .sum();
+        let n: usize = pats.iter().map(|p| grams(p.len as usize).len()).sum();
         let mut keys = Zeroizing::new(Vec::with_capacity(n));
         let mut spots = Vec::with_capacity(n);
         for (i, p) in pats.iter().enumerate() {
             let bytes = &arena[p.start as usize..(p.start + p.len) as usize];
-            for q in (0..=bytes.len() - GRAM).step_by(SAMPLE) {
+            for q in grams(bytes.len()) {
                 let k = u32::try_from(spots.len()).expect("fewer than 2^32 grams");
                 keys.push(u64::from(gram_hash(&bytes[q..q + GRAM])) << 32 | u64::from(k));
                 spots.push((i as u64) << 32 | q as u64);
             }
         }
         keys.sort_unstable();
-        LongEnds { pats, keys, spots }
+        let bits = (16 * n).next_power_of_two().clamp(1 << 12, 1 << 24);
+        let filter_shift = 32 - bits.trailing_zeros();
+        let mut filter = Zeroizing::new(vec![0u64; bits / 64]);
+        for &w in keys.iter() {
+            let bit = ((w >> 32) as u32 >> filter_shift) as usize;
+            filter[bit / 64] |= 1 << (bit % 64);
+        }
+        LongEnds {
+            pats,
+            filter,
+            filter_shift,
+            keys,
+            spots,
+        }
     }
 
     pub(crate) fn heap_size(&self) -> usize {
         self.pats.capacity() * std::mem::size_of::<LongPattern>()
-            + 8 * (self.keys.capacity() + self.spots.capacity())
+            + 8 * (self.filter.capacity() + self.keys.capacity() + self.spots.capacity())
+    }
+
+    /// Might a gram of this hash be indexed?
+    fn maybe(&self, h: u32) -> bool {
+        let bit = (h >> self.filter_shift) as usize;
+        self.filter[bit / 64] >> (bit % 64) & 1 != 0
     }
 
     /// The length of the longest tail of `scratch`, longer than
     /// [`LONG_TAIL`], that is a proper prefix of a long pattern's bytes
     /// from a place `j <= back` (compared in the pattern's flavour); `None`
     /// if there is none. Past the work allowance the answer may be longer
-    /// than that (never shorter). `work` counts the bytes compared.
-    pub(crate) fn longest(&self, arena: &[u8], scratch: &[u8], work: &mut usize) -> Option<usize> {
+    /// than that (never shorter), and `work` says so.
+    pub(crate) fn longest(&self, arena: &[u8], scratch: &[u8], work: &mut Work) -> Option<usize> {
         let k = scratch.len();
         if k <= LONG_TAIL || self.keys.is_empty() {
             return None;
@@ -121,11 +153,18 @@ impl LongEnds {
             // The gram that ends `d` bytes before the scratch's end.
             let at = k - GRAM - d;
             let h = gram_hash(&scratch[at..at + GRAM]);
+            if !self.maybe(h) {
+                continue;
+            }
             let lo = self.keys.partition_point(|&w| ((w >> 32) as u32) < h);
-            let hi = self.keys.partition_point(|&w| ((w >> 32) as u32) <= h);
+            let run = self.keys[lo..]
+                .iter()
+                .take_while(|&&w| (w >> 32) as u32 == h)
+                .count();
             // Latest grams first: in a value that repeats itself, the first
             // candidate tried is then the longest.
-            for &w in self.keys[lo..hi].iter().rev() {
+            for &w in self.keys[lo..lo + run].iter().rev() {
+                work.steps += 1;
                 let spot = self.spots[w as u32 as usize];
                 let p = &self.pats[(spot >> 32) as usize];
                 // The tail would end at `e` in the pattern, with a byte after.
@@ -141,11 +180,12 @@ impl LongEnds {
                     continue;
                 }
                 let bytes = &arena[p.start as usize..p.start as usize + e];
-                let m = if *work + reach <= allowance {
+                let m = if work.steps + reach <= allowance {
                     let m = common_suffix(p.flavor, scratch, bytes, reach);
-                    *work += m + 1;
+                    work.steps += m;
                     m
                 } else {
+                    work.gave_up = true;
                     reach
                 };
                 if m > best && m >= need {
@@ -155,6 +195,14 @@ impl LongEnds {
         }
         (best > LONG_TAIL).then_some(best)
     }
+}
+
+/// The offsets of a pattern's grams worth indexing: every `SAMPLE`th from
+/// 0 (so that any `SAMPLE` places in a row hold one), from [`FIRST_GRAM`],
+/// and with at least one byte after the gram (a tail ends before the
+/// pattern does).
+fn grams(len: usize) -> std::iter::StepBy<std::ops::Range<usize>> {
+    (FIRST_GRAM..len.saturating_sub(GRAM)).step_by(SAMPLE)
 }
 
 /// The hash of a gram as the index keys it: folded (see
@@ -251,14 +299,14 @@ mod tests {
             cases.push([b"Q".as_slice(), &periodic[from..to]].concat());
         }
         for case in &cases {
-            let mut work = 0;
+            let mut work = Work::default();
             assert_eq!(
                 ends.longest(&arena, case, &mut work),
                 by_definition(&pats, &arena, case),
                 "case of {} bytes",
                 case.len()
             );
-            assert!(work <= WORK_PER_BYTE * case.len() + WORK_MIN);
+            assert!(!work.gave_up);
         }
     }
 
@@ -273,13 +321,10 @@ mod tests {
                 v[..n - 1].to_vec(),
                 v[n / 3..n - 7].to_vec(),
             ] {
-                let mut work = 0;
+                let mut work = Work::default();
                 let m = ends.longest(&v, &scratch, &mut work);
                 assert_eq!(m.is_some(), !scratch.ends_with(b"\n"));
-                assert!(
-                    work <= 2 * scratch.len() + 64,
-                    "{work} bytes compared for {n}"
-                );
+                assert!(work.steps <= 2 * scratch.len() + 64, "{work:?} for {n}");
             }
         }
     }
@@ -291,9 +336,9 @@ mod tests {
         let ends = LongEnds::build([pat(0, n, n / 2, Flavor::Exact)], &v);
         // Agrees backwards with every other place, for all but its first byte.
         let scratch = [b"b".as_slice(), &v[..n - 2]].concat();
-        let mut work = 0;
+        let mut work = Work::default();
         let m = ends.longest(&v, &scratch, &mut work).expect("held");
         assert!(m >= scratch.len() - 1);
-        assert!(work <= WORK_PER_BYTE * scratch.len() + WORK_MIN);
+        assert!(work.gave_up);
     }
 }

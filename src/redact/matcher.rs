@@ -40,7 +40,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 use super::encode::{self, fold, Flavor, Form};
-use super::hold::{LongEnds, LongPattern, LONG_TAIL};
+use super::hold::{LongEnds, LongPattern, Work, LONG_TAIL};
 use super::{Counts, Mask, Piece, Secret, MIN_SECRET_LEN};
 use crate::sys::{prefer_huge_pages, prefetch};
 
@@ -964,22 +964,45 @@ impl Matcher {
     /// [`LONG_TAIL`] are decided all at once from their shared end (see
     /// [`super::hold`]), shorter ones one at a time.
     pub(crate) fn hold_at(&self, scratch: &[u8]) -> usize {
-        self.hold_at_counting(scratch, &mut 0)
+        let mut work = Work::default();
+        let at = self.hold_at_counting(scratch, &mut work);
+        // In tests every hold (of a scratch short enough to check this way)
+        // is checked against the rule taken one place at a time: the same
+        // place, or an earlier one when the check ran out of allowance.
+        #[cfg(test)]
+        if scratch.len() <= 8192 {
+            let by_each = self.hold_by_each_place(scratch);
+            assert!(
+                at == by_each || work.gave_up && at < by_each,
+                "held from {at}, the rule says {by_each} ({work:?})"
+            );
+        }
+        at
     }
 
-    /// [`Matcher::hold_at`], adding to `work` the bytes compared for long
-    /// tails and one for each short tail tried.
-    pub(crate) fn hold_at_counting(&self, scratch: &[u8], work: &mut usize) -> usize {
+    /// [`Matcher::hold_at`], adding to `work` the bytes compared and the
+    /// candidates looked at for long tails, and one for each short tail
+    /// tried.
+    pub(crate) fn hold_at_counting(&self, scratch: &[u8], work: &mut Work) -> usize {
         let k = scratch.len();
         if let Some(m) = self.long_ends.longest(&self.arena, scratch, work) {
             return k - m;
         }
         (k.saturating_sub(LONG_TAIL)..k)
             .find(|&i| {
-                *work += 1;
+                work.steps += 1;
                 self.could_begin(&scratch[i..])
             })
             .unwrap_or(k)
+    }
+
+    /// The hold rule taken one place at a time: the earliest place whose
+    /// bytes could still become a match.
+    #[cfg(test)]
+    pub(crate) fn hold_by_each_place(&self, scratch: &[u8]) -> usize {
+        (0..scratch.len())
+            .find(|&i| self.could_begin(&scratch[i..]))
+            .unwrap_or(scratch.len())
     }
 
     /// True when `tail` is a proper prefix of some pattern: the bytes could

@@ -1346,14 +1346,6 @@ fn a_long_value_among_many_keeps_one_start_a_word() {
     assert!(matcher(&[("s", &secrets[7])]).starts_two_a_word());
 }
 
-/// The hold rule, the one-at-a-time way: the earliest place whose bytes
-/// could still become a match.
-fn hold_by_each_place(m: &Matcher, scratch: &[u8]) -> usize {
-    (0..scratch.len())
-        .find(|&i| m.could_begin(&scratch[i..]))
-        .unwrap_or(scratch.len())
-}
-
 /// Values long enough for tails past `LONG_TAIL`: one of random letters, one
 /// of lines that repeat (as a PEM key's do), one of bytes, one that repeats
 /// itself throughout.
@@ -1392,7 +1384,7 @@ fn long_tails_are_held_where_each_place_would_hold_them() {
                     let text = [b"junk ".as_slice(), &form[..cut], after].concat();
                     let scratch = &text[text.len().saturating_sub(keep)..];
                     let at = m.hold_at(scratch);
-                    assert_eq!(at, hold_by_each_place(&m, scratch), "{what}, cut at {cut}");
+                    assert_eq!(at, m.hold_by_each_place(scratch), "{what}, cut at {cut}");
                     long_holds += usize::from(scratch.len() - at > super::hold::LONG_TAIL);
                 }
             }
@@ -1444,13 +1436,52 @@ fn the_hold_rule_costs_a_long_value_its_length() {
             [b"x=".as_slice(), &v[n / 4..n * 3 / 4]].concat(),
         ] {
             let scratch = &text[text.len().saturating_sub(keep)..];
-            let mut work = 0;
+            let mut work = super::hold::Work::default();
             m.hold_at_counting(scratch, &mut work);
             assert!(
-                work <= 2 * scratch.len() + 2 * super::hold::LONG_TAIL,
-                "{work} for {} bytes",
+                work.steps <= 2 * scratch.len() + 2 * super::hold::LONG_TAIL,
+                "{work:?} for {} bytes",
                 scratch.len()
             );
         }
     }
+}
+
+/// Values around the long-tail threshold (129 to 140 bytes), as they are,
+/// in upper-case hex and in unpadded base64url: tails of 127 to 130 bytes
+/// and longer, starting at the first and the last place a truncated copy
+/// can start and one place past it. Under test, `Matcher::hold_at` checks
+/// each hold against the rule taken one place at a time.
+#[test]
+fn holds_around_the_long_tail_threshold() {
+    let mut rng = Rng(104);
+    let mut long_holds = 0;
+    for len in [129, 130, 131, 140] {
+        let v = rng.alnum(len);
+        let m = matcher(&[("t", &v)]);
+        let keep = m.max_pattern_len() - 1;
+        // Truncated copies are at least half the value: they start up to
+        // `back` bytes in.
+        let back = len - len.div_ceil(2);
+        let hex: Vec<u8> = v
+            .iter()
+            .flat_map(|b| format!("{b:02X}").into_bytes())
+            .collect();
+        let forms = [v.clone(), hex, base64_of(&v, encode::BASE64_URL, false)];
+        for form in &forms {
+            for j in [0, 1, back, back + 1] {
+                let rest = form.len() - j;
+                for tail in [127, 128, 129, 130, rest - 1, rest] {
+                    if tail > rest {
+                        continue;
+                    }
+                    let text = [b"x=".as_slice(), &form[j..j + tail]].concat();
+                    let scratch = &text[text.len().saturating_sub(keep)..];
+                    let at = m.hold_at(scratch);
+                    long_holds += usize::from(scratch.len() - at > super::hold::LONG_TAIL);
+                }
+            }
+        }
+    }
+    assert!(long_holds >= 40, "only {long_holds} long holds");
 }
