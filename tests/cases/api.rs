@@ -1310,10 +1310,13 @@ fn closed_within(s: &mut std::os::unix::net::UnixStream, limit: Duration) -> boo
         s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
             .expect("timeout");
         match s.read(&mut buf) {
-            Ok(0) => return true,
+            Ok(0) => {
+                eprintln!("closed: end of file");
+                return true;
+            }
             Ok(_) => continue, // a reply to an earlier request
             // A read with a timeout is not restarted after a signal
-            // handler runs (another test's child exiting): not a close.
+            // handler runs: not a close.
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 return false
