@@ -782,15 +782,20 @@ fn unmasked_segments<'o>(out: &'o [u8], ids: &[String]) -> Vec<&'o [u8]> {
     segments
 }
 
-proptest! {
-    // A failing case is written beside this file (git-ignored: its seed
-    // hashes look like secrets); add it to shrunk_property_cases_still_hold.
-    #![proptest_config(ProptestConfig {
+/// `cases` cases a property. A failing case is written beside this file
+/// (git-ignored: its seed hashes look like secrets); add it to
+/// `shrunk_property_cases_still_hold`.
+fn property_config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
         failure_persistence: Some(Box::new(
             proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
         )),
-        ..ProptestConfig::with_cases(200)
-    })]
+        ..ProptestConfig::with_cases(cases)
+    }
+}
+
+proptest! {
+    #![proptest_config(property_config(200))]
 
     /// Short patterns: the 4-byte-gram filter.
     #[test]
@@ -820,12 +825,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
-        )),
-        ..ProptestConfig::with_cases(48)
-    })]
+    #![proptest_config(property_config(48))]
 
     /// Values long enough that a stream's tail can pass `LONG_TAIL` bytes:
     /// the hold rule's index of long patterns, cut anywhere.
