@@ -11,11 +11,12 @@
 //! they all share. A tail of length `m` that begins pattern `P` at `j` ends
 //! at `e = j + m < len(P)`, and its last bytes are `P`'s bytes before `e`.
 //! [`LongEnds`] indexes one folded 8-byte gram every [`SAMPLE`] bytes of each
-//! pattern long enough for such a tail. The last `SAMPLE + 7` bytes of the
-//! scratch hold `SAMPLE` grams, and one of them is an indexed gram of `P`
-//! for every such `(P, e)`. Each candidate `(P, e)` found that way is
-//! measured by how far the scratch and `P` agree backwards from there:
-//! linear in the scratch, whatever the values.
+//! pattern long enough for such a tail (those that can end one). The last
+//! `SAMPLE + 7` bytes of the scratch hold `SAMPLE` grams, and one of them
+//! is an indexed gram of `P` for every such `(P, e)`. Each candidate
+//! `(P, e)` found that way is measured by how far the scratch and `P` agree
+//! backwards from there: linear in the scratch, short of a value that
+//! repeats itself (see `WORK_PER_BYTE`).
 //!
 //! Pure: no I/O.
 
