@@ -582,3 +582,37 @@ fn review_23_truncated_copies_are_masked_even_split_across_writes() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "key=[REDACTED:t]\ntail=[REDACTED:t]\n");
 }
+
+/// A value of 48 KiB printed whole, cut short at either end, each written
+/// in pieces of a few KiB: every copy is masked, and the text after each
+/// one comes out (the hold rule decides long tails from their end, so a
+/// chunk ending inside a long value costs its length, not its square).
+#[test]
+fn a_long_value_printed_in_pieces_is_masked_whole_and_cut_short() {
+    let dir = Dir::new();
+    let value = secret(48 * 1024);
+    registry(&dir, &[("big", value.as_bytes())]);
+    let script = "import sys, time\nv = open('secrets/big').read()\n\
+         for s in ['a=' + v + '\\n', 'b=' + v[2000:] + '\\n', 'c=' + v[:30000] + '\\n', 'done\\n']:\n\
+         \x20   for i in range(0, len(s), 4093):\n\
+         \x20       sys.stdout.write(s[i:i+4093]); sys.stdout.flush(); time.sleep(0.001)\n";
+    dir.write("drip.py", script);
+    let out = output(&mut kw(
+        &dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--",
+            "python3",
+            "drip.py",
+        ],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "a=[REDACTED:big]\nb=[REDACTED:big]\nc=[REDACTED:big]\ndone\n"
+    );
+}
