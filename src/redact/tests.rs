@@ -1365,15 +1365,20 @@ fn long_values(rng: &mut Rng) -> Vec<Vec<u8>> {
     vec![rng.alnum(500), pem, rng.bytes(260), periodic]
 }
 
+/// [`long_values`] made with seed `seed`, and their matcher.
+fn long_values_matcher(seed: u64) -> (Vec<Vec<u8>>, Matcher) {
+    let values = long_values(&mut Rng(seed));
+    let ids = numbered_ids("l", values.len());
+    let m = Matcher::new(&listed(&ids, &values), &Mask::default());
+    (values, m)
+}
+
 /// Long tails, decided from their end, are held from where the start list
 /// holds them taken one at a time: in every printed form of long values,
 /// ending at many places, with and without bytes after.
 #[test]
 fn long_tails_are_held_where_each_place_would_hold_them() {
-    let mut rng = Rng(101);
-    let values = long_values(&mut rng);
-    let ids = numbered_ids("l", values.len());
-    let m = Matcher::new(&listed(&ids, &values), &Mask::default());
+    let (values, m) = long_values_matcher(101);
     let keep = m.max_pattern_len() - 1;
     assert!(keep > super::hold::LONG_TAIL);
     let mut long_holds = 0;
@@ -1397,10 +1402,7 @@ fn long_tails_are_held_where_each_place_would_hold_them() {
 /// the output is the one-shot output.
 #[test]
 fn long_values_streamed_in_chunks_are_masked_as_in_one_shot() {
-    let mut rng = Rng(102);
-    let values = long_values(&mut rng);
-    let ids = numbered_ids("l", values.len());
-    let m = Matcher::new(&listed(&ids, &values), &Mask::default());
+    let (values, m) = long_values_matcher(102);
     let mut input = Vec::new();
     for v in &values {
         for (_, form) in printed_forms(v) {

@@ -54,6 +54,24 @@ fn run_cat(dir: &Dir, file: &str) -> std::process::Output {
     ))
 }
 
+/// Runs `script` (Python) as the child, with the registry in `dir`.
+fn run_python(dir: &Dir, script: &str) -> std::process::Output {
+    dir.write("drip.py", script);
+    output(&mut kw(
+        dir,
+        &[
+            "run",
+            "--env",
+            "dev",
+            "--registry",
+            "reg.yaml",
+            "--",
+            "python3",
+            "drip.py",
+        ],
+    ))
+}
+
 #[test]
 fn raw_values_and_every_encoding_are_masked_on_stdout_and_stderr() {
     let dir = Dir::new();
@@ -153,20 +171,7 @@ fn a_secret_written_one_byte_at_a_time_is_masked() {
     let script = format!(
         "import sys, time\nfor c in 'token={value};\\n':\n    sys.stdout.write(c); sys.stdout.flush(); time.sleep(0.002)\n"
     );
-    dir.write("drip.py", script);
-    let out = output(&mut kw(
-        &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--",
-            "python3",
-            "drip.py",
-        ],
-    ));
+    let out = run_python(&dir, &script);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "token=[REDACTED:slow];\n");
 }
@@ -565,20 +570,7 @@ fn review_23_truncated_copies_are_masked_even_split_across_writes() {
         p = &value[..24],
         s = &value[14..]
     );
-    dir.write("drip.py", script);
-    let out = output(&mut kw(
-        &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--",
-            "python3",
-            "drip.py",
-        ],
-    ));
+    let out = run_python(&dir, &script);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "key=[REDACTED:t]\ntail=[REDACTED:t]\n");
 }
@@ -596,20 +588,7 @@ fn a_long_value_printed_in_pieces_is_masked_whole_and_cut_short() {
          for s in ['a=' + v + '\\n', 'b=' + v[2000:] + '\\n', 'c=' + v[:30000] + '\\n', 'done\\n']:\n\
          \x20   for i in range(0, len(s), 4093):\n\
          \x20       sys.stdout.write(s[i:i+4093]); sys.stdout.flush(); time.sleep(0.001)\n";
-    dir.write("drip.py", script);
-    let out = output(&mut kw(
-        &dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--",
-            "python3",
-            "drip.py",
-        ],
-    ));
+    let out = run_python(&dir, script);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
