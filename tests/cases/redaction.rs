@@ -38,38 +38,21 @@ fn registry(dir: &Dir, values: &[(&str, &[u8])]) {
     dir.write("reg.yaml", reg);
 }
 
+/// Runs `child` under `keywarden run` with the registry in `dir`.
+fn run_child(dir: &Dir, child: &[&str]) -> std::process::Output {
+    let mut args = vec!["run", "--env", "dev", "--registry", "reg.yaml", "--"];
+    args.extend_from_slice(child);
+    output(&mut kw(dir, &args))
+}
+
 fn run_cat(dir: &Dir, file: &str) -> std::process::Output {
-    output(&mut kw(
-        dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--",
-            "cat",
-            file,
-        ],
-    ))
+    run_child(dir, &["cat", file])
 }
 
 /// Runs `script` (Python) as the child, with the registry in `dir`.
 fn run_python(dir: &Dir, script: &str) -> std::process::Output {
     dir.write("drip.py", script);
-    output(&mut kw(
-        dir,
-        &[
-            "run",
-            "--env",
-            "dev",
-            "--registry",
-            "reg.yaml",
-            "--",
-            "python3",
-            "drip.py",
-        ],
-    ))
+    run_child(dir, &["python3", "drip.py"])
 }
 
 #[test]
