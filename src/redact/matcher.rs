@@ -125,9 +125,10 @@ struct Tier {
     /// Indices into `Matcher::pats` of this tier's patterns, ordered by the
     /// folded first `sample` bytes of their cores.
     members: Vec<u32>,
-    /// Ranges of `members` whose cores share their folded first `sample`
-    /// bytes.
-    groups: Vec<(u32, u32)>,
+    /// Where each group of `members` begins, and then where the last one
+    /// ends (a group: members whose cores share their folded first
+    /// `sample` bytes). Group `g` is `members[groups[g]..groups[g + 1]]`.
+    groups: Vec<u32>,
     q: usize,
     sample: usize,
     step: usize,
@@ -612,7 +613,7 @@ impl fmt::Debug for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tier")
             .field("patterns", &self.members.len())
-            .field("groups", &self.groups.len())
+            .field("groups", &(self.groups.len() - 1))
             .field("q", &self.q)
             .field("step", &self.step)
             .field("small_probe", &matches!(self.probe, Probe::Small { .. }))
@@ -1237,8 +1238,7 @@ impl Matcher {
             if c >= start_limit + tier.back_max || c + tier.sample > hay.len() {
                 continue;
             }
-            let (first, last) = tier.groups[(r >> OFFSET_BITS) as usize];
-            let members = &tier.members[first as usize..last as usize];
+            let members = group(&tier.groups, &tier.members, (r >> OFFSET_BITS) as usize);
             let sample = &self.core(&self.pats[members[0] as usize])[..tier.sample];
             if folded_cmp(&hay[c..c + tier.sample], sample).is_ne() {
                 continue;
@@ -1333,7 +1333,7 @@ impl Tier {
             Probe::Large(bloom) => bloom.words.capacity(),
         };
         4 * (self.members.capacity()
-            + 2 * self.groups.capacity()
+            + self.groups.capacity()
             + self.heads.capacity()
             + self.entries.capacity())
             + 8 * probe
@@ -1369,33 +1369,31 @@ impl Tier {
         });
         members.clear();
         members.extend(keyed.iter().map(|&(_, i)| i));
+        members.shrink_to_fit();
         // At most one group a member (most groups have one).
-        let mut groups: Vec<(u32, u32)> = Vec::with_capacity(keyed.len());
+        let mut groups: Vec<u32> = Vec::with_capacity(keyed.len() + 1);
         for (k, &(key, i)) in keyed.iter().enumerate() {
-            match groups.last_mut() {
-                Some(g)
-                    if keyed[k - 1].0 == key
-                        && folded_cmp(sample_of(members[g.0 as usize]), sample_of(i)).is_eq() =>
-                {
-                    g.1 += 1
-                }
-                _ => groups.push((index_u32(k), index_u32(k + 1))),
+            let joins = groups.last().is_some_and(|&g| {
+                keyed[k - 1].0 == key
+                    && folded_cmp(sample_of(members[g as usize]), sample_of(i)).is_eq()
+            });
+            if !joins {
+                groups.push(index_u32(k));
             }
         }
+        groups.push(index_u32(keyed.len()));
         drop(keyed);
         groups.shrink_to_fit();
+        let n_groups = groups.len() - 1;
 
-        assert!(groups.len() < 1 << (32 - OFFSET_BITS), "too many patterns");
-        let ref_bits = u32::BITS - (index_u32(groups.len()) << OFFSET_BITS).leading_zeros();
+        assert!(n_groups < 1 << (32 - OFFSET_BITS), "too many patterns");
+        let ref_bits = u32::BITS - (index_u32(n_groups) << OFFSET_BITS).leading_zeros();
         // The keys (see `KeySource`) are made again for each pass: their
         // number, the count per bucket, the fill. No list of hashes is
         // kept, and counting costs little: most groups have one key an
         // offset, loaded, not hashed.
-        let varies: Vec<u32> = groups
-            .iter()
-            .map(|&(first, last)| {
-                variation(&members[first as usize..last as usize], pats, arena, sample)
-            })
+        let varies: Vec<u32> = (0..n_groups)
+            .map(|g| variation(group(&groups, &members, g), pats, arena, sample))
             .collect();
         let source = KeySource {
             groups: &groups,
@@ -1479,6 +1477,12 @@ impl Tier {
             ref_bits,
         }
     }
+}
+
+/// Group `g` of a tier's `members`, by the groups' boundaries.
+#[inline(always)]
+fn group<'m>(bounds: &[u32], members: &'m [u32], g: usize) -> &'m [u32] {
+    &members[bounds[g] as usize..bounds[g + 1] as usize]
 }
 
 /// The three bits a hash sets in its Bloom word.
@@ -1596,7 +1600,7 @@ fn in_batches(each_key: impl FnOnce(&mut dyn FnMut(u32, u64)), mut f: impl FnMut
 /// in `0..step`, every window the scan can load there (see
 /// [`window_keys`]), under the ref `group << OFFSET_BITS | o`.
 struct KeySource<'a> {
-    groups: &'a [(u32, u32)],
+    groups: &'a [u32],
     /// Per group, from [`variation`]: where its gram can vary.
     varies: &'a [u32],
     members: &'a [u32],
@@ -1618,8 +1622,8 @@ impl KeySource<'_> {
     fn for_each_window(&self, mut f: impl FnMut(u32, Keys<'_>)) {
         let mut scratch: Zeroizing<Vec<u64>> = Zeroizing::new(Vec::new());
         let q_bits = (1u32 << self.q) - 1;
-        for (g, (&(first, last), &varies)) in self.groups.iter().zip(self.varies).enumerate() {
-            let group = &self.members[first as usize..last as usize];
+        for (g, &varies) in self.varies.iter().enumerate() {
+            let group = group(self.groups, self.members, g);
             let p = &self.pats[group[0] as usize];
             let head = &self.arena[(p.start + p.back) as usize..];
             for o in 0..self.step {
