@@ -188,7 +188,7 @@ fn main() {
     let secret = ServedSecret {
         id: "bench".into(),
         reference: SecretRef::parse("kv://bench/dev").expect("ref"),
-        scope: vec!["pool".into()],
+        scope: Box::new(["pool".into()]),
         ttl_seconds: Some(3600),
         approval: Approval::None,
         env_var: None,

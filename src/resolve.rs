@@ -114,7 +114,7 @@ fn scrub_reasons(
             .secrets
             .iter()
             .zip(outcomes.iter())
-            .filter_map(|(p, o)| o.result.as_ref().ok().map(|v| (p.id.as_str(), v.expose())))
+            .filter_map(|(p, o)| o.result.as_ref().ok().map(|v| (&*p.id, v.expose())))
             .collect();
         let scrubber = Scrubber::new(&known, process_env);
         outcomes
@@ -268,7 +268,7 @@ pub fn secret_dates(
 ) -> std::collections::HashMap<String, crate::api::SecretDates> {
     dates_of(plan, store, env, wanted, None)
         .into_iter()
-        .map(|(i, d)| (plan.secrets[i].id.clone(), d))
+        .map(|(i, d)| (plan.secrets[i].id.to_string(), d))
         .collect()
 }
 

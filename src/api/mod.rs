@@ -57,17 +57,17 @@ pub const DEFAULT_CHILD_SCOPES: [&str; 1] = ["pool"];
 #[derive(Debug)]
 pub struct ServedSecret {
     /// Registry id (or variable name, for refs found in the environment).
-    pub id: String,
+    pub id: Arc<str>,
     /// Where the value lives (re-resolved from there when it expires).
     pub reference: SecretRef,
     /// Scope labels: a token reads the secret when its scopes meet these.
-    pub scope: Vec<String>,
+    pub scope: Box<[String]>,
     /// min(entry `max_ttl_seconds`, policy for the env); `None`: no expiry.
     pub ttl_seconds: Option<u64>,
     /// Whether a human must approve each use (refused in this build).
     pub approval: Approval,
     /// The variable the child gets it in, if injected.
-    pub env_var: Option<String>,
+    pub env_var: Option<Box<str>>,
     /// The value, or `None` to resolve it on first use.
     pub value: Option<SecretBytes>,
     /// When the secret was created and last rotated (unix seconds), where
@@ -109,7 +109,6 @@ impl ServedSecret {
     }
 }
 
-/// How to serve.
 /// Creation and rotation dates of a secret, as unix seconds, and how
 /// often it should be rotated.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,6 +121,7 @@ pub struct SecretDates {
     pub rotate_every_days: Option<u64>,
 }
 
+/// How to serve.
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
     /// The child's socket (`--socket PATH`); default `api.sock` in a fresh

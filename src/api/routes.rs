@@ -317,7 +317,7 @@ fn get_secret(
     let subject = Subject {
         id: e.id.to_string(),
         reference: Some(e.reference.clone()),
-        scope: e.scope.clone(),
+        scope: e.scope.to_vec(),
     };
     let refuse = |status, why: String| {
         Handled::Reply(Reply::error(status, why, auth.clone()).about(subject.clone()))
@@ -641,7 +641,7 @@ fn slack_verify(
     let subject = Subject {
         id: id.clone(),
         reference: Some(e.reference.clone()),
-        scope: e.scope.clone(),
+        scope: e.scope.to_vec(),
     };
     if e.revoked.is_some() {
         return Handled::Reply(
@@ -759,7 +759,7 @@ fn approve(state: &mut State, challenge_id: &str, body: &[u8], now: Now) -> Repl
         let (reference, scope) = state
             .secrets
             .get(secret_id)
-            .map(|e| (Some(e.reference.clone()), e.scope.clone()))
+            .map(|e| (Some(e.reference.clone()), e.scope.to_vec()))
             .unwrap_or_default();
         Subject {
             id: secret_id.to_string(),
@@ -848,7 +848,7 @@ fn revoke(state: &mut State, body: &[u8], now: Now) -> AdminHandled {
     let subject = Subject {
         id: e.id.to_string(),
         reference: Some(e.reference.clone()),
-        scope: e.scope.clone(),
+        scope: e.scope.to_vec(),
     };
     let record = Revocation {
         id: e.id.to_string(),

@@ -76,39 +76,108 @@ pub type Secrets = BTreeMap<std::sync::Arc<str>, Entry>;
 
 /// One served secret.
 #[derive(Debug)]
+///
+/// There is one per secret (50,000 in the largest registries measured), so
+/// the fields are kept small: boxed slices and strings, and the TTL, the
+/// lease and the dates in whole seconds (see [`Seconds`], [`Dates`]).
 pub struct Entry {
-    /// Id (shared with the map's key).
+    /// Id (shared with the map's key and the run's plan).
     pub id: std::sync::Arc<str>,
     /// Ref.
     pub reference: SecretRef,
     /// Scope labels.
-    pub scope: Vec<String>,
-    /// TTL of a cached value.
-    pub ttl: Option<Duration>,
-    /// The lease of the cached value, from its backend.
-    pub lease: Option<Duration>,
-    /// Approval.
-    pub approval: Approval,
+    pub scope: Box<[String]>,
     /// Injected as.
-    pub env_var: Option<String>,
+    pub env_var: Option<Box<str>>,
     value: Option<SecretBytes>,
     resolved: Option<Instant>,
     /// The reason, when revoked.
     pub revoked: Option<Box<str>>,
-    /// Creation and rotation dates.
-    pub dates: super::SecretDates,
     /// The JSON of the reply's `scope` and `expires_at` for the cached
     /// value's expiry, made once per value rather than per call (boxed:
     /// most entries are never read, and an entry is 32 bytes smaller).
     fragments: Option<Box<Fragment>>,
+    /// Creation and rotation dates.
+    dates: Dates,
+    /// TTL of a cached value.
+    ttl: Seconds,
+    /// The lease of the cached value, from its backend.
+    lease: Seconds,
+    /// Approval.
+    pub approval: Approval,
     /// Served only through the credential proxy.
     pub proxied: bool,
+}
+
+/// An optional whole number of seconds in 8 bytes (`Option<Duration>`
+/// takes 16): TTLs and leases come as whole seconds. `u64::MAX` stands for
+/// none; a TTL or lease that long (585 billion years) is read as none,
+/// which is what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seconds(u64);
+
+impl Seconds {
+    const NONE: Seconds = Seconds(u64::MAX);
+
+    fn of(d: Option<Duration>) -> Seconds {
+        Seconds(d.map_or(u64::MAX, |d| d.as_secs()))
+    }
+
+    fn get(self) -> Option<Duration> {
+        (self != Self::NONE).then(|| Duration::from_secs(self.0))
+    }
+}
+
+/// [`super::SecretDates`] in 24 bytes instead of 48: `i64::MIN` stands
+/// for an unknown date (no file or store gives it), and
+/// `rotate_every_days` is positive (the registry takes nothing else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dates {
+    created: i64,
+    rotated: i64,
+    rotate_every_days: Option<std::num::NonZeroU64>,
+}
+
+impl From<super::SecretDates> for Dates {
+    fn from(d: super::SecretDates) -> Dates {
+        Dates {
+            created: d.created.unwrap_or(i64::MIN),
+            rotated: d.rotated.unwrap_or(i64::MIN),
+            rotate_every_days: d.rotate_every_days.and_then(std::num::NonZeroU64::new),
+        }
+    }
+}
+
+impl From<Dates> for super::SecretDates {
+    fn from(d: Dates) -> super::SecretDates {
+        let known = |t: i64| (t != i64::MIN).then_some(t);
+        super::SecretDates {
+            created: known(d.created),
+            rotated: known(d.rotated),
+            rotate_every_days: d.rotate_every_days.map(std::num::NonZeroU64::get),
+        }
+    }
 }
 
 /// A reply's JSON for one expiry of the cached value.
 type Fragment = (Option<Instant>, std::sync::Arc<str>);
 
 impl Entry {
+    /// TTL of a cached value: min(entry, policy for the env).
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl.get()
+    }
+
+    /// Creation and rotation dates.
+    pub fn dates(&self) -> super::SecretDates {
+        self.dates.into()
+    }
+
+    /// Set the creation and rotation dates.
+    pub fn set_dates(&mut self, dates: super::SecretDates) {
+        self.dates = dates.into();
+    }
+
     /// `"scope":[..],"expires_at":..` of a reply serving the cached value
     /// (the same for every call until the value expires).
     pub fn reply_fragment(&mut self, now: Now) -> std::sync::Arc<str> {
@@ -128,14 +197,15 @@ impl Entry {
         }
     }
 
-    /// When the cached value expires (monotonic).
+    /// When the cached value expires (monotonic); `None`: never, also when
+    /// the TTL reaches past what the clock can count.
     fn expiry(&self) -> Option<Instant> {
-        Some(self.resolved? + self.effective_ttl()?)
+        self.resolved?.checked_add(self.effective_ttl()?)
     }
 
     /// The TTL of the cached value: the smaller of the TTL and its lease.
     pub fn effective_ttl(&self) -> Option<Duration> {
-        match (self.ttl, self.lease) {
+        match (self.ttl.get(), self.lease.get()) {
             (Some(t), Some(l)) => Some(t.min(l)),
             (t, l) => t.or(l),
         }
@@ -249,7 +319,7 @@ impl State {
         let started_proxied = secrets
             .iter()
             .filter(|s| s.proxied)
-            .map(|s| s.id.clone())
+            .map(|s| s.id.to_string())
             .collect();
         let mut state = State {
             secrets: BTreeMap::new(),
@@ -289,17 +359,17 @@ impl State {
             now.mono.checked_sub(age).unwrap_or(now.mono)
         });
         Entry {
-            id: s.id.into(),
+            id: s.id,
             reference: s.reference,
             scope: s.scope,
-            ttl: ttl.map(Duration::from_secs),
-            lease: s.lease.filter(|_| s.value.is_some()),
+            ttl: Seconds(ttl.unwrap_or(u64::MAX)),
+            lease: Seconds::of(s.lease.filter(|_| s.value.is_some())),
             approval: s.approval,
             env_var: s.env_var,
             value: s.value,
             resolved,
             revoked: None,
-            dates: s.dates,
+            dates: s.dates.into(),
             fragments: None,
             proxied: s.proxied,
         }
@@ -391,7 +461,7 @@ impl State {
             if e.revoked.is_none() {
                 e.value = Some(value);
                 e.resolved = Some(now.mono);
-                e.lease = lease;
+                e.lease = Seconds::of(lease);
             }
         }
     }
@@ -413,11 +483,12 @@ impl State {
     pub fn inventory(&self, now: Now) -> Vec<InventoryItem> {
         self.secrets
             .values()
-            .map(|e| InventoryItem {
+            .map(|e| (e, e.dates()))
+            .map(|(e, dates)| InventoryItem {
                 id: e.id.to_string(),
                 reference: e.reference.to_string(),
                 vendor: vendor_of(&e.id).to_string(),
-                scope: e.scope.clone(),
+                scope: e.scope.to_vec(),
                 env: self.settings.env.as_str().to_string(),
                 ttl_seconds: e.effective_ttl().map(|t| t.as_secs()),
                 resolved_at: e
@@ -429,25 +500,24 @@ impl State {
                     Approval::None => "none",
                     Approval::Required => "required",
                 },
-                env_var: e.env_var.clone(),
+                env_var: e.env_var.as_deref().map(str::to_string),
                 cached: e.is_fresh(now),
                 revoked: e.revoked.as_deref().map(str::to_string),
-                created: e.dates.created.map(crate::timefmt::rfc3339_secs),
-                rotated: e.dates.rotated.map(crate::timefmt::rfc3339_secs),
+                created: dates.created.map(crate::timefmt::rfc3339_secs),
+                rotated: dates.rotated.map(crate::timefmt::rfc3339_secs),
                 policy: {
-                    let due = e
-                        .dates
+                    let due = dates
                         .rotated
-                        .or(e.dates.created)
-                        .zip(e.dates.rotate_every_days)
+                        .or(dates.created)
+                        .zip(dates.rotate_every_days)
                         .map(|(at, days)| at.saturating_add((days as i64).saturating_mul(86_400)));
                     InventoryPolicy {
                         approval: match e.approval {
                             Approval::None => "none",
                             Approval::Required => "required",
                         },
-                        max_ttl_seconds: e.ttl.map(|t| t.as_secs()),
-                        rotate_every_days: e.dates.rotate_every_days,
+                        max_ttl_seconds: e.ttl().map(|t| t.as_secs()),
+                        rotate_every_days: dates.rotate_every_days,
                         rotation_due: due.map(crate::timefmt::rfc3339_secs),
                         rotation_overdue: due.is_some_and(|d| d <= now.unix()),
                     }
@@ -570,9 +640,9 @@ pub(crate) mod tests {
             ],
             now,
         );
-        assert_eq!(st.secrets["a"].ttl, Some(Duration::from_secs(10)));
-        assert_eq!(st.secrets["b"].ttl, Some(Duration::from_secs(60)));
-        assert_eq!(st.secrets["c"].ttl, Some(Duration::from_secs(60)));
+        assert_eq!(st.secrets["a"].ttl(), Some(Duration::from_secs(10)));
+        assert_eq!(st.secrets["b"].ttl(), Some(Duration::from_secs(60)));
+        assert_eq!(st.secrets["c"].ttl(), Some(Duration::from_secs(60)));
         let later = now.plus(Duration::from_secs(10));
         assert!(st.needs_value("a", later));
         assert!(!st.needs_value("b", later));
@@ -703,5 +773,59 @@ pub(crate) mod tests {
         assert_eq!(fresh.approval, "required");
         let json = serde_json::to_value(&inv[1]).expect("json");
         assert_eq!(json["policy"]["rotate_every_days"], 30);
+    }
+
+    /// The sweep, a read and the inventory used to add the TTL to the
+    /// clock and panic past what it counts, taking the socket API down.
+    #[test]
+    fn a_ttl_past_what_the_clock_counts_never_expires() {
+        let now = Now::system();
+        for (entry, policy) in [
+            (Some(i64::MAX as u64), None),
+            (None, Some(u64::MAX)),
+            (Some(1 << 62), Some(u64::MAX - 1)),
+        ] {
+            let mut st = State::new(
+                settings(policy),
+                vec![served("a", &["pool"], entry, "va")],
+                now,
+            );
+            let later = now.plus(Duration::from_secs(86_400));
+            assert!(st.sweep(later).is_empty());
+            assert!(!st.needs_value("a", later));
+            let e = st.secrets.get_mut("a").expect("a");
+            assert_eq!(e.fresh_value(later).map(|v| v.expose()), Some(&b"va"[..]));
+            let _ = e.reply_fragment(later);
+            let inv = st.inventory(later);
+            assert!(inv[0].cached);
+        }
+    }
+
+    #[test]
+    fn dates_keep_what_they_are_given() {
+        let table = [
+            crate::api::SecretDates::default(),
+            crate::api::SecretDates {
+                created: Some(0),
+                rotated: Some(-1),
+                rotate_every_days: Some(1),
+            },
+            crate::api::SecretDates {
+                created: Some(i64::MAX),
+                rotated: None,
+                rotate_every_days: Some(u64::MAX),
+            },
+        ];
+        for d in table {
+            assert_eq!(crate::api::SecretDates::from(Dates::from(d)), d);
+        }
+    }
+
+    /// One entry per secret: 50,000 secrets make every 8 bytes 400 KB.
+    #[test]
+    fn an_entry_stays_small() {
+        assert!(std::mem::size_of::<Entry>() <= 184);
+        assert_eq!(std::mem::size_of::<Seconds>(), 8);
+        assert_eq!(std::mem::size_of::<Dates>(), 24);
     }
 }

@@ -29,6 +29,9 @@ pub const TOKEN_RANDOM_BYTES: usize = 40;
 pub const DEFAULT_MAX_TOKEN_TTL: u64 = 3600;
 /// How many tokens may be alive at once (the child cannot exhaust memory).
 pub const MAX_LIVE_TOKENS: usize = 1024;
+/// The longest a minted token lives: a policy may allow any TTL, and the
+/// monotonic clock cannot count to some.
+const CENTURY_SECS: u64 = 100 * 365 * 86_400;
 
 const ID_HEX: usize = 16;
 const SECRET_B64: usize = 43;
@@ -272,8 +275,10 @@ impl TokenStore {
                 unique.push(s.clone());
             }
         }
-        let expires = now + Duration::from_secs(ttl);
-        // Never outlive the caller, even by the sub-second part.
+        // A policy may allow any TTL: past a century it is a century (the
+        // clock cannot count to some). Never outlive the caller, even by
+        // the sub-second part.
+        let expires = now + Duration::from_secs(ttl.min(CENTURY_SECS));
         let expires = match caller.expires {
             Some(e) => expires.min(e),
             None => expires,
@@ -412,6 +417,30 @@ mod tests {
             unlimited.grant.expires,
             Some(now + Duration::from_secs(DEFAULT_MAX_TOKEN_TTL))
         );
+    }
+
+    #[test]
+    fn a_ttl_the_clock_cannot_count_is_a_century() {
+        let mut store = TokenStore::new();
+        let now = Instant::now();
+        let root = store.issue_root(scopes(&["pool"]), &rnd(1)).grant;
+        for (i, ttl) in [u64::MAX, i64::MAX as u64, 1 << 62].into_iter().enumerate() {
+            let t = store
+                .mint(
+                    &root,
+                    &scopes(&["pool"]),
+                    ttl,
+                    Some(u64::MAX),
+                    now,
+                    &rnd(2 + i as u8),
+                )
+                .expect("mint");
+            assert_eq!(
+                t.grant.expires,
+                Some(now + Duration::from_secs(CENTURY_SECS)),
+                "ttl {ttl}"
+            );
+        }
     }
 
     #[test]

@@ -159,24 +159,24 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
             }
         };
         rows.push(Row {
-            id: s.id.clone(),
+            id: s.id.to_string(),
             reference: s.reference.to_string(),
             backend: crate::resolve::backend_of(&plan, s),
             source: match s.origin {
                 config::Origin::Registry { .. } => "registry",
                 config::Origin::EnvVar => "env",
             },
-            scope: s.scope.clone(),
+            scope: s.scope.to_vec(),
             ttl_seconds: s.ttl_seconds,
-            env_var: s.env_var.clone(),
+            env_var: s.env_var.as_deref().map(str::to_string),
             approval: match s.approval {
                 Approval::None => "none",
                 Approval::Required => "required",
             },
             proxy: s.proxy.as_deref().map(ProxyRow::of),
-            rotated_at: rotated.get(&s.id).copied(),
+            rotated_at: rotated.get(&*s.id).copied(),
             rotate_every_days: s.rotate_every_days,
-            rotation_overdue: match (s.rotate_every_days, rotated.get(&s.id)) {
+            rotation_overdue: match (s.rotate_every_days, rotated.get(&*s.id)) {
                 (Some(days), Some(at)) => {
                     let age_days = (now - at).max(0) / 86_400;
                     let overdue = age_days as u64 > days;

@@ -252,7 +252,7 @@ pub fn offline_inventory(common: &Common) -> Result<serde_json::Value> {
         .iter()
         .map(|p| {
             let mut s = crate::api::ServedSecret::from_planned(p, None, now);
-            if let Some(d) = dates.get(&p.id) {
+            if let Some(d) = dates.get(&*p.id) {
                 s.dates = *d;
             }
             s
@@ -304,7 +304,7 @@ pub fn registry_ref(
     let plan = crate::config::build_plan(&config, env, &vars, &cwd)?;
     plan.secrets
         .iter()
-        .find(|s| s.id == id)
+        .find(|s| *s.id == *id)
         .map(|s| s.reference.to_string())
         .ok_or_else(|| {
             Error::new(

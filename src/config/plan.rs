@@ -19,7 +19,7 @@ pub enum Origin {
     /// A registry entry at this line.
     Registry {
         /// Line of the environment key in the registry file.
-        line: usize,
+        line: u32,
     },
     /// The value of this variable in keywarden's environment was a ref.
     EnvVar,
@@ -28,19 +28,20 @@ pub enum Origin {
 /// One secret to resolve.
 #[derive(Debug, Clone)]
 pub struct PlannedSecret {
-    /// Registry id, or the variable name for refs found in the environment.
-    pub id: String,
+    /// Registry id, or the variable name for refs found in the environment
+    /// (shared with the socket API's entry for it).
+    pub id: Arc<str>,
     /// Where the value lives.
     pub reference: SecretRef,
     /// Where relative paths are taken from (shared by the secrets of one
     /// registry).
     pub base_dir: Arc<Path>,
     /// Scope labels.
-    pub scope: Vec<String>,
+    pub scope: Box<[String]>,
     /// Effective TTL: min(entry, policy for the env).
     pub ttl_seconds: Option<u64>,
     /// Inject into the child's environment under this name.
-    pub env_var: Option<String>,
+    pub env_var: Option<Box<str>>,
     /// Whether a human must approve use.
     pub approval: Approval,
     /// Rotation cadence.
@@ -231,17 +232,23 @@ pub fn build_plan(
                 secrets.len(),
             );
             secrets.push(PlannedSecret {
-                id: entry.id.clone(),
+                id: entry.id.as_str().into(),
                 reference: e.secret_ref.clone(),
                 base_dir: Arc::clone(&base),
-                scope: e.scope.clone(),
+                scope: e.scope.as_slice().into(),
                 ttl_seconds: ttl,
                 // A proxied value is never injected (its `env:` is ignored;
                 // the route's own `env` gives the child the placeholder).
-                env_var: e.env_var.clone().filter(|_| proxy.is_none()),
+                env_var: e
+                    .env_var
+                    .as_deref()
+                    .filter(|_| proxy.is_none())
+                    .map(Into::into),
                 approval: e.approval,
                 rotate_every_days: e.rotate_every_days,
-                origin: Origin::Registry { line: e.line },
+                origin: Origin::Registry {
+                    line: u32::try_from(e.line).unwrap_or(u32::MAX),
+                },
                 proxy,
             });
         }
@@ -270,12 +277,12 @@ pub fn build_plan(
         env_sources.extend(env_source(&reference).map(str::to_string));
         give(&mut given, Some(name), None, secrets.len());
         secrets.push(PlannedSecret {
-            id: name.to_string(),
+            id: name.into(),
             reference,
             base_dir: Arc::clone(&cwd),
-            scope: Vec::new(),
+            scope: Box::default(),
             ttl_seconds: policy.max_ttl_for(env),
-            env_var: Some(name.to_string()),
+            env_var: Some(name.into()),
             approval: Approval::None,
             rotate_every_days: None,
             origin: Origin::EnvVar,
@@ -440,7 +447,7 @@ mod tests {
             Path::new("/cwd"),
         )
         .expect("plan");
-        let ids: Vec<_> = plan.secrets.iter().map(|s| s.id.as_str()).collect();
+        let ids: Vec<_> = plan.secrets.iter().map(|s| &*s.id).collect();
         assert_eq!(ids, vec!["openai", "billing", "TOKEN"]);
         assert_eq!(plan.secrets[2].origin, Origin::EnvVar);
         assert_eq!(*plan.secrets[2].base_dir, *Path::new("/cwd"));

@@ -54,7 +54,7 @@ fn secrets_for<'a>(
         .iter()
         .zip(values)
         .map(|(s, v)| Secret {
-            id: s.id.as_str(),
+            id: &s.id,
             value: v.expose(),
         })
         .collect();
@@ -127,7 +127,7 @@ pub fn too_short(plan: &LaunchPlan, values: &[SecretBytes]) -> Vec<String> {
         .iter()
         .zip(values)
         .map(|(s, v)| Secret {
-            id: s.id.as_str(),
+            id: &s.id,
             value: v.expose(),
         })
         .collect();

@@ -76,7 +76,7 @@ fn served_from(source: &Source) -> Vec<ServedSecret> {
     SECRETS
         .iter()
         .map(|(id, scope, ttl, approval)| ServedSecret {
-            id: id.to_string(),
+            id: (*id).into(),
             reference: SecretRef::parse(&source.refs[*id]).expect("ref"),
             scope: scope.iter().map(|s| s.to_string()).collect(),
             ttl_seconds: *ttl,

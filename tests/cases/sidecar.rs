@@ -49,6 +49,27 @@ fn the_child_fetches_in_scope_secrets_with_its_token() {
     );
 }
 
+/// A TTL longer than the clock can count (the registry takes up to 2^63 −
+/// 1 seconds) used to panic the socket API's thread on the first sweep or
+/// read: the child's next request found no sidecar (69).
+#[test]
+fn a_ttl_past_what_the_clock_counts_is_served_and_never_expires() {
+    let dir = Dir::new();
+    dir.write("secrets/a", secret(40));
+    dir.write(
+        "reg.yaml",
+        "a:\n  dev:\n    secret_ref: file://secrets/a\n    scope: [pool]\n    max_ttl_seconds: 9223372036854775807\n",
+    );
+    let script = format!(
+        "for i in 1 2 3; do [ \"$({kw} get a)\" = \"$(cat secrets/a)\" ] && echo get-ok; sleep 0.6; done",
+        kw = bin()
+    );
+    let out = output(&mut kw(&dir, &run_sh(&[], &script)));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "get-ok\nget-ok\nget-ok\n", "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
 #[test]
 fn no_socket_means_no_socket_variables() {
     let dir = Dir::new();

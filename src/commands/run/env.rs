@@ -65,7 +65,7 @@ pub(super) fn child_env(
             .iter()
             .enumerate()
             .filter(|(_, s)| s.approval == config::Approval::None)
-            .filter_map(|(i, s)| s.env_var.clone().map(|v| (v, i)))
+            .filter_map(|(i, s)| s.env_var.as_deref().map(|v| (v.to_string(), i)))
             .collect(),
         extras,
     };

@@ -82,11 +82,7 @@ impl Rotation {
     /// the later ones.
     fn all_seen(&self) -> impl Iterator<Item = (&str, &SecretBytes)> {
         let (plan, values) = &self.first;
-        let first = plan
-            .secrets
-            .iter()
-            .map(|p| p.id.as_str())
-            .zip(values.iter());
+        let first = plan.secrets.iter().map(|p| &*p.id).zip(values.iter());
         first.chain(self.seen.iter().map(|(id, v)| (id.as_str(), v)))
     }
 
@@ -190,7 +186,7 @@ impl Sources {
                 .plan
                 .secrets
                 .iter()
-                .filter(|s| s.id == id)
+                .filter(|s| *s.id == *id)
                 .cloned()
                 .collect();
             if plan.secrets.is_empty() {
@@ -260,7 +256,7 @@ impl Sources {
             .zip(values.iter().map(digest))
             .zip(known)
             .filter(|((_, now), before)| now != before)
-            .map(|((p, _), _)| p.id.clone())
+            .map(|((p, _), _)| p.id.to_string())
             .collect())
     }
 
@@ -343,7 +339,7 @@ impl Sources {
         fn routes(p: &LaunchPlan) -> Vec<(&str, Option<&crate::proxy::Route>)> {
             p.secrets
                 .iter()
-                .map(|s| (s.id.as_str(), s.proxy.as_deref()))
+                .map(|s| (s.id.as_ref(), s.proxy.as_deref()))
                 .collect()
         }
         for w in crate::proxy::route::reload_warnings(&routes(&self.plan), &routes(plan)) {

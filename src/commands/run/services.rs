@@ -213,10 +213,10 @@ fn served(
             .secrets
             .iter()
             .zip(&dates)
-            .filter_map(|(p, d)| Some((p.id.as_str(), (*d)?)))
+            .filter_map(|(p, d)| Some((&*p.id, (*d)?)))
             .collect();
         for s in served.iter_mut() {
-            if let Some(d) = by_id.get(s.id.as_str()) {
+            if let Some(d) = by_id.get(&*s.id) {
                 s.dates = *d;
             }
         }
