@@ -137,6 +137,14 @@ pub struct Supervisor {
     pub group: bool,
 }
 
+/// When a child told to stop at `now` gets SIGKILL. A grace period past
+/// what the clock counts (`--grace` takes up to 2^63 seconds) is a
+/// century: it used to panic keywarden as it stopped, leaving the child.
+fn kill_deadline(now: Instant, grace: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    now.checked_add(grace).unwrap_or(now + CENTURY)
+}
+
 impl Supervisor {
     /// Forward signals and reap until the main child is gone.
     ///
@@ -165,8 +173,10 @@ impl Supervisor {
                 None => PollTimeout::NONE,
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
-                    PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
-                        .unwrap_or(PollTimeout::MAX)
+                    // Rounded up to the next millisecond, at most poll's
+                    // longest (a deadline weeks away is woken for again).
+                    let ms = left.as_millis().saturating_add(1).min(i32::MAX as u128);
+                    PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
                 }
             };
             let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
@@ -209,7 +219,7 @@ impl Supervisor {
             if stop && deadline.is_none() {
                 tracing::debug!("stopping pid {} (SIGTERM)", self.child);
                 self.signal(Signal::SIGTERM);
-                deadline = Some(Instant::now() + self.grace);
+                deadline = Some(kill_deadline(Instant::now(), self.grace));
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 tracing::warn!(
@@ -250,7 +260,7 @@ impl Supervisor {
                         w.stopping();
                     }
                     if deadline.is_none() {
-                        deadline = Some(Instant::now() + self.grace);
+                        deadline = Some(kill_deadline(Instant::now(), self.grace));
                     }
                 }
             }
@@ -329,6 +339,20 @@ mod tests {
         assert_eq!(ChildExit::Exited(3).exit_code(), 3);
         assert_eq!(ChildExit::Signaled(15).exit_code(), 143);
         assert_eq!(ChildExit::Signaled(9).exit_code(), 137);
+    }
+
+    #[test]
+    fn a_grace_past_what_the_clock_counts_is_a_century() {
+        let now = Instant::now();
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        for (grace, want) in [
+            (Duration::from_secs(10), now + Duration::from_secs(10)),
+            (Duration::ZERO, now),
+            (Duration::from_secs(i64::MAX as u64), now + century),
+            (Duration::MAX, now + century),
+        ] {
+            assert_eq!(kill_deadline(now, grace), want, "{grace:?}");
+        }
     }
 
     #[test]
