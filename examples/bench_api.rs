@@ -192,7 +192,9 @@ fn main() {
         ttl_seconds: Some(3600),
         approval: Approval::None,
         env_var: None,
-        value: Some(SecretBytes::copy_from(hex(&raw).as_bytes())),
+        value: Some(keywarden::api::Cached::Own(SecretBytes::copy_from(
+            hex(&raw).as_bytes(),
+        ))),
         resolved_at: SystemTime::now(),
         dates: Default::default(),
         lease: None,

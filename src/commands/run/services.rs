@@ -18,7 +18,9 @@ use std::time::SystemTime;
 
 use nix::poll::PollFlags;
 
-use crate::api::{self, ApiOptions, Callbacks, Keyring, RunningApi, SecretDates, ServedSecret};
+use crate::api::{
+    self, ApiOptions, Cached, Callbacks, Keyring, RunningApi, SecretDates, ServedSecret,
+};
 use crate::config::{Common, Origin};
 use crate::error::{Error, Result};
 use crate::proxy::server::Proxy;
@@ -189,11 +191,12 @@ fn served(
     served.extend(
         plan.secrets
             .iter()
-            .zip(resolved.values.iter())
             .zip(&resolved.leases)
-            .map(|((p, v), lease)| ServedSecret {
+            .enumerate()
+            .map(|(i, (p, lease))| ServedSecret {
                 lease: *lease,
-                ..ServedSecret::from_planned(p, Some(v.duplicate()), now)
+                value: Some(Cached::shared(&resolved.values, i)),
+                ..ServedSecret::from_planned(p, None, now)
             }),
     );
     served.extend(
