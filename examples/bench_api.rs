@@ -192,9 +192,7 @@ fn main() {
         ttl_seconds: Some(3600),
         approval: Approval::None,
         env_var: None,
-        value: Some(keywarden::api::Cached::Own(SecretBytes::copy_from(
-            hex(&raw).as_bytes(),
-        ))),
+        value: Some(SecretBytes::copy_from(hex(&raw).as_bytes())),
         resolved_at: SystemTime::now(),
         dates: Default::default(),
         lease: None,

@@ -69,7 +69,7 @@ pub struct ServedSecret {
     /// The variable the child gets it in, if injected.
     pub env_var: Option<Box<str>>,
     /// The value, or `None` to resolve it on first use.
-    pub value: Option<Cached>,
+    pub value: Option<SecretBytes>,
     /// When the secret was created and last rotated (unix seconds), where
     /// its backend knows (the store's dates, a file's mtime).
     pub dates: SecretDates,
@@ -97,7 +97,7 @@ impl ServedSecret {
             ttl_seconds: planned.ttl_seconds,
             approval: planned.approval,
             env_var: planned.env_var.clone(),
-            value: value.map(Cached::Own),
+            value,
             resolved_at,
             dates: SecretDates {
                 rotate_every_days: planned.rotate_every_days,
@@ -106,49 +106,6 @@ impl ServedSecret {
             lease: None,
             proxied: planned.proxy.is_some(),
         }
-    }
-}
-
-/// A served secret's cached value: the socket API's own copy (one it
-/// resolved, or one a reload handed over), or one of the values the run
-/// resolved at start-up. The run keeps those for its whole life (the relay
-/// masks them), so the API shares them rather than holding a second copy
-/// of each: dropping a shared value (expiry, revocation, reload) takes it
-/// out of the API, and the run's copy is wiped when the run ends.
-pub enum Cached {
-    /// The API's own copy, wiped when dropped.
-    Own(SecretBytes),
-    /// The run's start-up values, and which of them.
-    Shared(SharedValues, u32),
-}
-
-/// Values held once and read from several places: the run's start-up
-/// values. (An `Arc` of a `Vec`, not of a slice: a thin pointer, so that
-/// a [`Cached`] is no larger than a [`SecretBytes`].)
-pub type SharedValues = Arc<Vec<SecretBytes>>;
-
-impl Cached {
-    /// One of the run's start-up values.
-    pub fn shared(values: &SharedValues, index: usize) -> Cached {
-        assert!(index < values.len(), "a value of the run");
-        Cached::Shared(
-            Arc::clone(values),
-            u32::try_from(index).expect("fewer than 2^32 secrets"),
-        )
-    }
-
-    /// The value.
-    pub fn get(&self) -> &SecretBytes {
-        match self {
-            Cached::Own(v) => v,
-            Cached::Shared(values, i) => &values[*i as usize],
-        }
-    }
-}
-
-impl std::fmt::Debug for Cached {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Cached(<redacted>)")
     }
 }
 

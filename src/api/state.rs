@@ -1,8 +1,7 @@
 //! What the server knows, as plain data: the secrets it serves (with their
 //! cached values and TTLs), revocations and tokens. Pure: time comes in as a
-//! [`Now`]. Values are [`SecretBytes`]; dropping the API's own copy
-//! (expiry, revocation, reload) wipes it, and a value shared with the run
-//! (see [`Cached`]) stays only in the run's copy.
+//! [`Now`]. Values are [`SecretBytes`]; dropping one (expiry, revocation,
+//! reload) wipes it.
 
 #![forbid(unsafe_code)]
 
@@ -13,7 +12,7 @@ use serde::Serialize;
 
 use super::revocations::RevocationList;
 use super::tokens::TokenStore;
-use super::{vendor_of, Cached, ServedSecret};
+use super::{vendor_of, ServedSecret};
 use crate::audit::rfc3339;
 use crate::config::{Approval, Environment};
 use crate::secret::{SecretBytes, SecretRef};
@@ -90,7 +89,7 @@ pub struct Entry {
     pub scope: Box<[String]>,
     /// Injected as.
     pub env_var: Option<Box<str>>,
-    value: Option<Cached>,
+    value: Option<SecretBytes>,
     resolved: Option<Instant>,
     /// The reason, when revoked.
     pub revoked: Option<Box<str>>,
@@ -223,15 +222,12 @@ impl Entry {
             self.value = None;
             return None;
         }
-        self.value.as_ref().map(Cached::get)
+        self.value.as_ref()
     }
 
     /// The cached value if fresh (an expired one is left for the sweep).
     pub fn fresh_value_ref(&self, now: Now) -> Option<&SecretBytes> {
-        self.value
-            .as_ref()
-            .filter(|_| self.is_fresh(now))
-            .map(Cached::get)
+        self.value.as_ref().filter(|_| self.is_fresh(now))
     }
 
     /// When the served value expires, as RFC 3339 (`None`: never).
@@ -463,7 +459,7 @@ impl State {
     ) {
         if let Some(e) = self.secrets.get_mut(id) {
             if e.revoked.is_none() {
-                e.value = Some(Cached::Own(value));
+                e.value = Some(value);
                 e.resolved = Some(now.mono);
                 e.lease = Seconds::of(lease);
             }
@@ -544,7 +540,7 @@ pub(crate) mod tests {
             ttl_seconds: ttl,
             approval: Approval::None,
             env_var: None,
-            value: Some(Cached::Own(SecretBytes::copy_from(value.as_bytes()))),
+            value: Some(SecretBytes::copy_from(value.as_bytes())),
             resolved_at: SystemTime::now(),
             dates: Default::default(),
             lease: None,
@@ -825,43 +821,10 @@ pub(crate) mod tests {
         }
     }
 
-    /// The run's start-up values are served from the run's own copy: each
-    /// entry holds a handle, dropped on expiry, revocation and reload.
-    #[test]
-    fn start_up_values_are_shared_with_the_run_not_copied() {
-        let now = Now::system();
-        let values: crate::api::SharedValues = std::sync::Arc::new(
-            ["va", "vb"]
-                .iter()
-                .map(|v| SecretBytes::copy_from(v.as_bytes()))
-                .collect(),
-        );
-        let secrets = ["a", "b"].iter().enumerate().map(|(i, id)| ServedSecret {
-            value: Some(Cached::shared(&values, i)),
-            ..served(id, &["pool"], Some(10), "unused")
-        });
-        let mut st = State::new(settings(None), secrets.collect(), now);
-        assert_eq!(std::sync::Arc::strong_count(&values), 3);
-        let b = st.secrets.get_mut("b").expect("b");
-        assert_eq!(b.fresh_value(now).map(|v| v.expose()), Some(&b"vb"[..]));
-        assert!(std::ptr::eq(
-            b.fresh_value_ref(now).expect("fresh"),
-            &values[1]
-        ));
-        st.revoke("a", "leaked");
-        assert_eq!(std::sync::Arc::strong_count(&values), 2);
-        assert_eq!(st.sweep(now.plus(Duration::from_secs(10))), vec!["b"]);
-        assert_eq!(std::sync::Arc::strong_count(&values), 1);
-        // The run's copy is whole.
-        assert_eq!(values[0].expose(), b"va");
-        assert_eq!(values[1].expose(), b"vb");
-    }
-
     /// One entry per secret: 50,000 secrets make every 8 bytes 400 KB.
     #[test]
     fn an_entry_stays_small() {
         assert!(std::mem::size_of::<Entry>() <= 184);
-        assert_eq!(std::mem::size_of::<Option<Cached>>(), 24);
         assert_eq!(std::mem::size_of::<Seconds>(), 8);
         assert_eq!(std::mem::size_of::<Dates>(), 24);
     }

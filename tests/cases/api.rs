@@ -86,9 +86,7 @@ fn served_from(source: &Source) -> Vec<ServedSecret> {
                 Approval::None
             },
             env_var: None,
-            value: Some(keywarden::api::Cached::Own(SecretBytes::copy_from(
-                source.values[*id].as_bytes(),
-            ))),
+            value: Some(SecretBytes::copy_from(source.values[*id].as_bytes())),
             resolved_at: SystemTime::now(),
             dates: Default::default(),
             lease: None,

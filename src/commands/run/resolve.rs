@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::api::SharedValues;
 use crate::audit::{Event, EventKind, Outcome as AuditOutcome};
 use crate::config::Common;
 use crate::error::{Error, Result};
 use crate::resolve::{require_all, resolve_plan};
 use crate::secret::providers::{start_renewer, Context, VaultOptions, VaultSession};
+use crate::secret::SecretBytes;
 use crate::sys;
 
 use super::plan::Planned;
@@ -20,7 +20,7 @@ use super::World;
 pub(super) struct Resolved {
     /// Shared with the rotation's sources and the first start (each value
     /// held once).
-    pub values: SharedValues,
+    pub values: Arc<[SecretBytes]>,
     /// The lease each backend gave its value (Vault), if any.
     pub leases: Vec<Option<Duration>>,
     /// When each source was last changed, where the read learnt it (a
@@ -80,7 +80,7 @@ pub(super) fn resolve(
         }
     }
     Ok(Resolved {
-        values: Arc::new(values),
+        values: values.into(),
         leases,
         modified,
         vault,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::api::{self, ServedSecret, SharedValues};
+use crate::api::{self, ServedSecret};
 use crate::config::{self, Common, LaunchPlan};
 use crate::error::{Error, ErrorKind, Result};
 use crate::redact::live::{self as redaction, MatcherCell};
@@ -21,7 +21,7 @@ use super::{OnRotate, RunOptions};
 
 /// A plan and its values, in plan order, shared (each value is held once
 /// however many stages read it).
-pub(super) type PlanValues = (Arc<LaunchPlan>, SharedValues);
+pub(super) type PlanValues = (Arc<LaunchPlan>, Arc<[SecretBytes]>);
 
 /// What the API's callbacks need to resolve again, shared with its thread.
 pub(super) struct Sources {
@@ -156,7 +156,7 @@ impl Sources {
                     "injected {} changed: restarting the command",
                     changed.join(", ")
                 );
-                r.restart = Some((Arc::clone(plan), Arc::new(values.iter().map(SecretBytes::duplicate).collect())));
+                r.restart = Some((Arc::clone(plan), values.iter().map(SecretBytes::duplicate).collect()));
                 if let Some(w) = r.wake.as_mut() {
                     use std::io::Write;
                     let _ = w.write_all(b"r");

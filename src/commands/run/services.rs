@@ -18,9 +18,7 @@ use std::time::SystemTime;
 
 use nix::poll::PollFlags;
 
-use crate::api::{
-    self, ApiOptions, Cached, Callbacks, Keyring, RunningApi, SecretDates, ServedSecret,
-};
+use crate::api::{self, ApiOptions, Callbacks, Keyring, RunningApi, SecretDates, ServedSecret};
 use crate::config::{Common, Origin};
 use crate::error::{Error, Result};
 use crate::proxy::server::Proxy;
@@ -191,12 +189,11 @@ fn served(
     served.extend(
         plan.secrets
             .iter()
+            .zip(resolved.values.iter())
             .zip(&resolved.leases)
-            .enumerate()
-            .map(|(i, (p, lease))| ServedSecret {
+            .map(|((p, v), lease)| ServedSecret {
                 lease: *lease,
-                value: Some(Cached::shared(&resolved.values, i)),
-                ..ServedSecret::from_planned(p, None, now)
+                ..ServedSecret::from_planned(p, Some(v.duplicate()), now)
             }),
     );
     served.extend(
