@@ -5,6 +5,39 @@
 
 use std::time::Duration;
 
+/// An optional whole number of seconds in 8 bytes (`Option<Duration>`
+/// takes 16, `Option<u64>` 16): TTLs and leases come as whole seconds, and
+/// one is kept for each of tens of thousands of secrets. `u64::MAX` stands
+/// for none; a TTL or lease that long (585 billion years) is read as none,
+/// which is what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(u64);
+
+impl Seconds {
+    /// None.
+    pub const NONE: Seconds = Seconds(u64::MAX);
+
+    /// From whole seconds.
+    pub fn of_secs(secs: Option<u64>) -> Seconds {
+        Seconds(secs.unwrap_or(u64::MAX))
+    }
+
+    /// From a duration (its whole seconds).
+    pub fn of(d: Option<Duration>) -> Seconds {
+        Self::of_secs(d.map(|d| d.as_secs()))
+    }
+
+    /// The seconds.
+    pub fn secs(self) -> Option<u64> {
+        (self != Self::NONE).then_some(self.0)
+    }
+
+    /// As a duration.
+    pub fn get(self) -> Option<Duration> {
+        self.secs().map(Duration::from_secs)
+    }
+}
+
 /// Parse a duration such as `10s`, `250ms`, `2m`, `1h` or `5` (seconds).
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();

@@ -323,7 +323,7 @@ fn dates_of(
                 .map(|m| crate::api::SecretDates {
                     created: Some(m.created),
                     rotated: Some(m.updated),
-                    rotate_every_days: s.rotate_every_days,
+                    rotate_every_days: s.rotate_every_days(),
                 }),
             Scheme::File => match modified {
                 Some(read) => read.get(i).copied().flatten(),
@@ -335,7 +335,7 @@ fn dates_of(
             .map(|d| crate::api::SecretDates {
                 created: None,
                 rotated: Some(d.as_secs() as i64),
-                rotate_every_days: s.rotate_every_days,
+                rotate_every_days: s.rotate_every_days(),
             }),
             _ => None,
         };

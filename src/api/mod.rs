@@ -94,13 +94,13 @@ impl ServedSecret {
             id: planned.id.clone(),
             reference: planned.reference.clone(),
             scope: planned.scope.clone(),
-            ttl_seconds: planned.ttl_seconds,
+            ttl_seconds: planned.ttl_seconds(),
             approval: planned.approval,
             env_var: planned.env_var.clone(),
             value,
             resolved_at,
             dates: SecretDates {
-                rotate_every_days: planned.rotate_every_days,
+                rotate_every_days: planned.rotate_every_days(),
                 ..SecretDates::default()
             },
             lease: None,

@@ -110,7 +110,7 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
     let exposed: Vec<&[u8]> = values.iter().map(|v| v.expose()).collect();
     let rotated: std::collections::HashMap<String, i64> =
         crate::resolve::secret_dates(&plan, &common.store, &process_env, |s| {
-            s.rotate_every_days.is_some()
+            s.rotate_every_days().is_some()
         })
         .into_iter()
         .filter_map(|(id, d)| d.rotated.map(|r| (id, r)))
@@ -167,7 +167,7 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
                 config::Origin::EnvVar => "env",
             },
             scope: s.scope.to_vec(),
-            ttl_seconds: s.ttl_seconds,
+            ttl_seconds: s.ttl_seconds(),
             env_var: s.env_var.as_deref().map(str::to_string),
             approval: match s.approval {
                 Approval::None => "none",
@@ -175,8 +175,8 @@ pub fn check(common: &Common, format: Format) -> Result<u8> {
             },
             proxy: s.proxy.as_deref().map(ProxyRow::of),
             rotated_at: rotated.get(&*s.id).copied(),
-            rotate_every_days: s.rotate_every_days,
-            rotation_overdue: match (s.rotate_every_days, rotated.get(&*s.id)) {
+            rotate_every_days: s.rotate_every_days(),
+            rotation_overdue: match (s.rotate_every_days(), rotated.get(&*s.id)) {
                 (Some(days), Some(at)) => {
                     let age_days = (now - at).max(0) / 86_400;
                     let overdue = age_days as u64 > days;

@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Approval, Config, Environment, Policy};
+use crate::duration::Seconds;
 use crate::envfilter;
 use crate::error::{Error, Result};
 use crate::secret::providers::Request;
@@ -38,14 +40,15 @@ pub struct PlannedSecret {
     pub base_dir: Arc<Path>,
     /// Scope labels.
     pub scope: Box<[String]>,
-    /// Effective TTL: min(entry, policy for the env).
-    pub ttl_seconds: Option<u64>,
+    /// Effective TTL: min(entry, policy for the env) (8 bytes: see
+    /// [`PlannedSecret::ttl_seconds`]).
+    ttl: Seconds,
     /// Inject into the child's environment under this name.
     pub env_var: Option<Box<str>>,
     /// Whether a human must approve use.
     pub approval: Approval,
-    /// Rotation cadence.
-    pub rotate_every_days: Option<u64>,
+    /// Rotation cadence (positive: the registry takes nothing else).
+    rotate_every_days: Option<NonZeroU64>,
     /// Registry entry or environment variable.
     pub origin: Origin,
     /// The credential proxy's route: the value is never given to the
@@ -54,6 +57,16 @@ pub struct PlannedSecret {
 }
 
 impl PlannedSecret {
+    /// Effective TTL: min(entry, policy for the env).
+    pub fn ttl_seconds(&self) -> Option<u64> {
+        self.ttl.secs()
+    }
+
+    /// Rotation cadence, in days.
+    pub fn rotate_every_days(&self) -> Option<u64> {
+        self.rotate_every_days.map(NonZeroU64::get)
+    }
+
     /// The provider request for this secret.
     pub fn request(&self) -> Request {
         // (Built by hand: `format!` cost more than the rest of the request
@@ -236,7 +249,7 @@ pub fn build_plan(
                 reference: e.secret_ref.clone(),
                 base_dir: Arc::clone(&base),
                 scope: e.scope.as_slice().into(),
-                ttl_seconds: ttl,
+                ttl: Seconds::of_secs(ttl),
                 // A proxied value is never injected (its `env:` is ignored;
                 // the route's own `env` gives the child the placeholder).
                 env_var: e
@@ -245,7 +258,7 @@ pub fn build_plan(
                     .filter(|_| proxy.is_none())
                     .map(Into::into),
                 approval: e.approval,
-                rotate_every_days: e.rotate_every_days,
+                rotate_every_days: e.rotate_every_days.and_then(NonZeroU64::new),
                 origin: Origin::Registry {
                     line: u32::try_from(e.line).unwrap_or(u32::MAX),
                 },
@@ -281,7 +294,7 @@ pub fn build_plan(
             reference,
             base_dir: Arc::clone(&cwd),
             scope: Box::default(),
-            ttl_seconds: policy.max_ttl_for(env),
+            ttl: Seconds::of_secs(policy.max_ttl_for(env)),
             env_var: Some(name.into()),
             approval: Approval::None,
             rotate_every_days: None,
@@ -380,7 +393,7 @@ mod tests {
         .expect("plan");
         assert_eq!(plan.secrets.len(), 2);
         let openai = &plan.secrets[0];
-        assert_eq!(openai.ttl_seconds, Some(3600));
+        assert_eq!(openai.ttl_seconds(), Some(3600));
         assert_eq!(*openai.base_dir, *Path::new("/etc/kw"));
         assert_eq!(openai.env_var.as_deref(), Some("OPENAI_API_KEY"));
         let ci =
