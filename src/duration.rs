@@ -5,6 +5,11 @@
 
 use std::time::Duration;
 
+/// What stands for "never" where a deadline must be an `Instant`: a
+/// duration from a registry, a policy or the command line can reach past
+/// what the monotonic clock counts (adding it would panic).
+pub const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// An optional whole number of seconds in 8 bytes (`Option<Duration>`
 /// takes 16, `Option<u64>` 16): TTLs and leases come as whole seconds, and
 /// one is kept for each of tens of thousands of secrets. `u64::MAX` stands

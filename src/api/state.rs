@@ -76,11 +76,11 @@ pub struct Settings {
 pub type Secrets = BTreeMap<std::sync::Arc<str>, Entry>;
 
 /// One served secret.
-#[derive(Debug)]
 ///
 /// There is one per secret (50,000 in the largest registries measured), so
 /// the fields are kept small: boxed slices and strings, and the TTL, the
 /// lease and the dates in whole seconds (see [`Seconds`], [`Dates`]).
+#[derive(Debug)]
 pub struct Entry {
     /// Id (shared with the map's key and the run's plan).
     pub id: std::sync::Arc<str>,
@@ -154,11 +154,6 @@ impl Entry {
     /// Creation and rotation dates.
     pub fn dates(&self) -> super::SecretDates {
         self.dates.into()
-    }
-
-    /// Set the creation and rotation dates.
-    pub fn set_dates(&mut self, dates: super::SecretDates) {
-        self.dates = dates.into();
     }
 
     /// `"scope":[..],"expires_at":..` of a reply serving the cached value

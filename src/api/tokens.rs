@@ -29,9 +29,6 @@ pub const TOKEN_RANDOM_BYTES: usize = 40;
 pub const DEFAULT_MAX_TOKEN_TTL: u64 = 3600;
 /// How many tokens may be alive at once (the child cannot exhaust memory).
 pub const MAX_LIVE_TOKENS: usize = 1024;
-/// The longest a minted token lives: a policy may allow any TTL, and the
-/// monotonic clock cannot count to some.
-const CENTURY_SECS: u64 = 100 * 365 * 86_400;
 
 const ID_HEX: usize = 16;
 const SECRET_B64: usize = 43;
@@ -278,7 +275,7 @@ impl TokenStore {
         // A policy may allow any TTL: past a century it is a century (the
         // clock cannot count to some). Never outlive the caller, even by
         // the sub-second part.
-        let expires = now + Duration::from_secs(ttl.min(CENTURY_SECS));
+        let expires = now + Duration::from_secs(ttl).min(crate::duration::CENTURY);
         let expires = match caller.expires {
             Some(e) => expires.min(e),
             None => expires,
@@ -437,7 +434,7 @@ mod tests {
                 .expect("mint");
             assert_eq!(
                 t.grant.expires,
-                Some(now + Duration::from_secs(CENTURY_SECS)),
+                Some(now + crate::duration::CENTURY),
                 "ttl {ttl}"
             );
         }

@@ -71,22 +71,22 @@ fn sigterm_is_delivered_once_then_sigkill_after_the_grace_period() {
     assert_eq!(dir.read("sig.log"), "TERM\n");
 }
 
-/// A grace period past what the clock counts used to panic keywarden
-/// when it was told to stop: it died at once, without the child's status.
-#[test]
-fn a_grace_past_what_the_clock_counts_still_stops_the_child_cleanly() {
+/// Runs `./polite` (which exits with `code` on SIGTERM) under `keywarden
+/// run OPTS`, sends keywarden SIGTERM once the child is up, and returns how
+/// keywarden exited and what it wrote to stderr.
+fn stop_a_polite_child(opts: &[&str], code: u8) -> (std::process::ExitStatus, String) {
     let dir = Dir::new();
     dir.script(
         "polite",
-        "trap 'exit 5' TERM\necho ready > ready\nwhile :; do sleep 0.02; done\n",
+        &format!("trap 'exit {code}' TERM\necho ready > ready\nwhile :; do sleep 0.02; done\n"),
     );
-    let mut kwp = kw(
-        &dir,
-        &["run", "--grace", "9223372036854775807", "--", "./polite"],
-    )
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .expect("spawn");
+    let mut args = vec!["run"];
+    args.extend_from_slice(opts);
+    args.extend(["--", "./polite"]);
+    let mut kwp = kw(&dir, &args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
     assert!(eventually(Duration::from_secs(5), || dir
         .join("ready")
         .exists()));
@@ -94,24 +94,22 @@ fn a_grace_past_what_the_clock_counts_still_stops_the_child_cleanly() {
     let status = wait_timeout(&mut kwp, Duration::from_secs(10)).expect("exits");
     let mut err = String::new();
     std::io::Read::read_to_string(&mut kwp.stderr.take().expect("stderr"), &mut err).expect("read");
-    assert_eq!(status.code(), Some(5), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    (status, err)
 }
 
 #[test]
 fn a_child_that_exits_on_sigterm_gives_its_own_status() {
-    let dir = Dir::new();
-    dir.script(
-        "polite",
-        "trap 'exit 0' TERM\necho ready > ready\nwhile :; do sleep 0.02; done\n",
-    );
-    let mut kwp = kw(&dir, &["run", "--", "./polite"]).spawn().expect("spawn");
-    assert!(eventually(Duration::from_secs(5), || dir
-        .join("ready")
-        .exists()));
-    signal(kwp.id(), "TERM");
-    let status = wait_timeout(&mut kwp, Duration::from_secs(10)).expect("exits");
-    assert_eq!(status.code(), Some(0));
+    let (status, err) = stop_a_polite_child(&[], 0);
+    assert_eq!(status.code(), Some(0), "{err}");
+}
+
+/// A grace period past what the clock counts used to panic keywarden
+/// when it was told to stop: it died at once, without the child's status.
+#[test]
+fn a_grace_past_what_the_clock_counts_still_stops_the_child_cleanly() {
+    let (status, err) = stop_a_polite_child(&["--grace", "9223372036854775807"], 5);
+    assert_eq!(status.code(), Some(5), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
