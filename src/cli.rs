@@ -189,7 +189,7 @@ struct RunArgs {
     #[arg(long, value_name = "SIG", value_parser = parse_signal)]
     reload_signal: Option<Signal>,
     /// Poll every source this often and reload when a value changed
-    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_interval)]
     watch: Option<Duration>,
     /// Add the KEY=value lines of FILE to the command's environment; values may be refs (repeatable)
     #[arg(long = "env-file", value_name = "FILE")]

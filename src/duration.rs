@@ -67,6 +67,18 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|_| format!("'{text}' is out of range"))
 }
 
+/// [`parse`], for an interval: at least a millisecond. Zero would mean
+/// "again at once, forever" (`--watch 0` polled every source in a busy
+/// loop, a full core re-reading files or running provider programs).
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    match parse(text)? {
+        d if d < Duration::from_millis(1) => {
+            Err(format!("'{text}': an interval must be at least 1ms"))
+        }
+        d => Ok(d),
+    }
+}
+
 /// Format a duration compactly: `10s`, `1.5s`, `250ms`.
 pub fn format(d: Duration) -> String {
     if d.as_millis() < 1000 {
@@ -98,6 +110,15 @@ mod tests {
         for bad in ["", "s", "10x", "-1s", "ten"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_interval_is_at_least_a_millisecond() {
+        for zero in ["0", "0s", "0ms", "0.0001ms"] {
+            assert!(parse_interval(zero).is_err(), "{zero}");
+        }
+        assert_eq!(parse_interval("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_interval("1ms"), Ok(Duration::from_millis(1)));
     }
 
     #[test]

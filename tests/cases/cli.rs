@@ -175,6 +175,21 @@ fn issue_14_3_reload_subcommand_reaches_the_sidecar() {
     );
 }
 
+/// `--watch 0` polled every source in a busy loop (a full core, and a
+/// provider program started again and again): an interval under a
+/// millisecond is a usage error, and nothing starts.
+#[test]
+fn watch_refuses_an_interval_of_zero() {
+    let dir = Dir::new();
+    setup(&dir);
+    for zero in ["0", "0ms", "0.5ms"] {
+        let out = output(&mut kw(&dir, &run_sh(&["--watch", zero], "touch started")));
+        assert_eq!(out.status.code(), Some(64), "{zero}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--watch"), "{}", stderr(&out));
+        assert!(!dir.join("started").exists(), "{zero}");
+    }
+}
+
 #[test]
 fn issue_14_3_watch_reloads_when_a_source_changes() {
     let dir = Dir::new();
