@@ -399,6 +399,15 @@ mod tests {
         let ci =
             build_plan(&config(REG, "{}"), Environment::Ci, &[], Path::new("/cwd")).expect("plan");
         assert_eq!(ci.secrets.len(), 1);
+        assert_eq!(ci.secrets[0].ttl_seconds(), None);
+        assert_eq!(ci.secrets[0].rotate_every_days(), None);
+    }
+
+    /// One per secret, kept for the whole run: 50,000 secrets make every 8
+    /// bytes 400 KB.
+    #[test]
+    fn a_planned_secret_stays_small() {
+        assert!(std::mem::size_of::<PlannedSecret>() <= 128);
     }
 
     #[test]
