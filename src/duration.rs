@@ -113,6 +113,27 @@ mod tests {
     }
 
     #[test]
+    fn seconds_keep_what_they_are_given() {
+        for secs in [
+            Some(0),
+            Some(1),
+            Some(i64::MAX as u64),
+            Some(u64::MAX - 1),
+            None,
+        ] {
+            assert_eq!(Seconds::of_secs(secs).secs(), secs, "{secs:?}");
+        }
+        // As long as the clock could never count to: none.
+        assert_eq!(Seconds::of_secs(Some(u64::MAX)).secs(), None);
+        assert_eq!(
+            Seconds::of(Some(Duration::from_millis(1500))).get(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(Seconds::of(None).get(), None);
+        assert_eq!(std::mem::size_of::<Seconds>(), 8);
+    }
+
+    #[test]
     fn an_interval_is_at_least_a_millisecond() {
         for zero in ["0", "0s", "0ms", "0.0001ms"] {
             assert!(parse_interval(zero).is_err(), "{zero}");

@@ -339,7 +339,7 @@ impl Sources {
         fn routes(p: &LaunchPlan) -> Vec<(&str, Option<&crate::proxy::Route>)> {
             p.secrets
                 .iter()
-                .map(|s| (s.id.as_ref(), s.proxy.as_deref()))
+                .map(|s| (&*s.id, s.proxy.as_deref()))
                 .collect()
         }
         for w in crate::proxy::route::reload_warnings(&routes(&self.plan), &routes(plan)) {
