@@ -152,6 +152,15 @@ fn is_scheme_like(s: &str) -> bool {
 }
 
 impl SecretRef {
+    /// The same ref, its text in an allocation of its own rather than
+    /// shared with this one.
+    pub fn detached(&self) -> SecretRef {
+        SecretRef {
+            text: std::sync::Arc::from(&*self.text),
+            ..*self
+        }
+    }
+
     /// Parse `scheme://path[#field]`.
     pub fn parse(text: &str) -> Result<SecretRef, RefError> {
         let Some((scheme_text, rest)) = text.split_once("://") else {
@@ -249,6 +258,27 @@ impl fmt::Display for SecretRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A detached ref reads the same in every part, and its text is an
+    /// allocation of its own.
+    #[test]
+    fn a_detached_ref_is_the_same_ref_in_text_of_its_own() {
+        for text in ["kv://openai/dev#api_key", "file://keys/a", "env://X"] {
+            let shared = SecretRef::parse(text).expect("parse");
+            let own = shared.detached();
+            assert_eq!(own, shared);
+            assert_eq!(
+                (own.scheme(), own.path(), own.field(), own.as_str()),
+                (
+                    shared.scheme(),
+                    shared.path(),
+                    shared.field(),
+                    shared.as_str()
+                )
+            );
+            assert!(!std::sync::Arc::ptr_eq(&own.text, &shared.text), "{text}");
+        }
+    }
 
     #[test]
     fn parses_each_scheme() {
