@@ -166,8 +166,16 @@ impl MatcherCell {
     /// it hands over with [`Rest::send`]; the rest come after `first` in
     /// the order that names masks. If the [`Rest`] is dropped unsent (the
     /// caller failed), no matcher is ever installed. If the thread cannot
-    /// start, the matcher is built in [`Rest::send`].
-    pub fn build_in_parts(first: OwnedSecrets, mask: Mask) -> (Arc<MatcherCell>, Rest) {
+    /// start, the matcher is built in [`Rest::send`]. `settle` runs once
+    /// the secrets are gathered, before the tables are built, and again
+    /// after: the caller's chance to hand back memory freed meanwhile (see
+    /// `sys::release_free_memory`), which the build would otherwise add
+    /// to the peak.
+    pub fn build_in_parts(
+        first: OwnedSecrets,
+        mask: Mask,
+        settle: fn(),
+    ) -> (Arc<MatcherCell>, Rest) {
         let cell = Arc::new(MatcherCell {
             generation: std::sync::atomic::AtomicU64::new(0),
             current: Mutex::new(None),
@@ -180,7 +188,7 @@ impl MatcherCell {
             .name("matcher".into())
             .spawn(move || {
                 if let Ok((first, mask)) = rx.recv() {
-                    target.build_first(first, || rest_rx.recv().ok(), &mask);
+                    target.build_first(first, || rest_rx.recv().ok(), &mask, settle);
                 }
             });
         let rest = match spawned {
@@ -188,9 +196,9 @@ impl MatcherCell {
             // the work here.
             Ok(_) => match tx.send((first, mask)) {
                 Ok(()) => Rest::Thread(rest_tx),
-                Err(back) => Rest::Here(cell.clone(), back.0),
+                Err(back) => Rest::Here(cell.clone(), back.0, settle),
             },
-            Err(_) => Rest::Here(cell.clone(), (first, mask)),
+            Err(_) => Rest::Here(cell.clone(), (first, mask), settle),
         };
         (cell, rest)
     }
@@ -202,6 +210,7 @@ impl MatcherCell {
         first: OwnedSecrets,
         rest: impl FnOnce() -> Option<OwnedSecrets>,
         mask: &Mask,
+        settle: fn(),
     ) {
         // Waiters would wait for ever, and nothing may be relayed
         // unmasked: a build that fails ends keywarden, as it did when the
@@ -212,7 +221,13 @@ impl MatcherCell {
             drop(first);
             let rest = rest()?;
             rest.add_to(&mut builder);
-            Some(builder.finish(mask))
+            // The secrets' own copies (and what the caller freed while
+            // they were gathered) go before the tables are built.
+            drop(rest);
+            settle();
+            let matcher = builder.finish(mask);
+            settle();
+            Some(matcher)
         }));
         match built {
             Ok(Some(matcher)) => self.install_first(matcher),
@@ -267,7 +282,7 @@ pub enum Rest {
     /// The building thread waits for them.
     Thread(std::sync::mpsc::SyncSender<OwnedSecrets>),
     /// No thread could start: the matcher is built on [`Rest::send`].
-    Here(Arc<MatcherCell>, (OwnedSecrets, Mask)),
+    Here(Arc<MatcherCell>, (OwnedSecrets, Mask), fn()),
 }
 
 impl Rest {
@@ -277,7 +292,9 @@ impl Rest {
             Rest::Thread(tx) => {
                 let _ = tx.send(rest);
             }
-            Rest::Here(cell, (first, mask)) => cell.build_first(first, || Some(rest), &mask),
+            Rest::Here(cell, (first, mask), settle) => {
+                cell.build_first(first, || Some(rest), &mask, settle)
+            }
         }
     }
 }
@@ -478,7 +495,8 @@ mod tests {
     #[test]
     fn a_cell_built_in_the_background_masks_once_ready() {
         let value = value();
-        let (cell, rest) = MatcherCell::build_in_parts(secrets(value.as_bytes()), Mask::default());
+        let (cell, rest) =
+            MatcherCell::build_in_parts(secrets(value.as_bytes()), Mask::default(), || {});
         rest.send(OwnedSecrets::default());
         let text = format!("key={value}");
         assert_eq!(masked(&cell, text.as_bytes()), b"key=[REDACTED:k]");
@@ -525,7 +543,7 @@ mod tests {
                 value: first_only.as_bytes(),
             },
         ]);
-        let (cell, rest) = MatcherCell::build_in_parts(first, Mask::default());
+        let (cell, rest) = MatcherCell::build_in_parts(first, Mask::default(), || {});
         rest.send(OwnedSecrets::new(&[
             Secret {
                 id: "rest",
@@ -548,7 +566,8 @@ mod tests {
     #[test]
     fn a_cell_whose_rest_is_dropped_gets_no_matcher() {
         let v = value();
-        let (cell, rest) = MatcherCell::build_in_parts(secrets(v.as_bytes()), Mask::default());
+        let (cell, rest) =
+            MatcherCell::build_in_parts(secrets(v.as_bytes()), Mask::default(), || {});
         drop(rest);
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(cell.current.lock().expect("lock").is_none());

@@ -121,8 +121,9 @@ impl OnRotate {
 }
 
 /// From this many secrets on, the heap's free memory is given back once the
-/// first start is done (see docs/PERFORMANCE.md, "Start-up outside the
-/// matcher").
+/// first start is done, and around the build of the relay's matcher (see
+/// docs/PERFORMANCE.md, "Start-up outside the matcher" and "The eighth
+/// pass").
 const TRIM_FROM_SECRETS: usize = 2048;
 
 /// The variable holding the audit fingerprint key (never passed on).
@@ -208,9 +209,15 @@ pub fn run(common: &Common, opts: &RunOptions) -> Result<u8> {
     let sources = Sources::new(common, opts, &world.env, &first, resolved.vault.clone());
     // The relay's matcher starts on the plan's values now, while the
     // services are set up; their masked variables join it after.
+    let settle: fn() = if planned.plan.secrets.len() >= TRIM_FROM_SECRETS {
+        sys::release_free_memory
+    } else {
+        || {}
+    };
     let (matcher, rest) = MatcherCell::build_in_parts(
         redaction::owned_plan_secrets(&planned.plan, &resolved.values),
         Mask::new(&opts.mask),
+        settle,
     );
     let mut services = services::start(common, opts, &world.env, &planned, &resolved, &sources)?;
     let offered = Offered::collect(&mut services);
