@@ -230,7 +230,7 @@ pub fn call_label(state: &State, admin: bool, method: &Method, path: &str) -> St
     };
     let route = match (admin, segments.as_slice()) {
         (_, ["health"]) => "/v1/health".to_string(),
-        (false, ["secrets", id]) if state.secrets.contains_key(*id) => format!("/v1/secrets/{id}"),
+        (false, ["secrets", id]) if state.secrets.contains_key(id) => format!("/v1/secrets/{id}"),
         (false, ["secrets", _]) => "/v1/secrets/{id}".to_string(),
         (false, ["skills", skill, "secrets"]) if state.knows_label(&format!("skill:{skill}")) => {
             format!("/v1/skills/{skill}/secrets")

@@ -5,7 +5,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -72,8 +71,113 @@ pub struct Settings {
     pub slack_secret_id: Option<String>,
 }
 
-/// The served secrets by id; each key shares its entry's `id`.
-pub type Secrets = BTreeMap<std::sync::Arc<str>, Entry>;
+/// The served secrets, in one list sorted by id; an id is found by a
+/// binary search.
+///
+/// A map built from 50,000 secrets held three copies of them at once while
+/// it was made (the entries, the sorted pairs, the tree), ~30 MB, and
+/// that was the run's peak whenever it met the matcher's build. The list
+/// is made where the served secrets were (see [`Secrets::from_entries`]).
+#[derive(Debug, Default)]
+pub struct Secrets {
+    by_id: Vec<Entry>,
+}
+
+impl Secrets {
+    /// The entries sorted by id; of equal ids, the last given is kept (and
+    /// the others dropped, their values wiped). Sorts 4-byte indices
+    /// rather than the entries: a stable sort of the entries would take a
+    /// scratch copy of up to 8 MB.
+    fn from_entries(mut entries: Vec<Entry>) -> Secrets {
+        let mut order: Vec<u32> =
+            (0..u32::try_from(entries.len()).expect("fewer than 2^32 secrets")).collect();
+        order.sort_by(|&a, &b| entries[a as usize].id.cmp(&entries[b as usize].id));
+        permute(&mut entries, order);
+        entries.dedup_by(|later, kept| {
+            let same = later.id == kept.id;
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
+        entries.shrink_to_fit();
+        Secrets { by_id: entries }
+    }
+
+    fn position(&self, id: &str) -> Option<usize> {
+        self.by_id.binary_search_by(|e| (*e.id).cmp(id)).ok()
+    }
+
+    /// The entry of `id`.
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.position(id).map(|i| &self.by_id[i])
+    }
+
+    /// The entry of `id`, to change.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Entry> {
+        self.position(id).map(|i| &mut self.by_id[i])
+    }
+
+    /// Whether `id` is served.
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.position(id).is_some()
+    }
+
+    /// How many secrets.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The entries, by id.
+    pub fn values(&self) -> std::slice::Iter<'_, Entry> {
+        self.by_id.iter()
+    }
+
+    /// The entries, by id, to change.
+    pub fn values_mut(&mut self) -> std::slice::IterMut<'_, Entry> {
+        self.by_id.iter_mut()
+    }
+
+    /// The ids, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.by_id.iter().map(|e| &*e.id)
+    }
+}
+
+impl std::ops::Index<&str> for Secrets {
+    type Output = Entry;
+
+    /// The entry of `id`; panics when there is none.
+    fn index(&self, id: &str) -> &Entry {
+        self.get(id).expect("a served id")
+    }
+}
+
+/// Puts `items[order[k]]` at `k`, for every `k`, by swaps along the
+/// permutation's cycles (no second list). `order` is a permutation of
+/// `0..items.len()`.
+fn permute<T>(items: &mut [T], mut order: Vec<u32>) {
+    const DONE: u32 = u32::MAX;
+    for start in 0..order.len() {
+        let mut k = start;
+        // Position `k` holds the item that was at `start`, until the cycle
+        // closes where it belongs.
+        while order[k] != DONE {
+            let from = order[k] as usize;
+            order[k] = DONE;
+            if from == start {
+                break;
+            }
+            items.swap(k, from);
+            k = from;
+        }
+    }
+}
 
 /// One served secret.
 ///
@@ -82,7 +186,7 @@ pub type Secrets = BTreeMap<std::sync::Arc<str>, Entry>;
 /// lease and the dates in whole seconds (see [`Seconds`], [`Dates`]).
 #[derive(Debug)]
 pub struct Entry {
-    /// Id (shared with the map's key and the run's plan).
+    /// Id (shared with the run's plan).
     pub id: std::sync::Arc<str>,
     /// Ref.
     pub reference: SecretRef,
@@ -300,7 +404,7 @@ impl State {
             .map(|s| s.id.to_string())
             .collect();
         let mut state = State {
-            secrets: BTreeMap::new(),
+            secrets: Secrets::default(),
             tokens: TokenStore::new(),
             settings,
             approvals: None,
@@ -358,7 +462,8 @@ impl State {
     /// started proxied stays refused (its route serves on until keywarden
     /// restarts, and the child was never meant to hold the value).
     pub fn replace(&mut self, secrets: Vec<ServedSecret>, now: Now) {
-        let mut entries: Vec<Option<Entry>> = secrets
+        // Collected in the served secrets' own allocation.
+        let entries: Vec<Entry> = secrets
             .into_iter()
             .map(|s| {
                 let mut e = self.entry_of(s, now);
@@ -369,24 +474,12 @@ impl State {
                     }
                 }
                 e.proxied |= self.started_proxied.contains(&*e.id);
-                Some(e)
+                e
             })
             .collect();
-        // Built from the entries sorted by id, in one pass with full nodes
-        // (thousands of inserts in file order cost a search, moves and
-        // splits each). The sort is stable and the map keeps the last of
-        // equal ids: a later secret of an id replaces an earlier one (and
-        // wipes its value), as inserting them in order did.
-        let mut order: Vec<usize> = (0..entries.len()).collect();
-        order.sort_by(|&a, &b| {
-            let id = |i: usize| entries[i].as_ref().map(|e| &*e.id);
-            id(a).cmp(&id(b))
-        });
-        self.secrets = order
-            .into_iter()
-            .filter_map(|i| entries[i].take())
-            .map(|e| (e.id.clone(), e))
-            .collect();
+        // A later secret of an id replaces an earlier one (and wipes its
+        // value).
+        self.secrets = Secrets::from_entries(entries);
         // A reload ends every challenge and approval.
         if let Some(a) = self.approvals.as_mut() {
             a.clear();
@@ -537,6 +630,35 @@ pub(crate) mod tests {
     /// The map is built from the entries sorted by id: every id once, in
     /// order, the later of two secrets of one id served (as inserting them
     /// one by one in the given order did).
+    /// Every permutation of up to 5 items, and a few larger ones, put
+    /// each item where the order says.
+    #[test]
+    fn permute_puts_each_item_where_the_order_says() {
+        fn check(order: Vec<u32>) {
+            let mut items: Vec<u32> = (100..100 + order.len() as u32).collect();
+            let want: Vec<u32> = order.iter().map(|&i| items[i as usize]).collect();
+            permute(&mut items, order.clone());
+            assert_eq!(items, want, "{order:?}");
+        }
+        fn all(prefix: Vec<u32>, left: Vec<u32>) {
+            if left.is_empty() {
+                return check(prefix);
+            }
+            for (k, &x) in left.iter().enumerate() {
+                let mut p = prefix.clone();
+                p.push(x);
+                let mut l = left.clone();
+                l.remove(k);
+                all(p, l);
+            }
+        }
+        for n in 0..=5 {
+            all(Vec::new(), (0..n).collect());
+        }
+        check((0..1000).rev().collect());
+        check((0..1000).map(|i| (i * 7 + 3) % 1000).collect());
+    }
+
     #[test]
     fn replace_serves_each_id_once_the_later_of_duplicates() {
         let now = Now::system();
@@ -549,11 +671,10 @@ pub(crate) mod tests {
         let mut st = State::new(settings(None), secrets, now);
         let got: Vec<(&str, &[u8])> = st
             .secrets
-            .iter()
-            .map(|(k, e)| {
-                assert_eq!(*k, e.id);
+            .values()
+            .map(|e| {
                 let value = e.fresh_value_ref(now).map(SecretBytes::expose);
-                (&**k, value.unwrap_or_default())
+                (&*e.id, value.unwrap_or_default())
             })
             .collect();
         let want: Vec<(&str, &[u8])> = vec![
