@@ -167,8 +167,9 @@ impl MatcherCell {
     /// the order that names masks. If the [`Rest`] is dropped unsent (the
     /// caller failed), no matcher is ever installed. If the thread cannot
     /// start, the matcher is built in [`Rest::send`]. `settle` runs once
-    /// the secrets are gathered, before the tables are built, and again
-    /// after: the caller's chance to hand back memory freed meanwhile (see
+    /// the secrets are gathered, once their forms are sorted (see
+    /// [`Builder::finish_settling`]) and once the matcher is built: the
+    /// caller's chance to hand back memory freed meanwhile (see
     /// `sys::release_free_memory`), which the build would otherwise add
     /// to the peak.
     pub fn build_in_parts(
@@ -225,7 +226,7 @@ impl MatcherCell {
             // they were gathered) go before the tables are built.
             drop(rest);
             settle();
-            let matcher = builder.finish(mask);
+            let matcher = builder.finish_settling(mask, settle);
             settle();
             Some(matcher)
         }));
@@ -500,6 +501,28 @@ mod tests {
         rest.send(OwnedSecrets::default());
         let text = format!("key={value}");
         assert_eq!(masked(&cell, text.as_bytes()), b"key=[REDACTED:k]");
+    }
+
+    /// The caller's settle hook runs three times in the build: once the
+    /// secrets are in, once their forms are sorted, once the matcher is
+    /// built (before it is installed).
+    #[test]
+    fn the_build_settles_three_times_before_the_matcher_is_ready() {
+        static SETTLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let value = value();
+        let (cell, rest) =
+            MatcherCell::build_in_parts(secrets(value.as_bytes()), Mask::default(), || {
+                SETTLED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        assert_eq!(
+            SETTLED.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "not before the rest"
+        );
+        rest.send(OwnedSecrets::default());
+        let text = format!("key={value}");
+        assert_eq!(masked(&cell, text.as_bytes()), b"key=[REDACTED:k]");
+        assert_eq!(SETTLED.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -369,11 +369,20 @@ impl Builder {
     /// The matcher of every secret added. When two secrets yield the same
     /// pattern, the first added names the mask.
     pub fn finish(self, mask: &Mask) -> Matcher {
-        self.finish_with(mask, PARALLEL_BUILD_FROM)
+        self.finish_settling(mask, || {})
     }
 
+    /// [`Builder::finish`], calling `settle` once the forms gathered are
+    /// dropped and before the index is built: the caller's chance to hand
+    /// back memory freed until then (see `sys::release_free_memory`), so
+    /// that the index's tables do not come on top of it.
+    pub fn finish_settling(self, mask: &Mask, settle: fn()) -> Matcher {
+        Matcher::from_forms(self, mask, PARALLEL_BUILD_FROM, settle)
+    }
+
+    #[cfg(test)]
     fn finish_with(self, mask: &Mask, parallel_from: usize) -> Matcher {
-        Matcher::from_forms(self, mask, parallel_from)
+        Matcher::from_forms(self, mask, parallel_from, || {})
     }
 }
 
@@ -677,7 +686,7 @@ impl Matcher {
         builder.finish_with(mask, parallel_from)
     }
 
-    fn from_forms(built: Builder, mask: &Mask, parallel_from: usize) -> Matcher {
+    fn from_forms(built: Builder, mask: &Mask, parallel_from: usize, settle: fn()) -> Matcher {
         let Builder {
             ids: all_ids,
             bytes: gathered,
@@ -781,7 +790,7 @@ impl Matcher {
         drop(forms);
         drop(gathered);
         let arena = sorted;
-        crate::sys::release_free_memory();
+        settle();
 
         let mut masks = Packed::default();
         for id in ids.iter() {
