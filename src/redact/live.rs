@@ -167,7 +167,7 @@ impl MatcherCell {
     /// the order that names masks. If the [`Rest`] is dropped unsent (the
     /// caller failed), no matcher is ever installed. If the thread cannot
     /// start, the matcher is built in [`Rest::send`]. `settle` runs once
-    /// the secrets are gathered, once their forms are sorted (see
+    /// the secrets are gathered, during the build (see
     /// [`Builder::finish_settling`]) and once the matcher is built: the
     /// caller's chance to hand back memory freed meanwhile (see
     /// `sys::release_free_memory`), which the build would otherwise add
@@ -503,11 +503,12 @@ mod tests {
         assert_eq!(masked(&cell, text.as_bytes()), b"key=[REDACTED:k]");
     }
 
-    /// The caller's settle hook runs three times in the build: once the
-    /// secrets are in, once their forms are sorted, once the matcher is
-    /// built (before it is installed).
+    /// The caller's settle hook runs four times in the build of one tier:
+    /// once the secrets are in, once their forms are sorted, before the
+    /// tier's entries are made, once the matcher is built (before it is
+    /// installed).
     #[test]
-    fn the_build_settles_three_times_before_the_matcher_is_ready() {
+    fn the_build_settles_four_times_before_the_matcher_is_ready() {
         static SETTLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let value = value();
         let (cell, rest) =
@@ -522,7 +523,7 @@ mod tests {
         rest.send(OwnedSecrets::default());
         let text = format!("key={value}");
         assert_eq!(masked(&cell, text.as_bytes()), b"key=[REDACTED:k]");
-        assert_eq!(SETTLED.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(SETTLED.load(std::sync::atomic::Ordering::SeqCst), 4);
     }
 
     #[test]

@@ -373,9 +373,10 @@ impl Builder {
     }
 
     /// [`Builder::finish`], calling `settle` once the forms gathered are
-    /// dropped and before the index is built: the caller's chance to hand
-    /// back memory freed until then (see `sys::release_free_memory`), so
-    /// that the index's tables do not come on top of it.
+    /// dropped, before the index is built, and in each tier before its
+    /// entries are made: the caller's chance to hand back memory freed
+    /// until then (see `sys::release_free_memory`), so that the index's
+    /// tables do not come on top of it.
     pub fn finish_settling(self, mask: &Mask, settle: fn()) -> Matcher {
         Matcher::from_forms(self, mask, PARALLEL_BUILD_FROM, settle)
     }
@@ -808,7 +809,7 @@ impl Matcher {
             [short, long]
                 .into_iter()
                 .filter(|members| !members.is_empty())
-                .map(|members| Tier::build(members, &pats, &arena))
+                .map(|members| Tier::build(members, &pats, &arena, settle))
                 .collect()
         };
         let (tiers, starts) = if pats.len() >= parallel_from {
@@ -1367,7 +1368,9 @@ impl Tier {
     }
 
     /// Indexes the cores of the patterns `members` (indices into `pats`).
-    fn build(mut members: Vec<u32>, pats: &[Pat], arena: &[u8]) -> Tier {
+    /// `settle` is the caller's hook (see [`Builder::finish_settling`]),
+    /// called before the largest table, the entries, is made.
+    fn build(mut members: Vec<u32>, pats: &[Pat], arena: &[u8], settle: fn()) -> Tier {
         let core = |i: u32| {
             let p = &pats[i as usize];
             let start = (p.start + p.back) as usize;
@@ -1472,6 +1475,10 @@ impl Tier {
             heads[b] += heads[b - 1];
         }
         heads[buckets] = index_u32(n_keys);
+        // The index's working lists and the start list's sorting list
+        // (built meanwhile) are freed by now: the entries fill their
+        // pages at once (huge pages), the moment of the build's peak.
+        settle();
         let mut entries = Zeroizing::new(vec![0u32; n_keys]);
         prefer_huge_pages(&mut entries);
         let mut slots = [0u32; KEY_BATCH];
