@@ -1475,9 +1475,9 @@ impl Tier {
             heads[b] += heads[b - 1];
         }
         heads[buckets] = index_u32(n_keys);
-        // The index's working lists and the start list's sorting list
-        // (built meanwhile) are freed by now: the entries fill their
-        // pages at once (huge pages), the moment of the build's peak.
+        // What this build and the start list's (beside it) have freed so
+        // far goes back before the entries: they fill their pages at once
+        // (huge pages), the moment of the whole build's peak.
         settle();
         let mut entries = Zeroizing::new(vec![0u32; n_keys]);
         prefer_huge_pages(&mut entries);
