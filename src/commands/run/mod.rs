@@ -126,7 +126,7 @@ impl OnRotate {
 const TRIM_FROM_SECRETS: usize = 2048;
 
 /// From this many secrets on, the matcher's build hands back free memory
-/// as it goes (its settle hook): 1.1 MB (11 %) off the peak at 1,000
+/// as it goes (its settle hook): 1.2 MiB (11 %) off the peak at 1,000
 /// secrets; at 100 nothing, for ~0.1 ms (docs/PERFORMANCE.md, "The eighth
 /// pass").
 const SETTLE_FROM_SECRETS: usize = 512;
