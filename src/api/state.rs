@@ -74,9 +74,10 @@ pub struct Settings {
 /// The served secrets, in one list sorted by id; an id is found by a
 /// binary search.
 ///
-/// A map built from 50,000 secrets held three copies of them at once while
-/// it was made (the entries, the sorted pairs, the tree), ~30 MB, and
-/// that was the run's peak whenever it met the matcher's build. The list
+/// A map built from 50,000 secrets held four copies of them at once while
+/// it was made (the entries, the sorted pairs, a stable sort's scratch,
+/// the tree), about 30 MB, and that was the run's peak whenever it met the
+/// matcher's build. The list
 /// is made where the served secrets were (see [`Secrets::from_entries`]).
 #[derive(Debug, Default)]
 pub struct Secrets {
